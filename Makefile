@@ -1,0 +1,26 @@
+# The README's two commands: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test clean
+
+setup: $(STAMP)
+
+# Pinned, tested versions; torch is the CPU build (this machine's pip finds it
+# locally), so set-up never downloads CUDA packages.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/gan-dist train
+
+test: setup
+	$(PY) -m pytest -q -ra tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,169 @@
+"""Full-state checkpoints: `step-NNNNNN/` folders that count only when verified.
+
+A checkpoint folder holds
+- `state.pt` (rank 0): G, D, G_ema, both optimizers, step, history;
+- `config.yaml` (rank 0): the resolved config;
+- `rank-RRRRR.pt` (every rank): that rank's RNG states, noise generator and
+  data cursor;
+- `manifest-RRRRR.json` (every rank): sha256 of that rank's files, the step
+  and the world size.
+It is valid when rank 0's manifest exists, every rank's manifest exists, and
+every file matches its checksum. Loading uses `torch.load(weights_only=True)`
+on CPU first: a checkpoint never executes code.
+
+Where folders are committed is the sink's business: `LocalSink` renames a
+finished temporary folder into the run directory; the Ray sink hands each
+rank's folder to `ray.train.report`, which merges and commits them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+import re
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is incomplete, corrupt, or unsafe to load."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def versions() -> dict:
+    from gan_dist import __version__
+
+    return {"gan_dist": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def write_rank_files(folder: Path, rank: int, world_size: int, step: int, files: dict[str, bytes]) -> None:
+    """Write this rank's files and, last, its manifest (its commit marker)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sums = {}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        sums[name] = hashlib.sha256(data).hexdigest()
+    manifest = {"rank": rank, "world_size": world_size, "step": step, "files": sums, "versions": versions()}
+    (folder / f"manifest-{rank:05d}.json").write_text(json.dumps(manifest, indent=1))
+
+
+def to_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes, what: str):
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled code with an UnpicklingError
+        raise CheckpointError(f"{what}: refused to load ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def verify(folder: Path) -> dict:
+    """Rank 0's manifest if every rank's files are present and match; else CheckpointError."""
+    head = _read_manifest(folder, 0)
+    for rank in range(head["world_size"]):
+        manifest = head if rank == 0 else _read_manifest(folder, rank)
+        for name, digest in manifest["files"].items():
+            path = folder / name
+            if not path.is_file():
+                raise CheckpointError(f"{folder}: {name} is missing")
+            if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                raise CheckpointError(f"{folder}: {name} does not match its checksum")
+    return head
+
+
+def _read_manifest(folder: Path, rank: int) -> dict:
+    path = folder / f"manifest-{rank:05d}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: no manifest for rank {rank} (incomplete checkpoint)") from None
+    except ValueError:
+        raise CheckpointError(f"{folder}: manifest for rank {rank} is not valid JSON") from None
+
+
+def load_shared(folder: Path) -> dict:
+    return from_bytes((folder / "state.pt").read_bytes(), f"{folder}/state.pt")
+
+
+def load_rank(folder: Path, rank: int) -> dict:
+    return from_bytes((folder / f"rank-{rank:05d}.pt").read_bytes(), f"{folder}/rank-{rank:05d}.pt")
+
+
+def step_dirs(run_dir: Path) -> list[Path]:
+    """Checkpoint folders of a run, newest first."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)), reverse=True)
+
+
+def find_latest(run_dir: Path) -> Path | None:
+    """The newest valid checkpoint of a run; invalid newer ones are skipped with a warning."""
+    for folder in step_dirs(run_dir):
+        try:
+            verify(folder)
+            return folder
+        except CheckpointError as exc:
+            warnings.warn(f"skipping checkpoint: {exc}", stacklevel=2)
+    return None
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A CKPT argument: a checkpoint folder, or a run folder meaning its latest checkpoint."""
+    folder = Path(path)
+    if STEP_DIR.match(folder.name) and folder.is_dir():
+        verify(folder)
+        return folder
+    latest = find_latest(folder)
+    if latest is None:
+        raise CheckpointError(f"{path}: no valid checkpoint found")
+    return latest
+
+
+class LocalSink:
+    """Checkpoints committed by renaming a finished temporary folder into the run directory.
+
+    Used without Ray. Every rank writes into the same temporary folder (shared
+    storage), so this also works for several processes on one filesystem.
+    """
+
+    def __init__(self, run_dir: Path, keep: int):
+        self.run_dir, self.keep = run_dir, keep
+
+    @contextmanager
+    def latest(self) -> Iterator[Path | None]:
+        yield find_latest(self.run_dir)
+
+    def save(self, rt, step: int, files: dict[str, bytes], metrics: dict) -> None:
+        tmp = self.run_dir / f".tmp-{step_dir_name(step)}"
+        if rt.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        rt.barrier()
+        write_rank_files(tmp, rt.rank, rt.world_size, step, files)
+        rt.barrier()
+        if rt.is_main_process:
+            final = self.run_dir / step_dir_name(step)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            for old in step_dirs(self.run_dir)[self.keep:]:
+                shutil.rmtree(old, ignore_errors=True)
+        rt.barrier()
+
+    def finish(self, rt, result: dict) -> None:
+        pass

@@ -1,0 +1,159 @@
+"""The `gan-dist` command: parse -> resolve config -> print/save it -> run.
+
+Exit codes: 0 success; 2 bad input (config, data, arguments), reported on one
+line without a traceback; 1 a failure at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from gan_dist import __version__
+from gan_dist.checkpoint import CheckpointError, LocalSink
+from gan_dist.config import Config, ConfigError, recipe_names, resolve
+from gan_dist.data.sources import DataError, resolve_source
+from gan_dist.driver import (ProgressDisplay, build_summary, check_resume, local_resources, place, run_directory,
+                             run_name, write_summary)
+from gan_dist.monitor.hub import RunHub
+from gan_dist.plan import PlanError, make_plan
+from gan_dist.trainer.loop import write_atomic
+
+BAD_INPUT = (ConfigError, DataError, PlanError, CheckpointError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gan-dist", description="Distributed GAN training on Ray, DDP and WebDataset.")
+    parser.add_argument("--version", action="version", version=f"gan-dist {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a recipe (local Ray by default)")
+    train.add_argument("recipe", nargs="?", default=None,
+                       help=f"a shipped recipe ({', '.join(recipe_names())}) or a YAML file; default ring8")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set optim.lr_g=2e-4 (repeatable)")
+    train.add_argument("--workers", type=int, help="data-parallel workers (run.workers)")
+    train.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (run.gpus_per_worker)")
+    train.add_argument("--storage", help="folder holding run directories (run.storage)")
+    train.add_argument("--name", help="run name; the same name and storage resume (run.name)")
+    train.add_argument("--address", help="Ray cluster address; default: start a local Ray (run.address)")
+    train.add_argument("--max-steps", type=int, help="G steps to train (train.max_steps)")
+    train.add_argument("--no-ray", action="store_true", help="train in this process, one worker, without Ray")
+    train.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, stop")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BAD_INPUT as exc:
+        print(f"gan-dist: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def train_overrides(args) -> list[str]:
+    flags = {"run.workers": args.workers, "run.gpus_per_worker": args.gpus_per_worker,
+             "run.storage": args.storage, "run.name": args.name, "run.address": args.address,
+             "train.max_steps": args.max_steps}
+    sugar = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if args.no_ray:
+        sugar.append("run.use_ray=false")
+    return sugar + list(args.set)
+
+
+def cmd_train(args) -> int:
+    cfg = resolve(args.recipe, train_overrides(args))
+    cfg.run.name = run_name(cfg)
+    index = resolve_source(cfg.data.source, cfg.data.cache_dir)
+    session = None
+    try:
+        if cfg.run.use_ray and cfg.run.address:
+            session = _ray_session(cfg.run.address, {})
+            resources = session.resources()
+        else:
+            resources = local_resources()
+        placement = place(cfg.run, resources)
+        cfg.run.workers, cfg.run.gpus_per_worker = placement.workers, placement.gpus_per_worker
+        plan = make_plan(cfg, index, placement.workers)
+        run_dir = run_directory(cfg)
+        resume_step = check_resume(cfg, run_dir)
+
+        print(cfg.to_yaml(), end="")
+        print(f"--- plan: {placement.describe()}" + (" on Ray" if cfg.run.use_ray else " in this process"))
+        print("\n".join(plan.lines()))
+        where = f"resuming {run_dir} at step {resume_step}" if resume_step is not None else f"new run {run_dir}"
+        print(f"run directory     {where}", flush=True)
+        if args.dry_run:
+            print("dry run: config and data are valid; nothing was trained")
+            return 0
+
+        if cfg.run.use_ray and session is None:
+            session = _ray_session("", resources)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", cfg.to_yaml().encode())
+        return run(cfg, run_dir, placement, session)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _ray_session(address: str, resources: dict):
+    from gan_dist.integrations.ray import RaySession
+
+    return RaySession(address, resources)
+
+
+def run(cfg: Config, run_dir: Path, placement, session) -> int:
+    """Train, show progress, and write summary.json whatever happens."""
+    t0 = time.perf_counter()
+    if session is not None:
+        hub = session.start_hub(cfg.train.max_steps)
+        snapshot = lambda since: session.snapshot(hub, since)  # noqa: E731
+    else:
+        hub = RunHub(cfg.train.max_steps)
+        snapshot = hub.snapshot
+    status, result, error = "failed", {}, None
+    try:
+        with ProgressDisplay(snapshot, cfg.train.max_steps):
+            if session is not None:
+                result = session.fit(cfg, run_dir, placement, hub)
+            else:
+                from gan_dist.trainer.loop import train_worker
+
+                result = train_worker(cfg, run_dir, LocalSink(run_dir, cfg.train.keep_checkpoints), hub)
+        status = "completed"
+    except KeyboardInterrupt:
+        status, error = "stopped", "interrupted by the user"
+    except Exception as exc:  # a failure at run time: recorded, reported, exit 1
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    finally:
+        try:
+            snap = snapshot(0)
+        except Exception:
+            snap = {}
+        summary = build_summary(status, result, snap, placement, time.perf_counter() - t0, error)
+        write_summary(run_dir, summary)
+    print(f"{status}: {summary['steps']} steps in {summary['wall_seconds']:.1f} s, "
+          f"{summary['images_per_second']:,.0f} samples/s, world size {summary['world_size']}, "
+          f"restarts {summary['restarts']}")
+    if summary["eval"]:
+        print("eval: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in summary["eval"].items()))
+    if error:
+        print(f"gan-dist: run failed: {error}", file=sys.stderr)
+    print(f"run directory: {run_dir}")
+    return 0 if status == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Typed configs, one small dataclass per component.
+
+A run's config is YAML in (a shipped recipe or a user file), dotted `--set`
+overrides on top, then validated before anything starts. Every error is a
+`ConfigError` whose message names the offending key, so the CLI can print it
+on one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad user input: a config key, a value, a recipe or a file."""
+
+
+@dataclass
+class DataConfig:
+    # A path, glob, brace pattern, comma-separated URL list, or builtin:NAME.
+    source: str = "builtin:ring8"
+    # Global batch (all ranks together), in samples per D step.
+    batch_size: int = 512
+    # Records permuted together in a window of each rank's stream.
+    shuffle_window: int = 64
+    # Where builtin datasets are packed on first use; "" means ~/.cache/gan-dist.
+    cache_dir: str = ""
+
+    def validate(self) -> None:
+        _require(bool(self.source.strip()), "data.source", "must not be empty")
+        _require(self.batch_size > 0, "data.batch_size", f"must be > 0, got {self.batch_size}")
+        _require(self.shuffle_window > 0, "data.shuffle_window", f"must be > 0, got {self.shuffle_window}")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"
+    z_dim: int = 256
+    hidden: int = 128
+    depth: int = 2
+    activation: str = "tanh"
+
+    def validate(self) -> None:
+        from gan_dist.models import ARCHITECTURES, ACTIVATIONS
+
+        _require(self.arch in ARCHITECTURES, "model.arch",
+                 f"unknown architecture {self.arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
+        _require(self.activation in ACTIVATIONS, "model.activation",
+                 f"unknown activation {self.activation!r} (known: {', '.join(sorted(ACTIVATIONS))})")
+        for key in ("z_dim", "hidden", "depth"):
+            value = getattr(self, key)
+            _require(value > 0, f"model.{key}", f"must be > 0, got {value}")
+
+
+@dataclass
+class LossConfig:
+    kind: str = "nonsaturating"
+
+    def validate(self) -> None:
+        from gan_dist.losses import ADVERSARIAL_LOSSES
+
+        _require(self.kind in ADVERSARIAL_LOSSES, "loss.kind",
+                 f"unknown loss {self.kind!r} (known: {', '.join(sorted(ADVERSARIAL_LOSSES))})")
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+    def validate(self) -> None:
+        for key in ("lr_g", "lr_d"):
+            value = getattr(self, key)
+            _require(value > 0, f"optim.{key}", f"must be > 0, got {value}")
+        for key in ("beta1", "beta2"):
+            value = getattr(self, key)
+            _require(0 <= value < 1, f"optim.{key}", f"must be in [0, 1), got {value}")
+
+
+@dataclass
+class ScheduleConfig:
+    # D steps (each on a fresh real batch) per G step; one training step is one G step.
+    n_critic: int = 1
+    # G_ema half-life in G steps, ramped up over the first steps (see schedule.ema_beta).
+    ema_halflife_steps: float = 500.0
+    ema_rampup: float = 0.05
+
+    def validate(self) -> None:
+        _require(self.n_critic >= 1, "schedule.n_critic", f"must be >= 1, got {self.n_critic}")
+        _require(self.ema_halflife_steps >= 0, "schedule.ema_halflife_steps",
+                 f"must be >= 0, got {self.ema_halflife_steps}")
+        _require(self.ema_rampup >= 0, "schedule.ema_rampup", f"must be >= 0, got {self.ema_rampup}")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 25000
+    log_every: int = 250
+    sample_every: int = 5000
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 2
+    # Threads per worker for torch on CPU; 0 leaves torch's default.
+    torch_threads: int = 1
+
+    def validate(self) -> None:
+        _require(self.max_steps > 0, "train.max_steps", f"must be > 0, got {self.max_steps}")
+        for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, key)
+            _require(value > 0, f"train.{key}", f"must be > 0, got {value}")
+        _require(self.torch_threads >= 0, "train.torch_threads", f"must be >= 0, got {self.torch_threads}")
+
+
+@dataclass
+class RunConfig:
+    # Empty: "<recipe>-<UTC timestamp>". The same name and storage resume a run.
+    name: str = ""
+    storage: str = "runs"
+    # 0: one worker per GPU when the cluster has GPUs, else 2.
+    workers: int = 0
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    # Empty: start a local Ray; otherwise a Ray address ("auto", "ray://...", "HOST:PORT").
+    address: str = ""
+    # False runs the trainer in this process, one worker, without Ray.
+    use_ray: bool = True
+    # Worker-group restarts Ray Train may make before the run fails.
+    max_failures: int = 3
+
+    def validate(self) -> None:
+        _require(self.name == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,
+                 "run.name", f"must be letters, digits, '.', '_' or '-', got {self.name!r}")
+        _require(bool(self.storage.strip()), "run.storage", "must not be empty")
+        _require(self.workers >= 0, "run.workers", f"must be >= 0, got {self.workers}")
+        _require(self.cpus_per_worker >= 0, "run.cpus_per_worker", f"must be >= 0, got {self.cpus_per_worker}")
+        _require(self.gpus_per_worker >= 0, "run.gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
+        _require(self.max_failures >= -1, "run.max_failures", f"must be >= -1, got {self.max_failures}")
+        _require(self.use_ray or self.workers <= 1, "run.workers",
+                 f"without Ray a run has one worker, got {self.workers}")
+
+
+@dataclass
+class MetricsConfig:
+    port: int = 9464
+    host: str = "127.0.0.1"
+
+    def validate(self) -> None:
+        _require(0 <= self.port <= 65535, "metrics.port", f"must be in [0, 65535], got {self.port}")
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 2500
+
+    def validate(self) -> None:
+        _require(self.num_samples > 0, "eval.num_samples", f"must be > 0, got {self.num_samples}")
+
+
+@dataclass
+class Config:
+    recipe: str = "custom"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        cfg = _build(cls, raw, prefix="")
+        cfg.validate()
+        return cfg
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {problem}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (known in {where}: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, kind, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: type, key: str) -> Any:
+    """Check a leaf value's type; numbers given as strings (YAML's 1e-4) are parsed."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+
+
+# Recipes ---------------------------------------------------------------------
+
+def recipe_names() -> list[str]:
+    folder = resources.files("gan_dist") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_recipe(ref: str) -> tuple[str, dict[str, Any]]:
+    """A shipped recipe name or a YAML file path -> (recipe name, raw mapping)."""
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        path = Path(ref)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {ref} does not exist")
+        text, name = path.read_text(), path.stem
+    else:
+        if ref not in recipe_names():
+            raise ConfigError(f"unknown recipe {ref!r} (shipped: {', '.join(recipe_names())})")
+        text, name = (resources.files("gan_dist") / "recipes" / f"{ref}.yaml").read_text(), ref
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"recipe {ref} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {ref} must be a YAML mapping, got {type(raw).__name__}")
+    return name, raw
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set a.b.c=value` to a raw config mapping (value parsed as YAML)."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(f"--set expects key=value with a dotted key, got {assignment!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def resolve(ref: str | None, overrides: list[str] = ()) -> Config:
+    """Recipe (default ring8) + overrides -> a validated Config."""
+    name, raw = read_recipe(ref or "ring8")
+    raw.setdefault("recipe", name)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return Config.from_dict(raw)
+
+
+def load_yaml_config(text: str) -> Config:
+    """A resolved config as written to a run directory or a checkpoint."""
+    return Config.from_dict(yaml.safe_load(text))

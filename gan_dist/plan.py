@@ -1,0 +1,63 @@
+"""What a run will do, worked out before anything starts (and printed by --dry-run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gan_dist.data.index import DatasetIndex
+from gan_dist.data.stream import shards_of_rank
+from gan_dist.models import DataShape
+from gan_dist.schedule import build_schedule, describe
+
+
+class PlanError(ValueError):
+    """The config, the data and the cluster do not fit together."""
+
+
+@dataclass
+class Plan:
+    world_size: int
+    global_batch: int
+    batch_per_rank: int
+    max_steps: int
+    n_critic: int
+    num_shards: int
+    num_records: int
+    num_samples: int
+    shards_per_rank: list[int]
+    first_phases: list[str]
+
+    def lines(self) -> list[str]:
+        return [
+            f"world size        {self.world_size}",
+            f"batch             {self.global_batch} global, {self.batch_per_rank} per rank",
+            f"steps             {self.max_steps} G steps, {self.n_critic} D step(s) each",
+            f"data              {self.num_samples} samples in {self.num_records} records, {self.num_shards} shards",
+            f"shards per rank   {', '.join(map(str, self.shards_per_rank))} (epoch 0)",
+            "schedule          " + "; ".join(self.first_phases),
+        ]
+
+
+def data_shape(meta: dict) -> DataShape:
+    return DataShape(kind=meta["kind"], sample_shape=tuple(meta["sample_shape"]),
+                     num_classes=int(meta.get("num_classes", 0)))
+
+
+def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
+    batch = cfg.data.batch_size
+    if batch % world_size:
+        raise PlanError(f"data.batch_size {batch} does not divide by the world size {world_size}")
+    if index.num_records < world_size:
+        raise PlanError(f"the dataset has {index.num_records} records, fewer than the {world_size} workers")
+    return Plan(
+        world_size=world_size,
+        global_batch=batch,
+        batch_per_rank=batch // world_size,
+        max_steps=cfg.train.max_steps,
+        n_critic=cfg.schedule.n_critic,
+        num_shards=len(index.shards),
+        num_records=index.num_records,
+        num_samples=index.num_samples,
+        shards_per_rank=[len(shards_of_rank(index, r, world_size, cfg.seed)) for r in range(world_size)],
+        first_phases=describe(build_schedule(cfg.schedule), steps=2),
+    )

@@ -1,0 +1,126 @@
+"""The one module that knows Accelerate and torch.distributed.
+
+Rank vocabulary for the rest of the code: `print0`, `is_main_process`,
+`reduce_mean`, `all_gather_object`, `barrier`, `broadcast_flag`. Under Ray
+Train the torch backend has already set RANK/WORLD_SIZE/LOCAL_RANK and
+initialised the process group (gloo on CPU, NCCL on GPU); Accelerate adopts
+it. Without Ray the same calls make a single process its own world.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+
+
+@dataclass
+class Runtime:
+    accelerator: Accelerator
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def print0(self, *args, **kwargs) -> None:
+        if self.is_main_process:
+            print(*args, flush=True, **kwargs)
+
+    def prepare(self, *objects):
+        return self.accelerator.prepare(*objects)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # Collective under DDP: gradients of the wrapped model are all-reduced in buckets.
+        self.accelerator.backward(loss)
+
+    def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        # Collective: every rank must call it with the same shape.
+        if self.world_size == 1:
+            return tensor
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor / self.world_size
+
+    def all_gather_object(self, obj) -> list:
+        # Collective.
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """True on every rank if any rank says True (collective), so all take the same branch."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        # Collective.
+        self.accelerator.wait_for_everyone()
+
+
+def init_runtime(torch_threads: int = 0, mixed_precision: str = "no") -> Runtime:
+    """Create the Accelerator for this process (inside the Ray worker, never before)."""
+    if torch_threads > 0 and not torch.cuda.is_available():
+        torch.set_num_threads(torch_threads)
+    # Models are wrapped one per phase; buffers (BatchNorm) are not broadcast on every
+    # forward, because D runs twice per iteration (D step and G step) on different data.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+    return Runtime(accelerator)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """This process's global RNG states, in a form that loads with weights_only=True."""
+    state = {
+        "python": _python_state_to_list(random.getstate()),
+        "numpy": _numpy_state_to_dict(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32),
+                         state["numpy"]["pos"], state["numpy"]["has_gauss"], state["numpy"]["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_list(state: tuple) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _numpy_state_to_dict(state: tuple) -> dict:
+    return {"keys": torch.from_numpy(state[1].astype(np.int64)), "pos": int(state[2]),
+            "has_gauss": int(state[3]), "cached_gaussian": float(state[4])}

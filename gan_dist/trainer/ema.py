@@ -1,0 +1,16 @@
+"""G_ema: an exponential moving average of G's weights (Karras et al. 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def ema_update(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
+    """G_ema <- beta * G_ema + (1 - beta) * G; buffers are copied."""
+    ema_params = [p for p in G_ema.parameters()]
+    params = [p.detach() for p in G.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)

@@ -1,0 +1,227 @@
+"""One worker's run: build, restore, step with interval hooks, finish.
+
+The same function runs inside a Ray Train worker and in-process without Ray;
+what differs is handed in: where checkpoints are committed (`sink`) and
+where progress goes (`reporter`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from gan_dist import checkpoint as ckpt
+from gan_dist.config import Config
+from gan_dist.data.builtin import Mixture2D
+from gan_dist.data.sources import resolve_source
+from gan_dist.data.stream import RankStream
+from gan_dist.evaluate import evaluate_points, generate
+from gan_dist.losses import ADVERSARIAL_LOSSES
+from gan_dist.plan import data_shape, make_plan
+from gan_dist.runtime import Runtime, init_runtime, rng_state, set_rng_state
+from gan_dist.schedule import build_schedule
+from gan_dist.trainer.state import TrainState, build_state, fingerprint
+from gan_dist.trainer.step import StepContext, train_step
+from gan_dist.visualize import scatter_png
+
+
+class Sink(Protocol):
+    def latest(self): ...
+    def save(self, rt: Runtime, step: int, files: dict[str, bytes], metrics: dict) -> None: ...
+    def finish(self, rt: Runtime, result: dict) -> None: ...
+
+
+class Reporter(Protocol):
+    def started(self, world_size: int, step: int) -> None: ...
+    def progress(self, row: dict) -> None: ...
+
+
+@dataclass
+class Meter:
+    """Sums per-step statistics on the device; read once per interval."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    count: int = 0
+    since: float = field(default_factory=time.perf_counter)
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for name, value in stats.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.count += 1
+
+    def flush(self) -> tuple[dict[str, torch.Tensor], float]:
+        means = {name: total / self.count for name, total in self.sums.items()}
+        seconds = time.perf_counter() - self.since
+        self.sums, self.count, self.since = {}, 0, time.perf_counter()
+        return means, seconds
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def history_bytes(rows: list[dict]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+def mean_pairwise_distance(x: torch.Tensor) -> torch.Tensor:
+    x = x.flatten(1).float()
+    return torch.pdist(x).mean()
+
+
+class Worker:
+    """The state of one worker's run and its interval hooks."""
+
+    def __init__(self, cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter):
+        self.cfg, self.run_dir, self.sink, self.reporter = cfg, run_dir, sink, reporter
+        self.rt = init_runtime(cfg.train.torch_threads)
+        self.index = resolve_source(cfg.data.source, cfg.data.cache_dir)
+        self.plan = make_plan(cfg, self.index, self.rt.world_size)
+        self.stream = RankStream(self.index, self.rt.rank, self.rt.world_size, self.plan.batch_per_rank,
+                                 cfg.seed, cfg.data.shuffle_window)
+        self.st: TrainState = build_state(cfg, data_shape(self.index.meta), self.rt)
+        self.ctx = StepContext(loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule),
+                               batch_size=self.plan.batch_per_rank, z_dim=cfg.model.z_dim,
+                               lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d)
+        self.last_real: torch.Tensor | None = None
+        # A fixed noise set, the same on every rank, for diversity signals.
+        self.z_probe = torch.randn(256, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed)
+                                   ).to(self.rt.device)
+
+    # Data -----------------------------------------------------------------------
+
+    def next_real(self) -> torch.Tensor:
+        batch = self.stream.next_batch()
+        self.last_real = torch.from_numpy(batch["x"]).to(self.rt.device, non_blocking=True)
+        return self.last_real
+
+    # Restore --------------------------------------------------------------------
+
+    def restore(self, folder: Path) -> None:
+        head = ckpt.verify(folder)
+        self.st.load_shared_state_dict(ckpt.load_shared(folder))
+        if head["world_size"] == self.rt.world_size:
+            rank_state = ckpt.load_rank(folder, self.rt.rank)
+            set_rng_state(rank_state["rng"])
+            self.st.noise.set_state(rank_state["noise"])
+            self.stream.load_state_dict(rank_state["data"])
+        else:
+            self.rt.print0(f"warning: checkpoint from world size {head['world_size']}, now "
+                           f"{self.rt.world_size}: data streams restart at a new epoch")
+            epoch = ckpt.load_rank(folder, 0)["data"]["cursor"]["epoch"] + 1
+            self.stream.cursor.epoch = epoch
+        self.rt.print0(f"resumed from {folder.name} at step {self.st.step}")
+
+    # Hooks ----------------------------------------------------------------------
+
+    def log(self, meter: Meter) -> dict:
+        """Reduce this interval's statistics across ranks and record one history row."""
+        steps = meter.count
+        means, seconds = meter.flush()
+        with torch.no_grad():
+            fake = self.st.G(self.z_probe)
+            means["diversity_ratio"] = mean_pairwise_distance(fake) / mean_pairwise_distance(self.last_real)
+        names = sorted(means)
+        local = torch.stack([means[n].float() for n in names]
+                            + [torch.tensor(self.stream.wait_seconds / max(seconds, 1e-9), device=self.rt.device)])
+        values = self.rt.reduce_mean(local).tolist()  # collective; host sync once per interval
+        self.stream.wait_seconds = 0.0
+        row = {"step": self.st.step, **dict(zip(names, values))}
+        row["data_wait_fraction"] = values[-1]
+        row["samples_per_second"] = self.plan.global_batch * self.plan.n_critic * steps / max(seconds, 1e-9)
+        row["time"] = time.time()
+        self.st.history.append(row)
+        if self.rt.is_main_process:
+            self.reporter.progress(row)
+        return row
+
+    def write_samples(self) -> None:
+        if not self.rt.is_main_process or self.index.meta["kind"] != "points":
+            return
+        mixture = Mixture2D.from_meta(self.index.meta["name"], self.index.meta["mixture"])
+        real, _ = mixture.sample(1000, np.random.default_rng(self.cfg.seed))
+        fake = generate(self.st.G_ema, 1000, self.cfg.model.z_dim, self.cfg.seed, self.rt.device)
+        write_atomic(self.run_dir / "samples" / f"{ckpt.step_dir_name(self.st.step)}.png", scatter_png(real, fake))
+
+    def save_checkpoint(self) -> None:
+        st, rt = self.st, self.rt
+        files = {f"rank-{rt.rank:05d}.pt": ckpt.to_bytes(
+            {"rng": rng_state(), "noise": st.noise.get_state(), "data": self.stream.state_dict()})}
+        if rt.is_main_process:
+            files["state.pt"] = ckpt.to_bytes(st.shared_state_dict())
+            files["config.yaml"] = self.cfg.to_yaml().encode()
+            write_atomic(self.run_dir / "history.parquet", history_bytes(st.history))
+        self.sink.save(rt, st.step, files, {"step": st.step})
+
+    # Finish ---------------------------------------------------------------------
+
+    def finish(self, session_start_step: int, session_samples_start: int, train_seconds: float) -> dict[str, Any]:
+        st, rt = self.st, self.rt
+        # Collective: every rank's fingerprint and sample counts, so rank 0 can check
+        # that the replicas agree and count the data.
+        gathered = rt.all_gather_object(
+            (fingerprint(st.G, st.D, st.G_ema), self.stream.samples_seen, session_samples_start))
+        if not rt.is_main_process:
+            return {}
+        result: dict[str, Any] = {
+            "steps": st.step,
+            "world_size": rt.world_size,
+            "images_per_second": sum(g[1] - g[2] for g in gathered) / max(train_seconds, 1e-9),
+            "train_seconds": train_seconds,
+            "session_steps": st.step - session_start_step,
+            "final": {k: v for k, v in (st.history[-1] if st.history else {}).items() if k not in ("step", "time")},
+            "eval": self.evaluate(),
+            "data": {"samples_seen": sum(g[1] for g in gathered), "corrupt_samples": 0},
+            "fingerprint": gathered[0][0],
+            "rank_fingerprints": [g[0] for g in gathered],
+        }
+        write_atomic(self.run_dir / "history.parquet", history_bytes(st.history))
+        return result
+
+    def evaluate(self) -> dict:
+        if self.index.meta["kind"] == "points" and "mixture" in self.index.meta:
+            return evaluate_points(self.st.G_ema, self.cfg.model.z_dim, self.index.meta,
+                                   self.cfg.eval.num_samples, self.cfg.seed + 1, self.rt.device)
+        return {}
+
+
+def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> dict[str, Any]:
+    """Train until cfg.train.max_steps, resuming from the sink's latest checkpoint."""
+    w = Worker(cfg, run_dir, sink, reporter)
+    with sink.latest() as folder:
+        if folder is not None:
+            w.restore(Path(folder))
+    st, train = w.st, cfg.train
+    if w.rt.is_main_process:
+        reporter.started(w.rt.world_size, st.step)
+    start_step, samples_start = st.step, w.stream.samples_seen
+    meter = Meter()
+    t0 = time.perf_counter()
+    while st.step < train.max_steps:
+        meter.add(train_step(st, w.rt, w.ctx, w.next_real))
+        last = st.step == train.max_steps
+        if st.step % train.log_every == 0 or last:
+            w.log(meter)
+        if st.step % train.sample_every == 0 or last:
+            w.write_samples()
+        if st.step % train.checkpoint_every == 0 or last:
+            w.save_checkpoint()
+    train_seconds = time.perf_counter() - t0
+    result = w.finish(start_step, samples_start, train_seconds)
+    sink.finish(w.rt, result)
+    w.stream.close()
+    return result

@@ -1,0 +1,75 @@
+"""Everything the adversarial game carries from step to step."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gan_dist.models import DataShape, build_models
+from gan_dist.runtime import Runtime, seed_everything
+
+
+@dataclass
+class TrainState:
+    G: nn.Module  # unwrapped: used where no all-reduce is wanted, and for saving
+    D: nn.Module
+    G_ddp: nn.Module  # wrapped by Accelerate (DDP when world_size > 1)
+    D_ddp: nn.Module
+    G_ema: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    noise: torch.Generator  # this rank's z stream, checkpointed with the rank
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def shared_state_dict(self) -> dict:
+        """What every rank holds identically: saved once, by rank 0."""
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "step": self.step,
+            "history": self.history,
+        }
+
+    def load_shared_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+
+
+def build_state(cfg, shape: DataShape, rt: Runtime) -> TrainState:
+    # The same seed on every rank: identical initial weights before DDP's broadcast.
+    seed_everything(cfg.seed)
+    G, D = build_models(cfg.model, shape)
+    G, D = G.to(rt.device), D.to(rt.device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    G_ddp, D_ddp, opt_G, opt_D = rt.prepare(G, D, opt_G, opt_D)
+    # From here on, randomness differs by rank (seeds offset by rank).
+    seed_everything(cfg.seed + rt.rank)
+    noise = torch.Generator(device=rt.device)
+    noise.manual_seed(cfg.seed * 1_000_003 + rt.rank)
+    return TrainState(G=G, D=D, G_ddp=G_ddp, D_ddp=D_ddp, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, noise=noise)
+
+
+def fingerprint(*modules: nn.Module) -> str:
+    """sha256 of the modules' state dicts (names and exact bytes), to compare runs and ranks."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                          if tensor.numel() else b"")
+    return digest.hexdigest()
