@@ -164,6 +164,3 @@ class LocalSink:
             for old in step_dirs(self.run_dir)[self.keep:]:
                 shutil.rmtree(old, ignore_errors=True)
         rt.barrier()
-
-    def finish(self, rt, result: dict) -> None:
-        pass

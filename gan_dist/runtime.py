@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
 
 
 @dataclass
@@ -83,10 +82,8 @@ def init_runtime(torch_threads: int = 0, mixed_precision: str = "no") -> Runtime
     """Create the Accelerator for this process (inside the Ray worker, never before)."""
     if torch_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(torch_threads)
-    # Models are wrapped one per phase; buffers (BatchNorm) are not broadcast on every
-    # forward, because D runs twice per iteration (D step and G step) on different data.
-    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+    # cpu=True is what makes Accelerate adopt a gloo process group on CPU workers.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
     return Runtime(accelerator)
 
 

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import ray
 import ray.train
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -50,10 +50,6 @@ class RaySink:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=step_dir_name(step))
 
-    def finish(self, rt, result: dict) -> None:
-        # A barrier; rank 0's metrics become the driver's Result.metrics.
-        ray.train.report({"result": result})
-
 
 class ActorReporter:
     """Forwards progress to the hub actor without waiting for it."""
@@ -67,8 +63,13 @@ class ActorReporter:
     def progress(self, row: dict) -> None:
         self.hub.progress.remote(row)
 
+    def finished(self, result: dict) -> None:
+        ray.get(self.hub.finished.remote(result))
+
 
 def _train_fn(config: dict) -> None:
+    # Ray Train logs every report at INFO on the worker console; progress is ours to show.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = Config.from_dict(config["config"])
     train_worker(cfg, Path(config["run_dir"]), RaySink(), ActorReporter(config["hub"]))
 
@@ -78,7 +79,7 @@ class RaySession:
 
     def __init__(self, address: str, local_resources: dict[str, float]):
         self.address = address
-        kwargs = dict(logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+        kwargs = dict(logging_level=logging.WARNING, log_to_driver=True)
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -114,12 +115,14 @@ class RaySession:
                 storage_path=str(run_dir.parent),
                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                # Ray Train's per-report INFO lines would drown the run's own progress.
+                logging_config=LoggingConfig(log_level="WARNING"),
             ),
         )
         result = trainer.fit()
         if result.error is not None:
             raise result.error
-        return (result.metrics or {}).get("result", {})
+        return self.snapshot(hub, 0)["result"] or {}
 
     def close(self) -> None:
         ray.shutdown()

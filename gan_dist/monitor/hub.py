@@ -17,6 +17,7 @@ class RunHub:
         self.start_step = 0
         self.rows: list[dict] = []
         self.started_at: float | None = None
+        self.result: dict | None = None
 
     def started(self, world_size: int, step: int) -> None:
         """Rank 0 of a (re)started worker group, after restoring its state."""
@@ -29,6 +30,11 @@ class RunHub:
         """Rank 0, once per log interval, with values already reduced across ranks."""
         self.rows.append(row)
 
+    def finished(self, result: dict) -> None:
+        """Rank 0, once training and evaluation are done."""
+        self.result = result
+
     def snapshot(self, since: int = 0) -> dict:
         return {"starts": self.starts, "world_size": self.world_size, "start_step": self.start_step,
-                "rows": self.rows[since:], "num_rows": len(self.rows), "max_steps": self.max_steps}
+                "rows": self.rows[since:], "num_rows": len(self.rows), "max_steps": self.max_steps,
+                "result": self.result}

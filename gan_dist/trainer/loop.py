@@ -37,12 +37,12 @@ from gan_dist.visualize import scatter_png
 class Sink(Protocol):
     def latest(self): ...
     def save(self, rt: Runtime, step: int, files: dict[str, bytes], metrics: dict) -> None: ...
-    def finish(self, rt: Runtime, result: dict) -> None: ...
 
 
 class Reporter(Protocol):
     def started(self, world_size: int, step: int) -> None: ...
     def progress(self, row: dict) -> None: ...
+    def finished(self, result: dict) -> None: ...
 
 
 @dataclass
@@ -222,6 +222,7 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
             w.save_checkpoint()
     train_seconds = time.perf_counter() - t0
     result = w.finish(start_step, samples_start, train_seconds)
-    sink.finish(w.rt, result)
+    if w.rt.is_main_process:
+        reporter.finished(result)
     w.stream.close()
     return result
