@@ -7,6 +7,7 @@ line without a traceback; 1 a failure at run time.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,8 @@ def train_overrides(args) -> list[str]:
 def cmd_train(args) -> int:
     cfg = resolve(args.recipe, train_overrides(args))
     cfg.run.name = run_name(cfg)
+    # Inside a Ray Job (or with RAY_ADDRESS exported) the run joins that cluster.
+    cfg.run.address = cfg.run.address or os.environ.get("RAY_ADDRESS", "")
     index = resolve_source(cfg.data.source, cfg.data.cache_dir)
     session = None
     try:

@@ -1,0 +1,43 @@
+"""Shared fixtures: an isolated data cache, run storage, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Builtin datasets are packed once per test session into a private cache."""
+    path = tmp_path_factory.mktemp("gan-dist-cache")
+    os.environ["GAN_DIST_CACHE"] = str(path)
+    return path
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, cache: Path, timeout: float = 600, env: dict | None = None, cwd: Path | None = None) -> CliResult:
+    """Run `gan-dist ARGS` in a subprocess, as a user would."""
+    full_env = dict(os.environ, GAN_DIST_CACHE=str(cache), PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "gan_dist", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd or REPO)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli(cache_dir):
+    def _run(*args: str, **kwargs) -> CliResult:
+        return run_cli(*args, cache=cache_dir, **kwargs)
+    return _run
