@@ -1,0 +1,127 @@
+"""Config: recipes, overrides, and every kind of bad input rejected before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from gan_dist.cli import main
+from gan_dist.config import Config, ConfigError, recipe_names, resolve
+
+
+def test_shipped_recipes_resolve():
+    assert {"ring8", "grid25"} <= set(recipe_names())
+    for name in recipe_names():
+        cfg = resolve(name)
+        assert cfg.recipe == name
+        assert cfg.data.source and cfg.metrics.port >= 0 and cfg.seed >= 0
+
+
+def test_veegan_protocol_in_ring8_and_grid25():
+    for name, source in (("ring8", "builtin:ring8"), ("grid25", "builtin:grid25")):
+        cfg = resolve(name)
+        assert cfg.data.source == source
+        assert (cfg.model.arch, cfg.model.depth, cfg.model.hidden, cfg.model.activation) == ("mlp", 2, 128, "tanh")
+        assert (cfg.model.z_dim, cfg.data.batch_size, cfg.train.max_steps) == (256, 512, 25000)
+
+
+def test_overrides_are_typed():
+    cfg = resolve("ring8", ["optim.lr_g=2e-4", "train.max_steps=10", "run.use_ray=false", "run.name=abc"])
+    assert cfg.optim.lr_g == pytest.approx(2e-4) and isinstance(cfg.optim.lr_g, float)
+    assert cfg.train.max_steps == 10 and cfg.run.use_ray is False and cfg.run.name == "abc"
+
+
+def test_round_trip_through_yaml():
+    cfg = resolve("grid25", ["seed=7"])
+    from gan_dist.config import load_yaml_config
+
+    assert load_yaml_config(cfg.to_yaml()) == cfg
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["optim.lr_g=-1"], "optim.lr_g"),
+    (["optim.lr_d=0"], "optim.lr_d"),
+    (["optim.betas=1"], "optim.betas"),
+    (["data.batch_size=abc"], "data.batch_size"),
+    (["model.arch=transformer"], "model.arch"),
+    (["loss.kind=magic"], "loss.kind"),
+    (["train.max_steps=1.5"], "train.max_steps"),
+    (["schedule.n_critic=0"], "schedule.n_critic"),
+    (["run.name=has space"], "run.name"),
+    (["nonsense=1"], "nonsense"),
+    (["optim=3"], "optim"),
+])
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        resolve("ring8", overrides)
+    assert key in str(err.value)
+
+
+def test_unknown_recipe():
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        resolve("nope")
+
+
+def _one_line_exit_2(capsys, argv, expect, tmp_path):
+    code = main(argv)
+    out = capsys.readouterr()
+    assert code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], out.err
+    assert "Traceback" not in out.err + out.out
+    assert not any(tmp_path.iterdir()), "bad input must leave nothing behind"
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["train", "missing-recipe"], "unknown recipe"),
+    (["train", "--set", "optim.lr_g=-0.1"], "optim.lr_g"),
+    (["train", "--set", "model.widht=3"], "model.widht"),
+    (["train", "--set", "noequals"], "key=value"),
+    (["train", "--workers", "64"], "CPUs"),
+    (["train", "--set", "data.source=/no/such/folder"], "/no/such/folder"),
+    (["train", "--set", "data.batch_size=511"], "does not divide"),
+    (["train", "--set", "data.source=builtin:imagenet"], "imagenet"),
+])
+def test_cli_bad_input(capsys, tmp_path, cache_dir, argv, expect):
+    _one_line_exit_2(capsys, argv + ["--storage", str(tmp_path), "--name", "r"], expect, tmp_path)
+
+
+def test_cli_malformed_yaml(capsys, tmp_path, cache_dir):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("seed: 1\nmodel: [unclosed\n")
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    assert main(["train", str(recipe), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not valid YAML" in err[0]
+    assert not any(storage.iterdir())
+
+
+def test_cli_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--workers", "two"])
+    assert exit_.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_dry_run_prints_plan_and_writes_nothing(capsys, tmp_path, cache_dir):
+    assert main(["train", "--dry-run", "--storage", str(tmp_path), "--name", "plan"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe: ring8" in out  # the resolved config is printed
+    assert "world size        2" in out and "256 per rank" in out
+    assert "shards per rank   8, 8" in out and "step 0: Dmain, Gmain" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_resume_with_changed_config_is_refused(capsys, tmp_path, cache_dir):
+    run = tmp_path / "same"
+    run.mkdir()
+    (run / "config.yaml").write_text(resolve("ring8", ["run.name=same"]).to_yaml())
+    assert main(["train", "--storage", str(tmp_path), "--name", "same", "--set", "optim.lr_g=0.5", "--dry-run"]) == 2
+    assert "optim.lr_g" in capsys.readouterr().err
+    # Where and how long it runs may change on resume.
+    assert main(["train", "--storage", str(tmp_path), "--name", "same", "--max-steps", "7", "--dry-run"]) == 0
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_config_defaults_validate():
+    Config().validate()
