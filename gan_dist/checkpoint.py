@@ -48,14 +48,16 @@ def versions() -> dict:
     return {"gan_dist": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def write_rank_files(folder: Path, rank: int, world_size: int, step: int, files: dict[str, bytes]) -> None:
+def write_rank_files(folder: Path, rank: int, world_size: int, step: int, files: dict[str, bytes],
+                     metrics: dict | None = None) -> None:
     """Write this rank's files and, last, its manifest (its commit marker)."""
     folder.mkdir(parents=True, exist_ok=True)
     sums = {}
     for name, data in files.items():
         (folder / name).write_bytes(data)
         sums[name] = hashlib.sha256(data).hexdigest()
-    manifest = {"rank": rank, "world_size": world_size, "step": step, "files": sums, "versions": versions()}
+    manifest = {"rank": rank, "world_size": world_size, "step": step, "files": sums, "versions": versions(),
+                "metrics": metrics or {}}
     (folder / f"manifest-{rank:05d}.json").write_text(json.dumps(manifest, indent=1))
 
 
@@ -112,9 +114,11 @@ def step_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)), reverse=True)
 
 
-def find_latest(run_dir: Path) -> Path | None:
+def find_latest(run_dir: Path, exclude: Path | None = None) -> Path | None:
     """The newest valid checkpoint of a run; invalid newer ones are skipped with a warning."""
     for folder in step_dirs(run_dir):
+        if exclude is not None and folder.resolve() == exclude.resolve():
+            continue
         try:
             verify(folder)
             return folder
@@ -135,6 +139,27 @@ def resolve_checkpoint(path: str) -> Path:
     return latest
 
 
+def prune(run_dir: Path, keep_last: int, best_metric: str = "", best_mode: str = "max") -> list[Path]:
+    """Delete checkpoints other than the newest `keep_last` and the best by `best_metric`."""
+    folders = step_dirs(run_dir)
+    keep = set(folders[:keep_last])
+    if best_metric:
+        scored = []
+        for folder in folders:
+            try:
+                value = _read_manifest(folder, 0)["metrics"].get(best_metric)
+            except CheckpointError:
+                continue
+            if isinstance(value, (int, float)):
+                scored.append((value if best_mode == "max" else -value, folder))
+        if scored:
+            keep.add(max(scored, key=lambda s: s[0])[1])
+    removed = [f for f in folders if f not in keep]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
 class LocalSink:
     """Checkpoints committed by renaming a finished temporary folder into the run directory.
 
@@ -142,25 +167,29 @@ class LocalSink:
     storage), so this also works for several processes on one filesystem.
     """
 
-    def __init__(self, run_dir: Path, keep: int):
-        self.run_dir, self.keep = run_dir, keep
+    def __init__(self, run_dir: Path, train_cfg):
+        self.run_dir, self.train_cfg = run_dir, train_cfg
+        self.fallbacks = 0
 
     @contextmanager
     def latest(self) -> Iterator[Path | None]:
-        yield find_latest(self.run_dir)
+        newest = step_dirs(self.run_dir)[:1]
+        found = find_latest(self.run_dir)
+        self.fallbacks += int(bool(newest) and found != newest[0])
+        yield found
 
     def save(self, rt, step: int, files: dict[str, bytes], metrics: dict) -> None:
         tmp = self.run_dir / f".tmp-{step_dir_name(step)}"
         if rt.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         rt.barrier()
-        write_rank_files(tmp, rt.rank, rt.world_size, step, files)
+        write_rank_files(tmp, rt.rank, rt.world_size, step, files, metrics)
         rt.barrier()
         if rt.is_main_process:
             final = self.run_dir / step_dir_name(step)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
-            for old in step_dirs(self.run_dir)[self.keep:]:
-                shutil.rmtree(old, ignore_errors=True)
+            cfg = self.train_cfg
+            prune(self.run_dir, cfg.keep_checkpoints, cfg.keep_best_metric, cfg.keep_best_mode)
         rt.barrier()

@@ -131,10 +131,14 @@ def run(cfg: Config, run_dir: Path, placement, session) -> int:
             if session is not None:
                 result = session.fit(cfg, run_dir, placement, hub)
             else:
+                from gan_dist.trainer import preempt
                 from gan_dist.trainer.loop import train_worker
 
-                result = train_worker(cfg, run_dir, LocalSink(run_dir, cfg.train.keep_checkpoints), hub)
-        status = "completed"
+                preempt.install_sigterm_handler()
+                result = train_worker(cfg, run_dir, LocalSink(run_dir, cfg.train), hub)
+        status = "stopped" if result.get("preempted") else "completed"
+        if result.get("preempted"):
+            error = f"preempted (SIGTERM): saved at step {result['steps']}; run again with --name {cfg.run.name} to resume"
     except KeyboardInterrupt:
         status, error = "stopped", "interrupted by the user"
     except Exception as exc:  # a failure at run time: recorded, reported, exit 1
@@ -153,7 +157,7 @@ def run(cfg: Config, run_dir: Path, placement, session) -> int:
         print("eval: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in summary["eval"].items()))
     if error:
-        print(f"gan-dist: run failed: {error}", file=sys.stderr)
+        print(f"gan-dist: run {status}: {error}", file=sys.stderr)
     print(f"run directory: {run_dir}")
     return 0 if status == "completed" else 1
 

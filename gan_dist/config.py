@@ -108,7 +108,16 @@ class TrainConfig:
     log_every: int = 250
     sample_every: int = 5000
     checkpoint_every: int = 5000
+    # Also save when this many minutes passed since the last save (0: off); checked at log intervals.
+    checkpoint_every_minutes: float = 0.0
     keep_checkpoints: int = 2
+    # Besides the last `keep_checkpoints`, keep the best checkpoint by this metric (a key of
+    # the checkpoint metrics: eval metrics such as high_quality_fraction, or logged values such
+    # as loss_g); "" keeps only the last ones.
+    keep_best_metric: str = ""
+    keep_best_mode: str = "max"
+    # Upload checkpoints in the background (Ray): the step loop waits only for the snapshot.
+    async_checkpoint: bool = True
     # Threads per worker for torch on CPU; 0 leaves torch's default.
     torch_threads: int = 1
 
@@ -118,6 +127,10 @@ class TrainConfig:
             value = getattr(self, key)
             _require(value > 0, f"train.{key}", f"must be > 0, got {value}")
         _require(self.torch_threads >= 0, "train.torch_threads", f"must be >= 0, got {self.torch_threads}")
+        _require(self.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes",
+                 f"must be >= 0, got {self.checkpoint_every_minutes}")
+        _require(self.keep_best_mode in ("min", "max"), "train.keep_best_mode",
+                 f"must be min or max, got {self.keep_best_mode!r}")
 
 
 @dataclass

@@ -130,9 +130,10 @@ def build_summary(status: str, result: dict, hub_snapshot: dict, placement: Plac
         "data": result.get("data", {"samples_seen": 0, "corrupt_samples": 0}),
         "fingerprint": result.get("fingerprint"),
         "rank_fingerprints": result.get("rank_fingerprints", []),
+        "checkpoints": result.get("checkpoints", {}),
     }
     if error:
-        summary["error"] = error
+        summary["error" if status == "failed" else "reason"] = error
     return summary
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from accelerate import Accelerator
 @dataclass
 class Runtime:
     accelerator: Accelerator
+    # A gloo group for small control decisions, so they never sync a GPU stream.
+    control_group: object = None
 
     @property
     def rank(self) -> int:
@@ -73,6 +76,20 @@ class Runtime:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def any_async(self, flag: bool) -> Callable[[], bool]:
+        """Start an all-reduce of `flag` (collective) that overlaps the step; the returned
+        function waits for it and says whether any rank's flag was set."""
+        if self.world_size == 1:
+            return lambda: flag
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control_group, async_op=True)
+
+        def wait() -> bool:
+            work.wait()
+            return bool(t.item())
+
+        return wait
+
     def barrier(self) -> None:
         # Collective.
         self.accelerator.wait_for_everyone()
@@ -84,7 +101,10 @@ def init_runtime(torch_threads: int = 0, mixed_precision: str = "no") -> Runtime
         torch.set_num_threads(torch_threads)
     # cpu=True is what makes Accelerate adopt a gloo process group on CPU workers.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
-    return Runtime(accelerator)
+    control_group = None
+    if dist.is_initialized() and dist.get_backend() != "gloo":
+        control_group = dist.new_group(backend="gloo")  # collective: every rank creates it
+    return Runtime(accelerator, control_group)
 
 
 def seed_everything(seed: int) -> None:

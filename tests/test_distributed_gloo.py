@@ -34,7 +34,7 @@ def _worker(rank: int, world_size: int, port: int, out: str, cache: str) -> None
     from gan_dist.trainer.step import train_step
 
     cfg = resolve("ring8", ["model.hidden=32", "data.batch_size=64", "run.name=gloo"])
-    worker = Worker(cfg, Path(out), LocalSink(Path(out), 2), RunHub(10))
+    worker = Worker(cfg, Path(out), LocalSink(Path(out), cfg.train), RunHub(10))
     st, rt = worker.st, worker.rt
     calls = {"D": 0, "G": 0}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -23,16 +24,27 @@ import ray
 import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2.api.report_config import CheckpointUploadMode
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from gan_dist.checkpoint import step_dir_name, write_rank_files
+from gan_dist.checkpoint import CheckpointError, find_latest, prune, step_dir_name, verify, write_rank_files
 from gan_dist.config import Config
 from gan_dist.monitor.hub import RunHub
+from gan_dist.trainer import preempt
 from gan_dist.trainer.loop import train_worker
 
 
 class RaySink:
-    """Checkpoints through Ray Train's report/get_checkpoint."""
+    """Checkpoints through Ray Train's report/get_checkpoint.
+
+    Ray commits a checkpoint once every rank's folder is uploaded; we still
+    verify it on load, and when the newest is damaged (a truncated upload, a
+    bad disk) fall back to the newest good one in the run directory.
+    """
+
+    def __init__(self, run_dir: Path, train_cfg):
+        self.run_dir, self.train_cfg = run_dir, train_cfg
+        self.fallbacks = 0
 
     @contextmanager
     def latest(self) -> Iterator[Path | None]:
@@ -41,14 +53,29 @@ class RaySink:
             yield None
             return
         with checkpoint.as_directory() as folder:
-            yield Path(folder)
+            try:
+                verify(Path(folder))
+                yield Path(folder)
+                return
+            except CheckpointError as exc:
+                warnings.warn(f"newest checkpoint is damaged, using an older one: {exc}", stacklevel=2)
+                self.fallbacks += 1
+                older = find_latest(self.run_dir, exclude=Path(checkpoint.path))
+        yield older
 
     def save(self, rt, step: int, files: dict[str, bytes], metrics: dict) -> None:
-        with tempfile.TemporaryDirectory(prefix="gan-dist-ckpt-") as tmp:
-            write_rank_files(Path(tmp), rt.rank, rt.world_size, step, files)
-            # A barrier: every rank reports at the same steps.
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=step_dir_name(step))
+        # Ray deletes the local folder once uploaded (async) or we do (sync).
+        tmp = tempfile.mkdtemp(prefix="gan-dist-ckpt-")
+        write_rank_files(Path(tmp), rt.rank, rt.world_size, step, files, metrics)
+        mode = CheckpointUploadMode.ASYNC if self.train_cfg.async_checkpoint else CheckpointUploadMode.SYNC
+        # A barrier: every rank reports at the same steps. With ASYNC the upload
+        # (the slow part) runs in Ray's background thread.
+        ray.train.report(metrics if rt.is_main_process else {}, checkpoint=Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=step_dir_name(step), checkpoint_upload_mode=mode,
+                         delete_local_checkpoint_after_upload=True)
+        if rt.is_main_process:
+            cfg = self.train_cfg
+            prune(self.run_dir, max(cfg.keep_checkpoints, 2), cfg.keep_best_metric, cfg.keep_best_mode)
 
 
 class ActorReporter:
@@ -67,11 +94,47 @@ class ActorReporter:
         ray.get(self.hub.finished.remote(result))
 
 
+def _route_sigterm_to_preempt() -> None:
+    """Make a SIGTERM to this worker ask the run to stop at the next step instead of killing it.
+
+    The train function runs in a worker thread, which cannot install signal
+    handlers. Ray's worker process handles SIGTERM in its main thread by calling
+    `raise_sys_exit_with_custom_error_message`; we wrap that one call so that,
+    while training, it records a preemption request; the loop then saves on
+    every rank and returns, and Ray tears the workers down as usual.
+    """
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.raise_sys_exit_with_custom_error_message
+    if getattr(original, "_gan_dist", False):
+        return
+
+    def on_exit_request(message: str, exit_code: int = 0):
+        if "SIGTERM" in message and not preempt.requested():
+            preempt.request()
+            return
+        return original(message, exit_code)
+
+    on_exit_request._gan_dist = True
+    ray_worker.raise_sys_exit_with_custom_error_message = on_exit_request
+
+
+def _quiet_ray_train_logs() -> None:
+    """Ray Train logs every report and upload at INFO on the worker console; progress is
+    ours to show. Some of its modules name their logger by file path, outside `ray.train`."""
+    from ray.train.v2._internal.execution import context, storage
+
+    for logger in (logging.getLogger("ray.train"), context.logger, storage.logger):
+        logger.setLevel(logging.WARNING)
+
+
 def _train_fn(config: dict) -> None:
-    # Ray Train logs every report at INFO on the worker console; progress is ours to show.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    _quiet_ray_train_logs()
+    preempt.reset()
+    _route_sigterm_to_preempt()
     cfg = Config.from_dict(config["config"])
-    train_worker(cfg, Path(config["run_dir"]), RaySink(), ActorReporter(config["hub"]))
+    run_dir = Path(config["run_dir"])
+    train_worker(cfg, run_dir, RaySink(run_dir, cfg.train), ActorReporter(config["hub"]))
 
 
 class RaySession:
@@ -114,7 +177,8 @@ class RaySession:
                 name=cfg.run.name,
                 storage_path=str(run_dir.parent),
                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                # Retention (last k plus best) is ours: see checkpoint.prune.
+                checkpoint_config=CheckpointConfig(num_to_keep=None),
                 # Ray Train's per-report INFO lines would drown the run's own progress.
                 logging_config=LoggingConfig(log_level="WARNING"),
             ),

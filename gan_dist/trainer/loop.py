@@ -29,6 +29,7 @@ from gan_dist.losses import ADVERSARIAL_LOSSES
 from gan_dist.plan import data_shape, make_plan
 from gan_dist.runtime import Runtime, init_runtime, rng_state, set_rng_state
 from gan_dist.schedule import build_schedule
+from gan_dist.trainer import preempt
 from gan_dist.trainer.state import TrainState, build_state, fingerprint
 from gan_dist.trainer.step import StepContext, train_step
 from gan_dist.visualize import scatter_png
@@ -36,6 +37,8 @@ from gan_dist.visualize import scatter_png
 
 class Sink(Protocol):
     def latest(self): ...
+    fallbacks: int  # newer checkpoints found invalid and skipped on restore
+
     def save(self, rt: Runtime, step: int, files: dict[str, bytes], metrics: dict) -> None: ...
 
 
@@ -98,6 +101,8 @@ class Worker:
                                batch_size=self.plan.batch_per_rank, z_dim=cfg.model.z_dim,
                                lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d)
         self.last_real: torch.Tensor | None = None
+        self.last_save = time.time()
+        self.checkpoint_seconds: list[float] = []  # time the step loop was blocked per save
         # A fixed noise set, the same on every rank, for diversity signals.
         self.z_probe = torch.randn(256, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed)
                                    ).to(self.rt.device)
@@ -149,6 +154,13 @@ class Worker:
             self.reporter.progress(row)
         return row
 
+    def checkpoint_overdue(self) -> bool:
+        """Whether the minutes since the last save call for one (collective: the same answer on all ranks)."""
+        minutes = self.cfg.train.checkpoint_every_minutes
+        if minutes <= 0:
+            return False
+        return self.rt.broadcast_flag(time.time() - self.last_save >= minutes * 60)
+
     def write_samples(self) -> None:
         if not self.rt.is_main_process or self.index.meta["kind"] != "points":
             return
@@ -158,14 +170,21 @@ class Worker:
         write_atomic(self.run_dir / "samples" / f"{ckpt.step_dir_name(self.st.step)}.png", scatter_png(real, fake))
 
     def save_checkpoint(self) -> None:
+        """Snapshot the whole state into bytes and hand it to the sink (all ranks)."""
+        t0 = time.perf_counter()
         st, rt = self.st, self.rt
         files = {f"rank-{rt.rank:05d}.pt": ckpt.to_bytes(
             {"rng": rng_state(), "noise": st.noise.get_state(), "data": self.stream.state_dict()})}
+        metrics: dict[str, Any] = {"step": st.step}
         if rt.is_main_process:
             files["state.pt"] = ckpt.to_bytes(st.shared_state_dict())
             files["config.yaml"] = self.cfg.to_yaml().encode()
             write_atomic(self.run_dir / "history.parquet", history_bytes(st.history))
-        self.sink.save(rt, st.step, files, {"step": st.step})
+            metrics.update({k: v for k, v in (st.history[-1] if st.history else {}).items() if k != "time"})
+            metrics.update(self.evaluate())
+        self.sink.save(rt, st.step, files, metrics)
+        self.last_save = time.time()
+        self.checkpoint_seconds.append(time.perf_counter() - t0)
 
     # Finish ---------------------------------------------------------------------
 
@@ -188,6 +207,9 @@ class Worker:
             "data": {"samples_seen": sum(g[1] for g in gathered), "corrupt_samples": 0},
             "fingerprint": gathered[0][0],
             "rank_fingerprints": [g[0] for g in gathered],
+            "checkpoints": {"saved": len(self.checkpoint_seconds),
+                            "blocked_seconds": self.checkpoint_seconds,
+                            "fallbacks": self.sink.fallbacks},
         }
         write_atomic(self.run_dir / "history.parquet", history_bytes(st.history))
         return result
@@ -210,18 +232,29 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
         reporter.started(w.rt.world_size, st.step)
     start_step, samples_start = st.step, w.stream.samples_seen
     meter = Meter()
+    preempted = False
     t0 = time.perf_counter()
     while st.step < train.max_steps:
+        # Collective, overlapping the step: did any rank get a SIGTERM?
+        stop_vote = w.rt.any_async(preempt.requested())
         meter.add(train_step(st, w.rt, w.ctx, w.next_real))
+        preempted = stop_vote()
         last = st.step == train.max_steps
-        if st.step % train.log_every == 0 or last:
+        logged = st.step % train.log_every == 0 or last or preempted
+        if logged:
             w.log(meter)
         if st.step % train.sample_every == 0 or last:
             w.write_samples()
-        if st.step % train.checkpoint_every == 0 or last:
+        if (st.step % train.checkpoint_every == 0 or last or preempted
+                or (logged and w.checkpoint_overdue())):
             w.save_checkpoint()
+        if preempted:
+            w.rt.print0(f"preempted: saved at step {st.step}, stopping")
+            break
     train_seconds = time.perf_counter() - t0
     result = w.finish(start_step, samples_start, train_seconds)
+    if result:
+        result["preempted"] = preempted
     if w.rt.is_main_process:
         reporter.finished(result)
     w.stream.close()
