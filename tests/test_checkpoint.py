@@ -77,3 +77,38 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, cache_dir
     # The resolved config is stored in every checkpoint and in the run directory.
     for folder in ckpt.step_dirs(tmp_path / "resumed"):
         assert yaml.safe_load((folder / "config.yaml").read_text())["run"]["name"] == "resumed"
+
+
+def test_prune_keeps_the_last_k_and_the_best(tmp_path):
+    scores = {10: 0.5, 20: 0.9, 30: 0.1, 40: 0.2, 50: 0.3}
+    for step, score in scores.items():
+        ckpt.write_rank_files(tmp_path / f"step-{step:06d}", 0, 1, step, {"state.pt": b"x"},
+                              metrics={"high_quality_fraction": score})
+    removed = ckpt.prune(tmp_path, keep_last=2, best_metric="high_quality_fraction", best_mode="max")
+    assert sorted(p.name for p in removed) == ["step-000010", "step-000030"]
+    assert [p.name for p in ckpt.step_dirs(tmp_path)] == ["step-000050", "step-000040", "step-000020"]
+    ckpt.prune(tmp_path, keep_last=1, best_metric="high_quality_fraction", best_mode="min")
+    assert [p.name for p in ckpt.step_dirs(tmp_path)] == ["step-000050", "step-000040"]
+    ckpt.prune(tmp_path, keep_last=1)
+    assert [p.name for p in ckpt.step_dirs(tmp_path)] == ["step-000050"]
+
+
+def test_time_based_checkpoints(tmp_path, cache_dir):
+    argv = ["train", "--no-ray", "--storage", str(tmp_path), "--name", "timed", "--max-steps", "50",
+            "--set", "model.hidden=16", "--set", "data.batch_size=32", "--set", "train.log_every=10",
+            "--set", "train.checkpoint_every=1000", "--set", "train.checkpoint_every_minutes=0.000001",
+            "--set", "train.keep_checkpoints=10"]
+    assert main(argv) == 0
+    assert [p.name for p in ckpt.step_dirs(tmp_path / "timed")] == [f"step-{s:06d}" for s in (50, 40, 30, 20, 10)]
+
+
+def test_best_checkpoint_is_kept_by_its_eval_metric(tmp_path, cache_dir):
+    argv = ["train", "--no-ray", "--storage", str(tmp_path), "--name", "best", "--max-steps", "60",
+            "--set", "model.hidden=16", "--set", "data.batch_size=32", "--set", "train.log_every=10",
+            "--set", "train.checkpoint_every=10", "--set", "train.keep_checkpoints=1",
+            "--set", "train.keep_best_metric=high_quality_fraction"]
+    assert main(argv) == 0
+    folders = ckpt.step_dirs(tmp_path / "best")
+    metrics = [ckpt.verify(f)["metrics"] for f in folders]
+    assert folders[0].name == "step-000060" and 1 <= len(folders) <= 2
+    assert all("high_quality_fraction" in m and "loss_d" in m for m in metrics)
