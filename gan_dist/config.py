@@ -44,9 +44,20 @@ class DataConfig:
 class ModelConfig:
     arch: str = "mlp"
     z_dim: int = 256
+    # MLP: hidden layers and their width.
     hidden: int = 128
     depth: int = 2
     activation: str = "tanh"
+    # Convolutional models: base width (DCGAN's ngf/ndf, SRGAN's feature width).
+    channels: int = 64
+    spectral_norm: bool = False  # on D
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch
+    sr_scale: int = 4
+    sr_blocks: int = 8
+    # The data's shape, when the recipe pins it; 0 follows the data's index.
+    image_size: int = 0
+    image_channels: int = 0
+    num_classes: int = 0
 
     def validate(self) -> None:
         from gan_dist.models import ARCHITECTURES, ACTIVATIONS
@@ -55,20 +66,52 @@ class ModelConfig:
                  f"unknown architecture {self.arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
         _require(self.activation in ACTIVATIONS, "model.activation",
                  f"unknown activation {self.activation!r} (known: {', '.join(sorted(ACTIVATIONS))})")
-        for key in ("z_dim", "hidden", "depth"):
+        for key in ("z_dim", "hidden", "depth", "channels", "sr_blocks"):
             value = getattr(self, key)
             _require(value > 0, f"model.{key}", f"must be > 0, got {value}")
+        for key in ("image_size", "image_channels", "num_classes"):
+            value = getattr(self, key)
+            _require(value >= 0, f"model.{key}", f"must be >= 0, got {value}")
 
 
 @dataclass
 class LossConfig:
     kind: str = "nonsaturating"
+    # WGAN-GP's lambda (10 in the paper); 0 turns the gradient penalty off.
+    gp_weight: float = 0.0
+    # R1's gamma; 0 turns it off. Lazy: applied every r1_interval steps, scaled up to match.
+    r1_gamma: float = 0.0
+    r1_interval: int = 16
+    # DiffAugment policy: a comma list of color, translation, cutout ("" is off).
+    diffaugment: str = ""
+    # Super-resolution: pixel (MSE) content loss, adversarial and perceptual weights.
+    content_weight: float = 1.0
+    adversarial_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    # A local file with torchvision-layout VGG19 weights for the perceptual loss.
+    perceptual_weights: str = ""
 
     def validate(self) -> None:
-        from gan_dist.losses import ADVERSARIAL_LOSSES
+        from gan_dist.losses import ADVERSARIAL_LOSSES, AUGMENTATIONS
 
         _require(self.kind in ADVERSARIAL_LOSSES, "loss.kind",
                  f"unknown loss {self.kind!r} (known: {', '.join(sorted(ADVERSARIAL_LOSSES))})")
+        for key in ("gp_weight", "r1_gamma", "content_weight", "adversarial_weight", "perceptual_weight"):
+            value = getattr(self, key)
+            _require(value >= 0, f"loss.{key}", f"must be >= 0, got {value}")
+        _require(self.r1_interval >= 1, "loss.r1_interval", f"must be >= 1, got {self.r1_interval}")
+        for name in self.augment_policy:
+            _require(name in AUGMENTATIONS, "loss.diffaugment",
+                     f"unknown augmentation {name!r} (known: {', '.join(sorted(AUGMENTATIONS))})")
+        if self.perceptual_weight > 0:
+            _require(bool(self.perceptual_weights), "loss.perceptual_weights",
+                     "must name a local VGG19 weights file when loss.perceptual_weight > 0")
+            _require(Path(self.perceptual_weights).expanduser().is_file(), "loss.perceptual_weights",
+                     f"{self.perceptual_weights} does not exist")
+
+    @property
+    def augment_policy(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.diffaugment.split(",") if p.strip())
 
 
 @dataclass
@@ -120,6 +163,10 @@ class TrainConfig:
     async_checkpoint: bool = True
     # Threads per worker for torch on CPU; 0 leaves torch's default.
     torch_threads: int = 1
+    # "no", "bf16" (CPU and GPU) or "fp16" (GPU, with a gradient scaler).
+    mixed_precision: str = "no"
+    # Skip an update whose loss or gradients are not finite (on every rank alike) and count it.
+    skip_nonfinite: bool = True
 
     def validate(self) -> None:
         _require(self.max_steps > 0, "train.max_steps", f"must be > 0, got {self.max_steps}")
@@ -129,6 +176,8 @@ class TrainConfig:
         _require(self.torch_threads >= 0, "train.torch_threads", f"must be >= 0, got {self.torch_threads}")
         _require(self.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes",
                  f"must be >= 0, got {self.checkpoint_every_minutes}")
+        _require(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision",
+                 f"must be no, bf16 or fp16, got {self.mixed_precision!r}")
         _require(self.keep_best_mode in ("min", "max"), "train.keep_best_mode",
                  f"must be min or max, got {self.keep_best_mode!r}")
 

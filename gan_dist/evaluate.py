@@ -10,10 +10,15 @@ sample at all it is log(num_modes), the value for total collapse onto one mode.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def mode_metrics(samples: np.ndarray, means: np.ndarray, std: float) -> dict:
@@ -53,3 +58,221 @@ def evaluate_points(G, z_dim: int, meta: dict, num_samples: int, seed: int, devi
     samples = generate(G, num_samples, z_dim, seed, device)
     mixture = meta["mixture"]
     return mode_metrics(samples, np.asarray(mixture["means"]), mixture["std"])
+
+
+# Images --------------------------------------------------------------------------
+#
+# Labelled images are judged under a small classifier trained once on the real
+# data and cached: class coverage and the KL of the generated class histogram
+# against the data's, plus FID and KID on the classifier's penultimate features
+# ("domain" FID/KID: comparable between runs on the same data, not with
+# Inception-based numbers). Super-resolution is judged by PSNR and SSIM
+# against the high-resolution originals.
+
+class DomainClassifier(nn.Module):
+    def __init__(self, channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, width, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(width, width * 2, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(width * 2, width * 4, 3, 2, 1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(width * 4, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def read_real(index, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n real samples (and labels) from the start of one seeded pass over the data."""
+    from gan_dist.data.stream import RankStream
+
+    batch = min(n, 256)
+    stream = RankStream(index, 0, 1, batch, seed, window=64)
+    xs, ys = [], []
+    for _ in range(-(-n // batch)):
+        b = stream.next_batch()
+        xs.append(b["x"])
+        ys.append(b.get("y", np.full(len(b["x"]), -1)))
+    stream.close()
+    return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
+
+
+def classifier_cache_path(index) -> Path:
+    from gan_dist.data.sources import cache_root
+
+    digest = hashlib.sha256("".join(s.sha256 for s in index.shards).encode()).hexdigest()[:16]
+    return cache_root("") / "classifiers" / f"{digest}.pt"
+
+
+def domain_classifier(index, device, epochs: int = 4, max_images: int = 20000) -> tuple[DomainClassifier, float]:
+    """The data's classifier, trained once (deterministically) and cached by the shards' checksums."""
+    meta = index.meta
+    channels, num_classes = meta["sample_shape"][0], meta["num_classes"]
+    net = DomainClassifier(channels, num_classes)
+    path = classifier_cache_path(index)
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(saved["state"])
+        return net.to(device).eval(), float(saved["accuracy"])
+    x, y = read_real(index, min(max_images, index.num_samples), seed=12345)
+    x, y = torch.from_numpy(x), torch.from_numpy(y).long()
+    split = max(len(x) // 10, 1)
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DomainClassifier(channels, num_classes)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(x) - split, generator=gen) + split
+        for i in range(0, len(order), 128):
+            idx = order[i:i + 128]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        accuracy = float((net(x[:split]).argmax(1) == y[:split]).float().mean())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    torch.save({"state": net.state_dict(), "accuracy": accuracy}, tmp)
+    tmp.replace(path)
+    return net.to(device).eval(), accuracy
+
+
+@torch.no_grad()
+def classify(net: DomainClassifier, images: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted classes and penultimate features."""
+    preds, feats = [], []
+    for i in range(0, len(images), 256):
+        x = torch.from_numpy(images[i:i + 256]).float().to(device)
+        f = net.features(x)
+        feats.append(f.cpu().numpy().astype(np.float64))
+        preds.append(net.head(f).argmax(1).cpu().numpy())
+    return np.concatenate(preds), np.concatenate(feats)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), with symmetric square roots."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
+
+
+def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 10, size: int = 500) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel (Binkowski et al. 2018), averaged over subsets."""
+    d = a.shape[1]
+    size = min(size, len(a), len(b))
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for _ in range(subsets):
+        x, y = a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)]
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        m = size
+        total += ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                  - 2 * kxy.mean())
+    return float(total / subsets)
+
+
+@torch.no_grad()
+def generate_images(G, n: int, z_dim: int, seed: int, device, num_classes: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n images from G on fixed noise; a conditional G gets labels cycling through the classes."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out, labels = [], []
+    for start in range(0, n, 256):
+        m = min(256, n - start)
+        z = torch.randn(m, z_dim, generator=gen).to(device)
+        y = (torch.arange(start, start + m) % num_classes).to(device) if num_classes else None
+        out.append((G(z, y) if num_classes else G(z)).float().cpu().numpy())
+        labels.append(y.cpu().numpy() if y is not None else np.full(m, -1))
+    return np.concatenate(out), np.concatenate(labels)
+
+
+def evaluate_classes(G, cfg, index, device, conditional: bool) -> dict:
+    meta, n = index.meta, cfg.eval.num_samples
+    K = meta["num_classes"]
+    net, accuracy = domain_classifier(index, device)
+    fake, asked = generate_images(G, n, cfg.model.z_dim, cfg.seed + 1, device, K if conditional else 0)
+    real, _ = read_real(index, n, seed=cfg.seed + 2)
+    pred_fake, feat_fake = classify(net, fake, device)
+    _, feat_real = classify(net, real, device)
+    counts = np.bincount(pred_fake, minlength=K).astype(np.float64)
+    data_counts = np.asarray(np.sum([s.class_counts for s in index.shards], axis=0), dtype=np.float64)
+    p, q = (counts + 1e-6) / (counts + 1e-6).sum(), (data_counts + 1e-6) / (data_counts + 1e-6).sum()
+    result = {
+        # A class counts as generated when it gets at least a tenth of its fair share of samples.
+        "class_coverage": float((counts >= max(1.0, 0.1 * n / K)).mean()),
+        "class_kl": float(np.sum(p * np.log(p / q))),
+        "fid_domain": frechet_distance(feat_real, feat_fake),
+        "kid_domain": kernel_inception_distance(feat_real, feat_fake),
+        "classifier_accuracy": accuracy,
+    }
+    if conditional:
+        result["class_match"] = float((pred_fake == asked).mean())
+    return result
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004) per image of [N, C, H, W] images in [0, 1]; 11x11 Gaussian window."""
+    c = a.shape[1]
+    window = _gaussian_window().to(a).expand(c, 1, -1, -1)
+    conv = lambda t: F.conv2d(t, window, groups=c)  # noqa: E731
+    mu_a, mu_b = conv(a), conv(b)
+    var_a, var_b, cov = conv(a * a) - mu_a ** 2, conv(b * b) - mu_b ** 2, conv(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per image of images in [0, 1]."""
+    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return 10 * torch.log10(1 / mse)
+
+
+@torch.no_grad()
+def evaluate_super_resolution(G, cfg, index, device) -> dict:
+    from gan_dist.trainer.step import downsample
+
+    hr, _ = read_real(index, min(cfg.eval.num_samples, 1000), seed=cfg.seed + 2)
+    hr = torch.from_numpy(hr).double()
+    scores = {"psnr": [], "ssim": [], "psnr_bicubic": []}
+    for i in range(0, len(hr), 128):
+        hr_img = hr[i:i + 128]
+        lr_img = downsample(hr_img.float(), cfg.model.sr_scale)
+        sr = G(lr_img.to(device)).double().cpu().clamp(-1, 1)
+        bicubic = F.interpolate(lr_img, size=hr_img.shape[-2:], mode="bicubic", align_corners=False).double().clamp(-1, 1)
+        to01 = lambda t: (t + 1) / 2  # noqa: E731
+        scores["psnr"].append(psnr(to01(sr), to01(hr_img)))
+        scores["ssim"].append(ssim(to01(sr), to01(hr_img)))
+        scores["psnr_bicubic"].append(psnr(to01(bicubic), to01(hr_img)))
+    return {k: float(torch.cat(v).mean()) for k, v in scores.items()}
+
+
+def evaluate_generator(G, cfg, index, device) -> dict:
+    """The quality metrics that fit the data and the task (see DESIGN's summary.json `eval`)."""
+    from gan_dist.models import TASKS
+
+    meta, task = index.meta, TASKS[cfg.model.arch]
+    was_training = G.training
+    G.eval()
+    try:
+        if meta["kind"] == "points" and "mixture" in meta:
+            return evaluate_points(G, cfg.model.z_dim, meta, cfg.eval.num_samples, cfg.seed + 1, device)
+        if meta["kind"] == "image" and task == "super_resolution":
+            return evaluate_super_resolution(G, cfg, index, device)
+        if meta["kind"] == "image" and meta.get("num_classes", 0) >= 2:
+            return evaluate_classes(G, cfg, index, device, conditional=task == "conditional")
+        return {}
+    finally:
+        G.train(was_training)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gan_dist.data.index import DatasetIndex
 from gan_dist.data.stream import shards_of_rank
-from gan_dist.models import DataShape
+from gan_dist.models import DataShape, build_models
 from gan_dist.schedule import build_schedule, describe
 
 
@@ -38,9 +38,31 @@ class Plan:
         ]
 
 
-def data_shape(meta: dict) -> DataShape:
-    return DataShape(kind=meta["kind"], sample_shape=tuple(meta["sample_shape"]),
-                     num_classes=int(meta.get("num_classes", 0)))
+def data_shape(meta: dict, model_cfg=None) -> DataShape:
+    """The data's shape from its index; `model.*` values a recipe pins must agree with it."""
+    shape = DataShape(kind=meta["kind"], sample_shape=tuple(meta["sample_shape"]),
+                      num_classes=int(meta.get("num_classes", 0)))
+    if model_cfg is None:
+        return shape
+    if model_cfg.num_classes and model_cfg.num_classes != shape.num_classes:
+        raise PlanError(f"model.num_classes is {model_cfg.num_classes}, but the data has {shape.num_classes} classes")
+    if shape.kind == "image":
+        channels, height, width = shape.sample_shape
+        if model_cfg.image_size and (height, width) != (model_cfg.image_size,) * 2:
+            raise PlanError(f"model.image_size is {model_cfg.image_size}, but the data holds {height}x{width} images")
+        if model_cfg.image_channels and channels != model_cfg.image_channels:
+            raise PlanError(f"model.image_channels is {model_cfg.image_channels}, but the data has {channels}")
+    elif model_cfg.image_size or model_cfg.image_channels:
+        raise PlanError(f"model.image_size/image_channels are set, but the data holds {shape.kind}, not images")
+    return shape
+
+
+def check_models(cfg, shape: DataShape) -> None:
+    """Build (G, D) once on CPU so that an impossible architecture is bad input, not a crash later."""
+    try:
+        build_models(cfg.model, shape)
+    except ValueError as exc:
+        raise PlanError(f"model.arch {cfg.model.arch}: {exc}") from None
 
 
 def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
@@ -49,6 +71,7 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
         raise PlanError(f"data.batch_size {batch} does not divide by the world size {world_size}")
     if index.num_records < world_size:
         raise PlanError(f"the dataset has {index.num_records} records, fewer than the {world_size} workers")
+    check_models(cfg, data_shape(index.meta, cfg.model))
     return Plan(
         world_size=world_size,
         global_batch=batch,
@@ -59,5 +82,5 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
         num_records=index.num_records,
         num_samples=index.num_samples,
         shards_per_rank=[len(shards_of_rank(index, r, world_size, cfg.seed)) for r in range(world_size)],
-        first_phases=describe(build_schedule(cfg.schedule), steps=2),
+        first_phases=describe(build_schedule(cfg.schedule, cfg.loss), steps=2),
     )

@@ -90,6 +90,19 @@ class Runtime:
 
         return wait
 
+    def autocast(self):
+        """bf16/fp16 autocast as configured (a no-op context in fp32)."""
+        return self.accelerator.autocast()
+
+    def sync_buffers(self, *modules) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics), as DDP does
+        before each forward; used before saving and comparing replicas. Collective."""
+        if self.world_size == 1:
+            return
+        for module in modules:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
     def barrier(self) -> None:
         # Collective.
         self.accelerator.wait_for_everyone()

@@ -31,9 +31,9 @@ class Schedule:
     def phases_at(self, step: int) -> list[Phase]:
         """Phases run at `step`, in order: D phases n_critic times, then G phases."""
         run: list[Phase] = []
-        d_phases = [p for p in self.phases if p.net == "D" and p.active(step)]
         for _ in range(self.n_critic):
-            run += d_phases
+            run += [p for p in self.phases if p.name == "Dmain"]
+        run += [p for p in self.phases if p.net == "D" and p.name != "Dmain" and p.active(step)]
         run += [p for p in self.phases if p.net == "G" and p.active(step)]
         return run
 
@@ -51,14 +51,24 @@ class Schedule:
         return 0.5 ** (1.0 / halflife)
 
 
-def build_schedule(schedule_cfg) -> Schedule:
-    phases = (Phase("Dmain", "D"), Phase("Gmain", "G"))
+def build_schedule(schedule_cfg, loss_cfg=None) -> Schedule:
+    phases = [Phase("Dmain", "D")]
+    if loss_cfg is not None and loss_cfg.r1_gamma > 0:
+        phases.append(Phase("Dreg", "D", interval=loss_cfg.r1_interval))
+    phases.append(Phase("Gmain", "G"))
     return Schedule(
-        phases=phases,
+        phases=tuple(phases),
         n_critic=schedule_cfg.n_critic,
         ema_halflife_steps=schedule_cfg.ema_halflife_steps,
         ema_rampup=schedule_cfg.ema_rampup,
     )
+
+
+def lazy_regularization(interval: int) -> float:
+    """Lazy regularization applies a regularizer every `interval` minibatches; to keep the
+    optimizer's dynamics, its lr and betas are raised to the power c = k / (k + 1)
+    (Karras et al. 2020, StyleGAN2, Appendix B): lr * c, beta ** c."""
+    return interval / (interval + 1) if interval > 1 else 1.0
 
 
 def lr_at(base_lr: float, step: int) -> float:

@@ -27,3 +27,18 @@ def scatter_png(real: np.ndarray, fake: np.ndarray, size: int = 512, margin: flo
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def image_grid_png(images: np.ndarray, columns: int = 8, pad: int = 2) -> bytes:
+    """A grid of [N, C, H, W] images in [-1, 1] as PNG bytes (grey for 1 channel, RGB for 3)."""
+    n, c, h, w = images.shape
+    rows = -(-n // columns)
+    pixels = ((np.clip(images, -1, 1) + 1) * 127.5).round().astype(np.uint8)
+    canvas = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        r, k = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[top:top + h, left:left + w] = image.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(canvas[..., 0] if c == 1 else canvas).save(buf, format="PNG")
+    return buf.getvalue()

@@ -36,9 +36,36 @@ def _g_nonsaturating(fake_logits: Tensor) -> Tensor:
     return F.softplus(-fake_logits).mean()
 
 
+def _d_wasserstein(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    # The critic estimates W1 as E[D(x)] - E[D(G(z))] (Arjovsky et al. 2017); it needs a
+    # Lipschitz constraint: a gradient penalty (loss.gp_weight) or spectral norm.
+    return fake_logits.mean() - real_logits.mean()
+
+
+def _g_wasserstein(fake_logits: Tensor) -> Tensor:
+    return -fake_logits.mean()
+
+
+def _d_hinge(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    # Lim & Ye 2017; Miyato et al. 2018 (SN-GAN).
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+def _d_least_squares(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    # LSGAN (Mao et al. 2017) with the 0-1 coding: D pulls real to 1 and fake to 0, G fake to 1.
+    return 0.5 * ((real_logits - 1) ** 2).mean() + 0.5 * (fake_logits ** 2).mean()
+
+
+def _g_least_squares(fake_logits: Tensor) -> Tensor:
+    return 0.5 * ((fake_logits - 1) ** 2).mean()
+
+
 ADVERSARIAL_LOSSES: dict[str, AdversarialLoss] = {
     "minimax": AdversarialLoss(_d_bce, _g_minimax),
     "nonsaturating": AdversarialLoss(_d_bce, _g_nonsaturating),
+    "wasserstein": AdversarialLoss(_d_wasserstein, _g_wasserstein),
+    "hinge": AdversarialLoss(_d_hinge, _g_wasserstein),
+    "least_squares": AdversarialLoss(_d_least_squares, _g_least_squares),
 }
 
 
@@ -48,6 +75,8 @@ def d_stats(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
     return {
         "d_real": real_logits.mean(),
         "d_fake": fake_logits.mean(),
+        # The decision threshold is 0 for the logit losses and the critics, 0.5 for least squares;
+        # 0 is used throughout so the metric means the same across losses.
         "d_acc_real": (real_logits > 0).float().mean(),
         "d_acc_fake": (fake_logits < 0).float().mean(),
         "d_output_gap": real_logits.mean() - fake_logits.mean(),

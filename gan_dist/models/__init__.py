@@ -3,6 +3,9 @@
 Models know nothing about distribution: this package imports neither
 accelerate, ray nor torch.distributed (a test enforces it). Wrapping happens
 from outside, and the unwrapped modules are what EMA and checkpoints use.
+
+Every G takes `(z, y=None)` except SRGAN's, which takes a low-resolution
+image; every D takes `(x, y=None)` and returns one logit per sample.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from typing import Callable
 
 from torch import nn
 
+from gan_dist.models.dcgan import build_cgan, build_dcgan
 from gan_dist.models.mlp import ACTIVATIONS, build_mlp_gan
+from gan_dist.models.srgan import build_srgan
 
 
 @dataclass(frozen=True)
@@ -28,12 +33,21 @@ Builder = Callable[..., tuple[nn.Module, nn.Module]]
 
 ARCHITECTURES: dict[str, Builder] = {
     "mlp": build_mlp_gan,
+    "dcgan": build_dcgan,
+    "cgan": build_cgan,
+    "srgan": build_srgan,
 }
+
+# How G is driven: from noise, from noise and a class, or from a low-resolution image.
+TASKS = {"mlp": "unconditional", "dcgan": "unconditional", "cgan": "conditional", "srgan": "super_resolution"}
 
 
 def build_models(model_cfg, shape: DataShape) -> tuple[nn.Module, nn.Module]:
     """(G, D) for `model_cfg.arch` on data of `shape`; a mismatch is a ValueError."""
-    return ARCHITECTURES[model_cfg.arch](model_cfg, shape)
+    G, D = ARCHITECTURES[model_cfg.arch](model_cfg, shape)
+    if model_cfg.sync_batchnorm:
+        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    return G, D
 
 
-__all__ = ["ACTIVATIONS", "ARCHITECTURES", "DataShape", "build_models"]
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "DataShape", "TASKS", "build_models"]

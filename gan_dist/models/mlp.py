@@ -31,7 +31,7 @@ class Generator(nn.Module):
         self.sample_shape = tuple(sample_shape)
         self.net = mlp(z_dim, hidden, depth, math.prod(sample_shape), activation)
 
-    def forward(self, z):
+    def forward(self, z, y=None):
         return self.net(z).view(z.shape[0], *self.sample_shape)
 
 
@@ -40,7 +40,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.net = mlp(math.prod(sample_shape), hidden, depth, 1, activation)
 
-    def forward(self, x):
+    def forward(self, x, y=None):
         # One logit per sample.
         return self.net(x.flatten(1)).squeeze(1)
 

@@ -18,21 +18,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 
 from gan_dist import checkpoint as ckpt
 from gan_dist.config import Config
 from gan_dist.data.builtin import Mixture2D
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
-from gan_dist.evaluate import evaluate_points, generate
-from gan_dist.losses import ADVERSARIAL_LOSSES
+from gan_dist.evaluate import evaluate_generator, generate
 from gan_dist.plan import data_shape, make_plan
 from gan_dist.runtime import Runtime, init_runtime, rng_state, set_rng_state
-from gan_dist.schedule import build_schedule
 from gan_dist.trainer import preempt
 from gan_dist.trainer.state import TrainState, build_state, fingerprint
-from gan_dist.trainer.step import StepContext, train_step
-from gan_dist.visualize import scatter_png
+from gan_dist.trainer.step import build_step_context, downsample, train_step
+from gan_dist.visualize import image_grid_png, scatter_png
 
 
 class Sink(Protocol):
@@ -91,16 +90,16 @@ class Worker:
 
     def __init__(self, cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter):
         self.cfg, self.run_dir, self.sink, self.reporter = cfg, run_dir, sink, reporter
-        self.rt = init_runtime(cfg.train.torch_threads)
+        self.rt = init_runtime(cfg.train.torch_threads, cfg.train.mixed_precision)
         self.index = resolve_source(cfg.data.source, cfg.data.cache_dir)
         self.plan = make_plan(cfg, self.index, self.rt.world_size)
         self.stream = RankStream(self.index, self.rt.rank, self.rt.world_size, self.plan.batch_per_rank,
                                  cfg.seed, cfg.data.shuffle_window)
-        self.st: TrainState = build_state(cfg, data_shape(self.index.meta), self.rt)
-        self.ctx = StepContext(loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule),
-                               batch_size=self.plan.batch_per_rank, z_dim=cfg.model.z_dim,
-                               lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d)
+        self.shape = data_shape(self.index.meta, cfg.model)
+        self.st: TrainState = build_state(cfg, self.shape, self.rt)
+        self.ctx = build_step_context(cfg, self.plan.batch_per_rank, self.rt.device)
         self.last_real: torch.Tensor | None = None
+        self.last_labels: torch.Tensor | None = None
         self.last_save = time.time()
         self.checkpoint_seconds: list[float] = []  # time the step loop was blocked per save
         # A fixed noise set, the same on every rank, for diversity signals.
@@ -109,10 +108,13 @@ class Worker:
 
     # Data -----------------------------------------------------------------------
 
-    def next_real(self) -> torch.Tensor:
+    def next_real(self) -> dict[str, torch.Tensor]:
         batch = self.stream.next_batch()
         self.last_real = torch.from_numpy(batch["x"]).to(self.rt.device, non_blocking=True)
-        return self.last_real
+        self.last_labels = None
+        if self.shape.num_classes and "y" in batch:
+            self.last_labels = torch.from_numpy(batch["y"]).to(self.rt.device, non_blocking=True)
+        return {"x": self.last_real, "y": self.last_labels}
 
     # Restore --------------------------------------------------------------------
 
@@ -138,7 +140,7 @@ class Worker:
         steps = meter.count
         means, seconds = meter.flush()
         with torch.no_grad():
-            fake = self.st.G(self.z_probe)
+            fake = self.st.G(*self.probe_inputs(self.st.G))
             means["diversity_ratio"] = mean_pairwise_distance(fake) / mean_pairwise_distance(self.last_real)
         names = sorted(means)
         local = torch.stack([means[n].float() for n in names]
@@ -154,6 +156,16 @@ class Worker:
             self.reporter.progress(row)
         return row
 
+    def probe_inputs(self, G, n: int = 256) -> tuple:
+        """G's inputs on the fixed probe noise (with labels cycling through the classes,
+        or the last real batch downsampled for super-resolution)."""
+        if self.ctx.task == "super_resolution":
+            return (downsample(self.last_real[:n], self.ctx.sr_scale),)
+        z = self.z_probe[:n]
+        if self.ctx.task == "conditional":
+            return z, torch.arange(len(z), device=z.device) % self.shape.num_classes
+        return (z,)
+
     def checkpoint_overdue(self) -> bool:
         """Whether the minutes since the last save call for one (collective: the same answer on all ranks)."""
         minutes = self.cfg.train.checkpoint_every_minutes
@@ -162,17 +174,29 @@ class Worker:
         return self.rt.broadcast_flag(time.time() - self.last_save >= minutes * 60)
 
     def write_samples(self) -> None:
-        if not self.rt.is_main_process or self.index.meta["kind"] != "points":
+        if not self.rt.is_main_process:
             return
-        mixture = Mixture2D.from_meta(self.index.meta["name"], self.index.meta["mixture"])
-        real, _ = mixture.sample(1000, np.random.default_rng(self.cfg.seed))
-        fake = generate(self.st.G_ema, 1000, self.cfg.model.z_dim, self.cfg.seed, self.rt.device)
-        write_atomic(self.run_dir / "samples" / f"{ckpt.step_dir_name(self.st.step)}.png", scatter_png(real, fake))
+        path = self.run_dir / "samples" / f"{ckpt.step_dir_name(self.st.step)}.png"
+        if self.index.meta["kind"] == "points":
+            mixture = Mixture2D.from_meta(self.index.meta["name"], self.index.meta["mixture"])
+            real, _ = mixture.sample(1000, np.random.default_rng(self.cfg.seed))
+            fake = generate(self.st.G_ema, 1000, self.cfg.model.z_dim, self.cfg.seed, self.rt.device)
+            write_atomic(path, scatter_png(real, fake))
+            return
+        with torch.no_grad():
+            inputs = self.probe_inputs(self.st.G_ema, n=64)
+            fake = self.st.G_ema(*inputs).float().cpu()
+        if self.ctx.task == "super_resolution":
+            # Rows of (low resolution, generated, real) triplets.
+            lr_up = F.interpolate(inputs[0].float().cpu(), size=fake.shape[-2:], mode="nearest")
+            fake = torch.stack([lr_up, fake, self.last_real[:len(fake)].float().cpu()], 1).flatten(0, 1)[:48]
+        write_atomic(path, image_grid_png(fake.numpy(), columns=6 if self.ctx.task == "super_resolution" else 8))
 
     def save_checkpoint(self) -> None:
         """Snapshot the whole state into bytes and hand it to the sink (all ranks)."""
         t0 = time.perf_counter()
         st, rt = self.st, self.rt
+        rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
         files = {f"rank-{rt.rank:05d}.pt": ckpt.to_bytes(
             {"rng": rng_state(), "noise": st.noise.get_state(), "data": self.stream.state_dict()})}
         metrics: dict[str, Any] = {"step": st.step}
@@ -190,6 +214,7 @@ class Worker:
 
     def finish(self, session_start_step: int, session_samples_start: int, train_seconds: float) -> dict[str, Any]:
         st, rt = self.st, self.rt
+        rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
         # Collective: every rank's fingerprint and sample counts, so rank 0 can check
         # that the replicas agree and count the data.
         gathered = rt.all_gather_object(
@@ -205,6 +230,7 @@ class Worker:
             "final": {k: v for k, v in (st.history[-1] if st.history else {}).items() if k not in ("step", "time")},
             "eval": self.evaluate(),
             "data": {"samples_seen": sum(g[1] for g in gathered), "corrupt_samples": 0},
+            "nonfinite_steps": st.nonfinite_steps,
             "fingerprint": gathered[0][0],
             "rank_fingerprints": [g[0] for g in gathered],
             "checkpoints": {"saved": len(self.checkpoint_seconds),
@@ -215,10 +241,7 @@ class Worker:
         return result
 
     def evaluate(self) -> dict:
-        if self.index.meta["kind"] == "points" and "mixture" in self.index.meta:
-            return evaluate_points(self.st.G_ema, self.cfg.model.z_dim, self.index.meta,
-                                   self.cfg.eval.num_samples, self.cfg.seed + 1, self.rt.device)
-        return {}
+        return evaluate_generator(self.st.G_ema, self.cfg, self.index, self.rt.device)
 
 
 def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from torch import nn
 
 from gan_dist.models import DataShape, build_models
 from gan_dist.runtime import Runtime, seed_everything
+from gan_dist.schedule import lazy_regularization
 
 
 @dataclass
@@ -24,6 +25,7 @@ class TrainState:
     opt_D: torch.optim.Optimizer
     noise: torch.Generator  # this rank's z stream, checkpointed with the rank
     step: int = 0
+    nonfinite_steps: int = 0  # updates skipped because a loss or gradient was not finite
     history: list[dict] = field(default_factory=list)
 
     def shared_state_dict(self) -> dict:
@@ -35,6 +37,7 @@ class TrainState:
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
             "step": self.step,
+            "nonfinite_steps": self.nonfinite_steps,
             "history": self.history,
         }
 
@@ -45,6 +48,7 @@ class TrainState:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.step = int(state["step"])
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.history = list(state["history"])
 
 
@@ -55,13 +59,19 @@ def build_state(cfg, shape: DataShape, rt: Runtime) -> TrainState:
     G, D = G.to(rt.device), D.to(rt.device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    c = d_lazy_ratio(cfg)
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d * c, betas=(cfg.optim.beta1 ** c, cfg.optim.beta2 ** c))
     G_ddp, D_ddp, opt_G, opt_D = rt.prepare(G, D, opt_G, opt_D)
     # From here on, randomness differs by rank (seeds offset by rank).
     seed_everything(cfg.seed + rt.rank)
     noise = torch.Generator(device=rt.device)
     noise.manual_seed(cfg.seed * 1_000_003 + rt.rank)
     return TrainState(G=G, D=D, G_ddp=G_ddp, D_ddp=D_ddp, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, noise=noise)
+
+
+def d_lazy_ratio(cfg) -> float:
+    """D's lr/beta exponent under lazy R1 (see schedule.lazy_regularization)."""
+    return lazy_regularization(cfg.loss.r1_interval) if cfg.loss.r1_gamma > 0 else 1.0
 
 
 def fingerprint(*modules: nn.Module) -> str:

@@ -1,7 +1,13 @@
-"""One training step: n_critic D updates, one G update, one G_ema update.
+"""One training step: n_critic D updates (with their regularizers), one G update,
+one G_ema update.
 
 Read it top to bottom; the schedule decides which phases run. Statistics stay
-on the device as tensors; the loop reads them once per log interval.
+on the device as tensors; the loop reads them once per log interval. The
+DDP rules (FIELD-NOTES): D sees real, fake (and interpolates) in one forward,
+so one DDP forward meets one backward; in the G step D runs unwrapped with
+frozen weights, so D's gradients are neither computed nor all-reduced; the
+penalties take input gradients with create_graph=True and add `0 * logits`
+so that every D weight joins the all-reduce.
 """
 
 from __future__ import annotations
@@ -9,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from gan_dist.losses import AdversarialLoss, d_stats
+from gan_dist.losses import AdversarialLoss, d_stats, diff_augment, gradient_penalty, interpolate, r1_penalty
 from gan_dist.runtime import Runtime
 from gan_dist.schedule import Schedule, lr_at
 from gan_dist.trainer.ema import ema_update
@@ -27,16 +34,98 @@ class StepContext:
     batch_size: int  # per rank
     z_dim: int
     lr_g: float
-    lr_d: float
+    lr_d: float  # with the lazy-regularization correction applied
+    task: str = "unconditional"  # or "conditional", "super_resolution"
+    gp_weight: float = 0.0
+    r1_gamma: float = 0.0
+    r1_interval: int = 1
+    augment: tuple[str, ...] = ()
+    sr_scale: int = 4
+    content_weight: float = 1.0
+    adversarial_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    perceptual: nn.Module | None = None  # frozen feature extractor for the perceptual loss
+    skip_nonfinite: bool = True
+
+
+def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
+    from gan_dist.losses import ADVERSARIAL_LOSSES
+    from gan_dist.models import TASKS
+    from gan_dist.schedule import build_schedule
+    from gan_dist.trainer.state import d_lazy_ratio
+
+    perceptual = None
+    if cfg.loss.perceptual_weight > 0:
+        from gan_dist.models.srgan import load_vgg19_features
+
+        perceptual = load_vgg19_features(cfg.loss.perceptual_weights).to(device)
+    return StepContext(
+        loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule, cfg.loss),
+        batch_size=batch_per_rank, z_dim=cfg.model.z_dim, lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d * d_lazy_ratio(cfg),
+        task=TASKS[cfg.model.arch], gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma,
+        r1_interval=cfg.loss.r1_interval, augment=cfg.loss.augment_policy, sr_scale=cfg.model.sr_scale,
+        content_weight=cfg.loss.content_weight, adversarial_weight=cfg.loss.adversarial_weight,
+        perceptual_weight=cfg.loss.perceptual_weight, perceptual=perceptual,
+        skip_nonfinite=cfg.train.skip_nonfinite)
 
 
 def sample_z(st: TrainState, n: int, z_dim: int, device) -> Tensor:
     return torch.randn(n, z_dim, device=device, generator=st.noise)
 
 
+def downsample(hr_img: Tensor, scale: int) -> Tensor:
+    """The low-resolution input of super-resolution, made on the fly (bicubic, antialiased)."""
+    return F.interpolate(hr_img, scale_factor=1 / scale, mode="bicubic", antialias=True,
+                         align_corners=False).clamp(-1, 1)
+
+
+def g_inputs(st: TrainState, ctx: StepContext, real: Tensor, y: Tensor | None, device) -> tuple:
+    if ctx.task == "super_resolution":
+        return (downsample(real, ctx.sr_scale),)
+    z = sample_z(st, ctx.batch_size, ctx.z_dim, device)
+    return (z, y) if ctx.task == "conditional" else (z,)
+
+
+def augment(st: TrainState, ctx: StepContext, x: Tensor) -> Tensor:
+    return diff_augment(x, ctx.augment, st.noise) if ctx.augment else x
+
+
 def grad_norm(params) -> Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def perceptual_features(net: nn.Module, x: Tensor) -> Tensor:
+    # [-1, 1] images -> ImageNet-normalised RGB, as VGG19 was trained.
+    x = (x + 1) / 2
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    mean = x.new_tensor([0.485, 0.456, 0.406])[None, :, None, None]
+    std = x.new_tensor([0.229, 0.224, 0.225])[None, :, None, None]
+    return net((x - mean) / std)
+
+
+def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, params, loss: Tensor, stats: dict,
+                 net: str) -> None:
+    """Backward, gradient norm, and the optimizer step unless the update is not finite."""
+    opt.zero_grad(set_to_none=True)
+    rt.backward(loss)  # collective: DDP all-reduces this network's gradients
+    norm = grad_norm(params)
+    stats[f"grad_norm_{net}"] = norm
+    # After the all-reduce every rank holds the same gradients, so every rank reaches the
+    # same decision here without further communication. Host sync (fp16's scaler makes
+    # its own decision about overflow).
+    if ctx.skip_nonfinite and rt.accelerator.scaler is None and not torch.isfinite(norm).item():
+        opt.zero_grad(set_to_none=True)
+        st.nonfinite_steps += 1
+        return
+    opt.step()
+
+
+def penalty_scale(rt: Runtime):
+    """The fp16 loss scale (a tensor, read without a host sync), or 1."""
+    scaler = rt.accelerator.scaler
+    return scaler._get_scale_async() if scaler is not None else 1.0
 
 
 def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict[str, Tensor]:
@@ -46,35 +135,62 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
         group["lr"] = lr_at(ctx.lr_g, st.step)
     for group in st.opt_D.param_groups:
         group["lr"] = lr_at(ctx.lr_d, st.step)
+    real = y = None
 
     for phase in ctx.schedule.phases_at(st.step):
         if phase.name == "Dmain":
             # Update D. G runs unwrapped without grad: the D step never touches G.
-            real = next_real()
-            z = sample_z(st, ctx.batch_size, ctx.z_dim, rt.device)
-            with torch.no_grad():
-                fake = st.G(z)
-            # One forward over real and fake together: one DDP forward per backward.
-            logits = st.D_ddp(torch.cat([real, fake]))
-            real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
+            batch = next_real()
+            real, y = batch["x"], batch.get("y")
+            with torch.no_grad(), rt.autocast():
+                fake = st.G(*g_inputs(st, ctx, real, y, rt.device)).to(real.dtype)
+            real_a, fake_a = augment(st, ctx, real), augment(st, ctx, fake)
+            parts = [real_a, fake_a]
+            if ctx.gp_weight:
+                parts.append(interpolate(real_a, fake_a, st.noise))
+            labels = torch.cat([y] * len(parts)) if y is not None else None
+            with rt.autocast():
+                # One forward over real, fake (and interpolates): one DDP forward per backward.
+                logits = st.D_ddp(torch.cat(parts), labels).float()
+            real_logits, fake_logits = logits[:len(real)], logits[len(real):2 * len(real)]
             loss_D = ctx.loss.d_loss(real_logits, fake_logits)
-            st.opt_D.zero_grad(set_to_none=True)
-            rt.backward(loss_D)  # collective: all-reduce of D's gradients
-            stats["grad_norm_d"] = grad_norm(st.D.parameters())
-            st.opt_D.step()
+            if ctx.gp_weight:
+                gp = gradient_penalty(logits[2 * len(real):], parts[2], penalty_scale(rt))
+                loss_D = loss_D + ctx.gp_weight * gp
+                stats["gradient_penalty"] = gp.detach()
+            apply_update(st, rt, ctx, st.opt_D, st.D.parameters(), loss_D, stats, "d")
             stats["loss_d"] = loss_D.detach()
             stats.update(d_stats(real_logits.detach(), fake_logits.detach()))
+
+        elif phase.name == "Dreg":
+            # Lazy R1 on the last real batch, weighted by the interval (StyleGAN2, App. B).
+            x = real.detach().requires_grad_(True)
+            with rt.autocast():
+                logits = st.D_ddp(augment(st, ctx, x), y).float()
+            r1 = r1_penalty(logits, x, penalty_scale(rt))
+            loss_Dreg = r1 * (ctx.r1_gamma / 2) * ctx.r1_interval + 0 * logits.sum()
+            apply_update(st, rt, ctx, st.opt_D, st.D.parameters(), loss_Dreg, {}, "d")
+            stats["r1_penalty"] = r1.detach()
+
         elif phase.name == "Gmain":
             # Update G. D runs unwrapped with frozen weights: gradients flow through D
             # to G, but D gets none, so the G step all-reduces only G's gradients.
-            z = sample_z(st, ctx.batch_size, ctx.z_dim, rt.device)
             st.D.requires_grad_(False)
-            fake_logits = st.D(st.G_ddp(z))
-            loss_G = ctx.loss.g_loss(fake_logits)
-            st.opt_G.zero_grad(set_to_none=True)
-            rt.backward(loss_G)  # collective: all-reduce of G's gradients
-            stats["grad_norm_g"] = grad_norm(st.G.parameters())
-            st.opt_G.step()
+            with rt.autocast():
+                fake = st.G_ddp(*g_inputs(st, ctx, real, y, rt.device))
+                fake_logits = st.D(augment(st, ctx, fake), y).float()
+            loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
+            if ctx.task == "super_resolution":
+                content = F.mse_loss(fake.float(), real.float())
+                loss_G = loss_G + ctx.content_weight * content
+                stats["content_loss"] = content.detach()
+                if ctx.perceptual is not None and ctx.perceptual_weight:
+                    with rt.autocast():
+                        perceptual = F.mse_loss(perceptual_features(ctx.perceptual, fake).float(),
+                                                perceptual_features(ctx.perceptual, real).float())
+                    loss_G = loss_G + ctx.perceptual_weight * perceptual
+                    stats["perceptual_loss"] = perceptual.detach()
+            apply_update(st, rt, ctx, st.opt_G, st.G.parameters(), loss_G, stats, "g")
             st.D.requires_grad_(True)
             stats["loss_g"] = loss_G.detach()
         else:

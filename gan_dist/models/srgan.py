@@ -1,0 +1,107 @@
+"""SRGAN (Ledig et al. 2017): an SRResNet generator and a VGG-style discriminator.
+
+G maps a low-resolution image to one `scale` times larger: a 9x9 conv,
+residual blocks (conv-BN-PReLU-conv-BN), a long skip, then x2 pixel-shuffle
+upsampling blocks and a 9x9 conv (tanh, as the data lives in [-1, 1]).
+D: 3x3 convs whose stride alternates 1 and 2 while the width doubles, then a
+global pool and a small dense head to one logit. `vgg19_features` rebuilds
+torchvision's VGG19 feature stack, so a user-supplied local weights file of
+it can drive the perceptual loss without torchvision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gan_dist.models.layers import apply_spectral_norm, d_norm
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width), nn.PReLU(width),
+                                  nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class SRResNet(nn.Module):
+    def __init__(self, channels: int, width: int, blocks: int, scale: int):
+        super().__init__()
+        self.scale = scale
+        self.head = nn.Sequential(nn.Conv2d(channels, width, 9, 1, 4), nn.PReLU(width))
+        self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)],
+                                    nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width))
+        up = []
+        for _ in range(int(math.log2(scale))):
+            up += [nn.Conv2d(width, width * 4, 3, 1, 1), nn.PixelShuffle(2), nn.PReLU(width)]
+        self.upsample = nn.Sequential(*up)
+        self.tail = nn.Sequential(nn.Conv2d(width, channels, 9, 1, 4), nn.Tanh())
+
+    def forward(self, lr_img):
+        h = self.head(lr_img)
+        return self.tail(self.upsample(h + self.blocks(h)))
+
+
+class SRDiscriminator(nn.Module):
+    def __init__(self, channels: int, width: int, spectral: bool = False):
+        super().__init__()
+        use_norm = not spectral
+        layers = [nn.Conv2d(channels, width, 3, 1, 1), nn.LeakyReLU(0.2, True)]
+        c = width
+        for i, (out, stride) in enumerate([(width, 2), (width * 2, 1), (width * 2, 2), (width * 4, 1),
+                                           (width * 4, 2), (width * 8, 1), (width * 8, 2)]):
+            layers += [nn.Conv2d(c, out, 3, stride, 1), d_norm(out, use_norm), nn.LeakyReLU(0.2, True)]
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, width * 16),
+                                  nn.LeakyReLU(0.2, True), nn.Linear(width * 16, 1))
+        if spectral:
+            apply_spectral_norm(self)
+
+    def forward(self, x, y=None):
+        return self.head(self.features(x)).squeeze(1)
+
+
+def build_srgan(cfg, shape):
+    if shape.kind != "image":
+        raise ValueError(f"srgan needs image data, the data holds {shape.kind}")
+    channels, height, width = shape.sample_shape
+    scale = cfg.sr_scale
+    if scale not in (2, 4, 8):
+        raise ValueError(f"model.sr_scale must be 2, 4 or 8, got {scale}")
+    if height % scale or width % scale or height // scale < 4:
+        raise ValueError(f"srgan x{scale} cannot make {height}x{width} images from whole low-resolution pixels")
+    G = SRResNet(channels, cfg.channels, cfg.sr_blocks, scale)
+    D = SRDiscriminator(channels, cfg.channels, spectral=cfg.spectral_norm)
+    return G, D
+
+
+# torchvision's vgg19().features layout: (out channels) per conv, "M" for max-pool.
+_VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+
+
+def vgg19_features(layers: int = 36) -> nn.Sequential:
+    """The first `layers` modules of torchvision's VGG19 `features` (36: up to relu5_4)."""
+    modules, c = [], 3
+    for v in _VGG19:
+        if v == "M":
+            modules.append(nn.MaxPool2d(2, 2))
+        else:
+            modules += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=False)]
+            c = v
+    return nn.Sequential(*modules[:layers])
+
+
+def load_vgg19_features(path: str, layers: int = 36) -> nn.Module:
+    """VGG19 features from a local state dict (torchvision's keys, with or without `features.`)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
+    net = vgg19_features(layers)
+    wanted = net.state_dict().keys()
+    net.load_state_dict({k: v for k, v in state.items() if k in wanted})
+    return net.eval().requires_grad_(False)
