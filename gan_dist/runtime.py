@@ -10,12 +10,15 @@ it. Without Ray the same calls make a single process its own world.
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch import nn
 from accelerate import Accelerator
 
 
@@ -106,6 +109,47 @@ class Runtime:
     def barrier(self) -> None:
         # Collective.
         self.accelerator.wait_for_everyone()
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over the global batch on any device: per-channel sums are all-reduced with
+    autograd (torch's SyncBatchNorm runs on GPUs only). Collective in training mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        count = torch.full_like(x[0, :, 0, 0], x.numel() / x.shape[1])
+        stats = torch.stack([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
+        with warnings.catch_warnings():
+            # Deprecated in favour of a private API that is not differentiable; still the right tool.
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = dist_nn.all_reduce(stats)  # collective, differentiable
+        mean, n = stats[0] / stats[2], stats[2]
+        var = stats[1] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var * n / (n - 1), self.momentum)
+        out = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm statistics over the global batch: torch's SyncBatchNorm on GPU, ours elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            sync = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            setattr(module, name, sync)
+        else:
+            convert_sync_batchnorm(child, device)
+    return module
 
 
 def init_runtime(torch_threads: int = 0, mixed_precision: str = "no") -> Runtime:

@@ -32,17 +32,17 @@ def r1_penalty(logits: Tensor, reals: Tensor, scale: float = 1.0) -> Tensor:
     return grads.square().sum(dim=1).mean()
 
 
-def interpolate(real: Tensor, fake: Tensor, generator: torch.Generator) -> Tensor:
-    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, generator=generator)
+def interpolate(real: Tensor, fake: Tensor, rng) -> Tensor:
+    eps = rng.rand(real.shape[0], *([1] * (real.dim() - 1)))
     return (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
 
 
 # DiffAugment (Zhao et al. 2020): the same differentiable augmentations on real and
 # fake images, in both D and G steps, so D cannot overfit a small data set.
 
-def _color(x: Tensor, g: torch.Generator) -> Tensor:
+def _color(x: Tensor, rng) -> Tensor:
     n = x.shape[0]
-    rand = lambda: torch.rand(n, 1, 1, 1, device=x.device, generator=g)  # noqa: E731
+    rand = lambda: rng.rand(n, 1, 1, 1).to(x.dtype)  # noqa: E731
     x = x + (rand() - 0.5)
     mean = x.mean(dim=1, keepdim=True)
     x = (x - mean) * (rand() * 2) + mean
@@ -50,11 +50,11 @@ def _color(x: Tensor, g: torch.Generator) -> Tensor:
     return (x - mean) * (rand() + 0.5) + mean
 
 
-def _translation(x: Tensor, g: torch.Generator, ratio: float = 0.125) -> Tensor:
+def _translation(x: Tensor, rng, ratio: float = 0.125) -> Tensor:
     n, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    dy = torch.randint(-sh, sh + 1, (n, 1, 1), device=x.device, generator=g)
-    dx = torch.randint(-sw, sw + 1, (n, 1, 1), device=x.device, generator=g)
+    dy = rng.randint(-sh, sh + 1, (n, 1, 1))
+    dx = rng.randint(-sw, sw + 1, (n, 1, 1))
     yy, xx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
     yy = torch.clamp(yy[None] + dy + 1, 0, h + 1)
     xx = torch.clamp(xx[None] + dx + 1, 0, w + 1)
@@ -63,11 +63,11 @@ def _translation(x: Tensor, g: torch.Generator, ratio: float = 0.125) -> Tensor:
     return padded.permute(0, 2, 3, 1)[idx, yy, xx].permute(0, 3, 1, 2)
 
 
-def _cutout(x: Tensor, g: torch.Generator, ratio: float = 0.5) -> Tensor:
+def _cutout(x: Tensor, rng, ratio: float = 0.5) -> Tensor:
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    cy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=x.device, generator=g)
-    cx = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=x.device, generator=g)
+    cy = rng.randint(0, h + (1 - ch % 2), (n, 1, 1))
+    cx = rng.randint(0, w + (1 - cw % 2), (n, 1, 1))
     yy, xx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
     top, left = cy - ch // 2, cx - cw // 2
     hole = (yy[None] >= top) & (yy[None] < top + ch) & (xx[None] >= left) & (xx[None] < left + cw)
@@ -77,7 +77,8 @@ def _cutout(x: Tensor, g: torch.Generator, ratio: float = 0.5) -> Tensor:
 AUGMENTATIONS = {"color": _color, "translation": _translation, "cutout": _cutout}
 
 
-def diff_augment(x: Tensor, policy: tuple[str, ...], generator: torch.Generator) -> Tensor:
+def diff_augment(x: Tensor, policy: tuple[str, ...], rng) -> Tensor:
+    """`rng` draws the random numbers (rand(*shape), randint(low, high, shape))."""
     for name in policy:
-        x = AUGMENTATIONS[name](x, generator)
+        x = AUGMENTATIONS[name](x, rng)
     return x.contiguous()

@@ -44,10 +44,7 @@ TASKS = {"mlp": "unconditional", "dcgan": "unconditional", "cgan": "conditional"
 
 def build_models(model_cfg, shape: DataShape) -> tuple[nn.Module, nn.Module]:
     """(G, D) for `model_cfg.arch` on data of `shape`; a mismatch is a ValueError."""
-    G, D = ARCHITECTURES[model_cfg.arch](model_cfg, shape)
-    if model_cfg.sync_batchnorm:
-        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
-    return G, D
+    return ARCHITECTURES[model_cfg.arch](model_cfg, shape)
 
 
 __all__ = ["ACTIVATIONS", "ARCHITECTURES", "DataShape", "TASKS", "build_models"]

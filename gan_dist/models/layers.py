@@ -70,4 +70,4 @@ def num_doublings(image_size: int, arch: str) -> int:
 def to_labels(y: torch.Tensor | None, num_classes: int) -> torch.Tensor:
     if y is None:
         raise ValueError("a conditional model needs class labels")
-    return y.long().clamp_(0, num_classes - 1)
+    return y.long().clamp(0, num_classes - 1)

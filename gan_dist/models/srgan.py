@@ -22,8 +22,10 @@ from gan_dist.models.layers import apply_spectral_norm, d_norm
 class ResidualBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width), nn.PReLU(width),
-                                  nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width))
+        # No conv biases before BatchNorm: BN cancels them (their true gradient is zero).
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.PReLU(width), nn.Conv2d(width, width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(width))
 
     def forward(self, x):
         return x + self.body(x)
@@ -35,7 +37,7 @@ class SRResNet(nn.Module):
         self.scale = scale
         self.head = nn.Sequential(nn.Conv2d(channels, width, 9, 1, 4), nn.PReLU(width))
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)],
-                                    nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width))
+                                    nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width))
         up = []
         for _ in range(int(math.log2(scale))):
             up += [nn.Conv2d(width, width * 4, 3, 1, 1), nn.PixelShuffle(2), nn.PReLU(width)]
@@ -55,7 +57,8 @@ class SRDiscriminator(nn.Module):
         c = width
         for i, (out, stride) in enumerate([(width, 2), (width * 2, 1), (width * 2, 2), (width * 4, 1),
                                            (width * 4, 2), (width * 8, 1), (width * 8, 2)]):
-            layers += [nn.Conv2d(c, out, 3, stride, 1), d_norm(out, use_norm), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(c, out, 3, stride, 1, bias=not use_norm), d_norm(out, use_norm),
+                       nn.LeakyReLU(0.2, True)]
             c = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, width * 16),

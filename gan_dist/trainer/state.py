@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gan_dist.models import DataShape, build_models
-from gan_dist.runtime import Runtime, seed_everything
+from gan_dist.runtime import Runtime, convert_sync_batchnorm, seed_everything
 from gan_dist.schedule import lazy_regularization
 
 
@@ -56,6 +56,8 @@ def build_state(cfg, shape: DataShape, rt: Runtime) -> TrainState:
     # The same seed on every rank: identical initial weights before DDP's broadcast.
     seed_everything(cfg.seed)
     G, D = build_models(cfg.model, shape)
+    if cfg.model.sync_batchnorm:
+        G, D = convert_sync_batchnorm(G, rt.device), convert_sync_batchnorm(D, rt.device)
     G, D = G.to(rt.device), D.to(rt.device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))

@@ -69,8 +69,24 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
         skip_nonfinite=cfg.train.skip_nonfinite)
 
 
-def sample_z(st: TrainState, n: int, z_dim: int, device) -> Tensor:
-    return torch.randn(n, z_dim, device=device, generator=st.noise)
+class StepRng:
+    """A step's random numbers (z, interpolation weights, augmentations), from this rank's generator."""
+
+    def __init__(self, generator: torch.Generator, device):
+        self.generator, self.device = generator, device
+
+    def randn(self, *shape) -> Tensor:
+        return torch.randn(*shape, device=self.device, generator=self.generator)
+
+    def rand(self, *shape) -> Tensor:
+        return torch.rand(*shape, device=self.device, generator=self.generator)
+
+    def randint(self, low: int, high: int, shape) -> Tensor:
+        return torch.randint(low, high, shape, device=self.device, generator=self.generator)
+
+
+def make_rng(st: TrainState, device) -> StepRng:
+    return StepRng(st.noise, device)
 
 
 def downsample(hr_img: Tensor, scale: int) -> Tensor:
@@ -79,15 +95,15 @@ def downsample(hr_img: Tensor, scale: int) -> Tensor:
                          align_corners=False).clamp(-1, 1)
 
 
-def g_inputs(st: TrainState, ctx: StepContext, real: Tensor, y: Tensor | None, device) -> tuple:
+def g_inputs(rng: StepRng, ctx: StepContext, real: Tensor, y: Tensor | None) -> tuple:
     if ctx.task == "super_resolution":
         return (downsample(real, ctx.sr_scale),)
-    z = sample_z(st, ctx.batch_size, ctx.z_dim, device)
+    z = rng.randn(ctx.batch_size, ctx.z_dim)
     return (z, y) if ctx.task == "conditional" else (z,)
 
 
-def augment(st: TrainState, ctx: StepContext, x: Tensor) -> Tensor:
-    return diff_augment(x, ctx.augment, st.noise) if ctx.augment else x
+def augment(rng: StepRng, ctx: StepContext, x: Tensor) -> Tensor:
+    return diff_augment(x, ctx.augment, rng) if ctx.augment else x
 
 
 def grad_norm(params) -> Tensor:
@@ -136,6 +152,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
     for group in st.opt_D.param_groups:
         group["lr"] = lr_at(ctx.lr_d, st.step)
     real = y = None
+    rng = make_rng(st, rt.device)
 
     for phase in ctx.schedule.phases_at(st.step):
         if phase.name == "Dmain":
@@ -143,11 +160,11 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             batch = next_real()
             real, y = batch["x"], batch.get("y")
             with torch.no_grad(), rt.autocast():
-                fake = st.G(*g_inputs(st, ctx, real, y, rt.device)).to(real.dtype)
-            real_a, fake_a = augment(st, ctx, real), augment(st, ctx, fake)
+                fake = st.G(*g_inputs(rng, ctx, real, y)).to(real.dtype)
+            real_a, fake_a = augment(rng, ctx, real), augment(rng, ctx, fake)
             parts = [real_a, fake_a]
             if ctx.gp_weight:
-                parts.append(interpolate(real_a, fake_a, st.noise))
+                parts.append(interpolate(real_a, fake_a, rng))
             labels = torch.cat([y] * len(parts)) if y is not None else None
             with rt.autocast():
                 # One forward over real, fake (and interpolates): one DDP forward per backward.
@@ -166,7 +183,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             # Lazy R1 on the last real batch, weighted by the interval (StyleGAN2, App. B).
             x = real.detach().requires_grad_(True)
             with rt.autocast():
-                logits = st.D_ddp(augment(st, ctx, x), y).float()
+                logits = st.D_ddp(augment(rng, ctx, x), y).float()
             r1 = r1_penalty(logits, x, penalty_scale(rt))
             loss_Dreg = r1 * (ctx.r1_gamma / 2) * ctx.r1_interval + 0 * logits.sum()
             apply_update(st, rt, ctx, st.opt_D, st.D.parameters(), loss_Dreg, {}, "d")
@@ -177,8 +194,8 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             # to G, but D gets none, so the G step all-reduces only G's gradients.
             st.D.requires_grad_(False)
             with rt.autocast():
-                fake = st.G_ddp(*g_inputs(st, ctx, real, y, rt.device))
-                fake_logits = st.D(augment(st, ctx, fake), y).float()
+                fake = st.G_ddp(*g_inputs(rng, ctx, real, y))
+                fake_logits = st.D(augment(rng, ctx, fake), y).float()
             loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
             if ctx.task == "super_resolution":
                 content = F.mse_loss(fake.float(), real.float())
