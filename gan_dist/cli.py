@@ -50,6 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-ray", action="store_true", help="train in this process, one worker, without Ray")
     train.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, stop")
     train.set_defaults(func=cmd_train)
+
+    sample = commands.add_parser("sample", help="write a PNG of samples from a checkpoint's G_ema")
+    sample.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    sample.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--class", dest="class_label", type=int, help="class to generate (conditional models)")
+    sample.add_argument("--input", help="low-resolution image to upscale (super-resolution models)")
+    sample.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    sample.add_argument("--out", required=True, help="output PNG file")
+    sample.set_defaults(func=cmd_sample)
+
+    evaluate = commands.add_parser("eval", help="print a checkpoint's quality metrics as JSON")
+    evaluate.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    evaluate.add_argument("--data", help="dataset to compare with (default: the run's data.source)")
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -57,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ValueError as exc:  # ConfigError, DataError, PlanError and argument checks
+        print(f"gan-dist: error: {exc}", file=sys.stderr)
+        return 2
     except BAD_INPUT as exc:
         print(f"gan-dist: error: {exc}", file=sys.stderr)
         return 2
@@ -108,6 +125,25 @@ def cmd_train(args) -> int:
     finally:
         if session is not None:
             session.close()
+
+
+def cmd_sample(args) -> int:
+    from gan_dist.inference import load_generator, sample_png, upscale_png, write_png
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    gen = load_generator(args.checkpoint)
+    data = upscale_png(gen, args.input) if args.input else sample_png(gen, args.n, args.class_label, args.seed)
+    write_png(args.out, data)
+    print(f"wrote {args.out} from {gen.cfg.model.arch} G_ema at step {gen.step}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from gan_dist.inference import evaluate_checkpoint, to_json
+
+    print(to_json(evaluate_checkpoint(args.checkpoint, args.data)))
+    return 0
 
 
 def _ray_session(address: str, resources: dict):

@@ -55,11 +55,27 @@ def _worker(rank: int, world_size: int, port: int, out: str, cache: str) -> None
     ctx_g = type(worker.ctx)(**{**worker.ctx.__dict__, "schedule": g_only})
     for _ in range(3):
         train_step(st, rt, ctx_g, worker.next_real)
+    after_g_only = dict(calls)
+    # A non-finite batch on rank 1 only: after the all-reduce both ranks see non-finite
+    # gradients, and both skip the D update together.
+    before = fingerprint(st.D)
+    real_next = worker.next_real
+
+    def poisoned():
+        batch = real_next()
+        if rank == 1:
+            batch["x"] = batch["x"] * float("nan")
+        return batch
+
+    train_step(st, rt, worker.ctx, poisoned)
+    nonfinite = {"skipped": st.nonfinite_steps, "d_unchanged": fingerprint(st.D) == before,
+                 "finite": all(bool(torch.isfinite(p).all()) for p in st.D.parameters())}
     result = {
+        "nonfinite": nonfinite,
         "world_size": rt.world_size,
         "phases": phases,
         "after_full": after_full,
-        "after_g_only": dict(calls),
+        "after_g_only": after_g_only,
         "fingerprint": fingerprint(st.G, st.D, st.G_ema),
         "z_first": torch.randn(2, generator=st.noise).tolist(),
     }
@@ -96,3 +112,8 @@ def test_g_step_does_not_all_reduce_d(gloo_results):
         assert full["D"] > 0 and full["G"] > 0  # both all-reduce in their own phase
         assert g_only["D"] == full["D"]  # G steps added no D all-reduce
         assert g_only["G"] > full["G"]
+
+
+def test_nonfinite_update_is_skipped_on_every_rank_and_counted(gloo_results):
+    for r in gloo_results:
+        assert r["nonfinite"] == {"skipped": 1, "d_unchanged": True, "finite": True}

@@ -201,7 +201,7 @@ class Worker:
             {"rng": rng_state(), "noise": st.noise.get_state(), "data": self.stream.state_dict()})}
         metrics: dict[str, Any] = {"step": st.step}
         if rt.is_main_process:
-            files["state.pt"] = ckpt.to_bytes(st.shared_state_dict())
+            files["state.pt"] = ckpt.to_bytes({**st.shared_state_dict(), "data_meta": self.index.meta})
             files["config.yaml"] = self.cfg.to_yaml().encode()
             write_atomic(self.run_dir / "history.parquet", history_bytes(st.history))
             metrics.update({k: v for k, v in (st.history[-1] if st.history else {}).items() if k != "time"})

@@ -1,0 +1,113 @@
+"""Models and losses as a user meets them: bad input, and sample/eval from checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from gan_dist import checkpoint as ckpt
+from gan_dist.cli import main
+from gan_dist.config import resolve
+from gan_dist.data.index import DatasetIndex, ShardInfo
+from gan_dist.models import DataShape, build_models
+from gan_dist.plan import PlanError, make_plan
+
+
+def image_index(size: int, channels: int = 3, classes: int = 10) -> DatasetIndex:
+    """An index as a packed image dataset would have it (make_plan reads only the index)."""
+    shards = [ShardInfo(f"shard-{i:06d}.tar", 100, 100, 1000, "0" * 64, [10] * classes) for i in range(4)]
+    meta = {"kind": "image", "sample_shape": [channels, size, size], "num_classes": classes,
+            "fields": {"x": "png", "y": "cls"}}
+    return DatasetIndex(root="/nowhere", shards=shards, meta=meta)
+
+
+@pytest.mark.parametrize("arch, size, ok", [("dcgan", 32, True), ("dcgan", 64, True), ("dcgan", 24, False),
+                                            ("cgan", 32, True), ("srgan", 32, True), ("srgan", 12, False)])
+def test_image_sizes_an_architecture_can_make(arch, size, ok):
+    cfg = resolve("ring8", [f"model.arch={arch}", "data.batch_size=64"])
+    if ok:
+        make_plan(cfg, image_index(size), 2)
+    else:
+        with pytest.raises(PlanError, match=f"model.arch {arch}"):
+            make_plan(cfg, image_index(size), 2)
+
+
+def test_model_shapes_follow_the_data():
+    for arch, size in (("dcgan", 32), ("dcgan", 64), ("cgan", 32)):
+        cfg = resolve("ring8", [f"model.arch={arch}", "model.channels=8", "model.z_dim=16"])
+        G, D = build_models(cfg.model, DataShape("image", (3, size, size), 10))
+        z, y = torch.randn(4, 16), torch.arange(4)
+        x = G(z, y)
+        assert x.shape == (4, 3, size, size) and x.abs().max() <= 1
+        assert D(x, y).shape == (4,)
+    cfg = resolve("ring8", ["model.arch=srgan", "model.channels=8", "model.sr_blocks=2"])
+    G, D = build_models(cfg.model, DataShape("image", (1, 32, 32), 0))
+    assert G(torch.randn(2, 1, 8, 8)).shape == (2, 1, 32, 32) and D(torch.randn(2, 1, 32, 32)).shape == (2,)
+
+
+def test_conditional_recipe_on_unlabelled_data_is_refused():
+    cfg = resolve("ring8", ["model.arch=cgan", "data.batch_size=64"])
+    with pytest.raises(PlanError, match="labelled data"):
+        make_plan(cfg, image_index(32, classes=0), 1)
+
+
+def test_pinned_shapes_must_match_the_data():
+    cfg = resolve("ring8", ["model.arch=dcgan", "model.image_size=64", "data.batch_size=64"])
+    with pytest.raises(PlanError, match="model.image_size is 64, but the data holds 32x32"):
+        make_plan(cfg, image_index(32), 1)
+    cfg = resolve("ring8", ["model.num_classes=3"])
+    with pytest.raises(PlanError, match="model.num_classes"):
+        make_plan(cfg, image_index(32, classes=10), 1)
+
+
+def test_image_architecture_on_points_is_refused(capsys, tmp_path, cache_dir):
+    assert main(["train", "--set", "model.arch=dcgan", "--storage", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs image data" in err[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, cache_dir):
+    storage = tmp_path_factory.mktemp("runs")
+    assert main(["train", "--no-ray", "--storage", str(storage), "--name", "mlp", "--max-steps", "40",
+                 "--set", "model.hidden=16", "--set", "data.batch_size=64", "--set", "train.log_every=20"]) == 0
+    return storage / "mlp"
+
+
+def test_sample_writes_a_png_from_a_run_directory(run_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(run_dir), "--n", "300", "--out", str(out)]) == 0
+    assert Image.open(out).size == (512, 512)
+    assert "step 40" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--class", "1"], "--class needs a conditional model"),
+    (["--input", "x.png"], "--input needs a super-resolution model"),
+    (["--n", "0"], "--n must be >= 1"),
+])
+def test_sample_bad_input(run_dir, tmp_path, capsys, argv, expect):
+    out = tmp_path / "x.png"
+    assert main(["sample", str(run_dir), "--out", str(out), *argv]) == 2
+    assert expect in capsys.readouterr().err and not out.exists()
+
+
+def test_sample_refuses_a_checkpoint_of_another_architecture(run_dir, tmp_path, capsys):
+    folder = tmp_path / "step-000040"
+    shutil.copytree(ckpt.find_latest(run_dir), folder)
+    cfg = resolve("ring8", ["model.hidden=64"]).to_yaml().encode()  # weights are 16 wide
+    state = ckpt.load_shared(folder)
+    files = {"state.pt": ckpt.to_bytes(state), "config.yaml": cfg}
+    ckpt.write_rank_files(folder, 0, 1, 40, files)
+    assert main(["sample", str(folder), "--out", str(tmp_path / "y.png")]) == 2
+    assert "do not fit model.arch mlp" in capsys.readouterr().err
+
+
+def test_eval_prints_json_metrics(run_dir, capsys):
+    assert main(["eval", str(run_dir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"] == 40 and result["num_modes"] == 8 and 0 <= result["modes_covered"] <= 8
