@@ -51,6 +51,9 @@ class ModelConfig:
     # Convolutional models: base width (DCGAN's ngf/ndf, SRGAN's feature width).
     channels: int = 64
     spectral_norm: bool = False  # on D
+    # BatchNorm in D (never with spectral norm); off for WGAN-GP, whose per-sample
+    # penalty is wrong under batch statistics (Gulrajani et al. 2017, section 4).
+    d_batchnorm: bool = True
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch
     sr_scale: int = 4
     sr_blocks: int = 8

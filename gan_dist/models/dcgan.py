@@ -40,11 +40,11 @@ class DCGANGenerator(nn.Module):
 
 class DCGANDiscriminator(nn.Module):
     def __init__(self, channels: int, image_size: int, in_channels: int, num_classes: int = 0,
-                 spectral: bool = False):
+                 spectral: bool = False, batchnorm: bool = True):
         super().__init__()
         self.num_classes = num_classes
         steps = num_doublings(image_size, "dcgan")
-        use_norm = not spectral  # SN-GAN's D has no BatchNorm
+        use_norm = batchnorm and not spectral  # SN-GAN's D has no BatchNorm
         layers = [nn.Conv2d(in_channels, channels, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         width = channels
         for _ in range(steps - 1):
@@ -80,7 +80,7 @@ def _image_dims(shape):
 def build_dcgan(cfg, shape):
     channels, size = _image_dims(shape)
     G = DCGANGenerator(cfg.z_dim, cfg.channels, size, channels)
-    D = DCGANDiscriminator(cfg.channels, size, channels, spectral=cfg.spectral_norm)
+    D = DCGANDiscriminator(cfg.channels, size, channels, spectral=cfg.spectral_norm, batchnorm=cfg.d_batchnorm)
     return G, D
 
 
@@ -89,5 +89,6 @@ def build_cgan(cfg, shape):
     if shape.num_classes < 2:
         raise ValueError("a conditional GAN needs labelled data with at least 2 classes")
     G = DCGANGenerator(cfg.z_dim, cfg.channels, size, channels, num_classes=shape.num_classes)
-    D = DCGANDiscriminator(cfg.channels, size, channels, num_classes=shape.num_classes, spectral=cfg.spectral_norm)
+    D = DCGANDiscriminator(cfg.channels, size, channels, num_classes=shape.num_classes, spectral=cfg.spectral_norm,
+                           batchnorm=cfg.d_batchnorm)
     return G, D

@@ -50,9 +50,9 @@ class SRResNet(nn.Module):
 
 
 class SRDiscriminator(nn.Module):
-    def __init__(self, channels: int, width: int, spectral: bool = False):
+    def __init__(self, channels: int, width: int, spectral: bool = False, batchnorm: bool = True):
         super().__init__()
-        use_norm = not spectral
+        use_norm = batchnorm and not spectral
         layers = [nn.Conv2d(channels, width, 3, 1, 1), nn.LeakyReLU(0.2, True)]
         c = width
         for i, (out, stride) in enumerate([(width, 2), (width * 2, 1), (width * 2, 2), (width * 4, 1),
@@ -80,7 +80,7 @@ def build_srgan(cfg, shape):
     if height % scale or width % scale or height // scale < 4:
         raise ValueError(f"srgan x{scale} cannot make {height}x{width} images from whole low-resolution pixels")
     G = SRResNet(channels, cfg.channels, cfg.sr_blocks, scale)
-    D = SRDiscriminator(channels, cfg.channels, spectral=cfg.spectral_norm)
+    D = SRDiscriminator(channels, cfg.channels, spectral=cfg.spectral_norm, batchnorm=cfg.d_batchnorm)
     return G, D
 
 
