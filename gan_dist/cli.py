@@ -15,6 +15,7 @@ from pathlib import Path
 from gan_dist import __version__
 from gan_dist.checkpoint import CheckpointError, LocalSink
 from gan_dist.config import Config, ConfigError, recipe_names, resolve
+from gan_dist.data import cli as data_cli
 from gan_dist.data.sources import DataError, resolve_source
 from gan_dist.driver import (ProgressDisplay, build_summary, check_resume, local_resources, place, run_directory,
                              run_name, write_summary)
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-ray", action="store_true", help="train in this process, one worker, without Ray")
     train.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, stop")
     train.set_defaults(func=cmd_train)
+
+    data_cli.register(commands)
     return parser
 
 

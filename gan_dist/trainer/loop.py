@@ -92,7 +92,9 @@ class Worker:
         self.index = resolve_source(cfg.data.source, cfg.data.cache_dir)
         self.plan = make_plan(cfg, self.index, self.rt.world_size)
         self.stream = RankStream(self.index, self.rt.rank, self.rt.world_size, self.plan.batch_per_rank,
-                                 cfg.seed, cfg.data.shuffle_window)
+                                 cfg.seed, cfg.data.shuffle_window, num_workers=cfg.data.num_workers,
+                                 max_corrupt_fraction=cfg.data.max_corrupt_fraction,
+                                 verify=cfg.data.verify_checksums)
         self.st: TrainState = build_state(cfg, data_shape(self.index.meta), self.rt)
         self.ctx = StepContext(loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule),
                                batch_size=self.plan.batch_per_rank, z_dim=cfg.model.z_dim,
@@ -173,8 +175,8 @@ class Worker:
         st, rt = self.st, self.rt
         # Collective: every rank's fingerprint and sample counts, so rank 0 can check
         # that the replicas agree and count the data.
-        gathered = rt.all_gather_object(
-            (fingerprint(st.G, st.D, st.G_ema), self.stream.samples_seen, session_samples_start))
+        gathered = rt.all_gather_object((fingerprint(st.G, st.D, st.G_ema), self.stream.samples_seen,
+                                         session_samples_start, self.stream.corrupt_samples))
         if not rt.is_main_process:
             return {}
         result: dict[str, Any] = {
@@ -185,7 +187,7 @@ class Worker:
             "session_steps": st.step - session_start_step,
             "final": {k: v for k, v in (st.history[-1] if st.history else {}).items() if k not in ("step", "time")},
             "eval": self.evaluate(),
-            "data": {"samples_seen": sum(g[1] for g in gathered), "corrupt_samples": 0},
+            "data": {"samples_seen": sum(g[1] for g in gathered), "corrupt_samples": sum(g[3] for g in gathered)},
             "fingerprint": gathered[0][0],
             "rank_fingerprints": [g[0] for g in gathered],
         }
