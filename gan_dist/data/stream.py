@@ -37,6 +37,7 @@ import io
 import logging
 import math
 import multiprocessing as mp
+import os
 import queue as queue_lib
 import tarfile
 import time
@@ -310,6 +311,9 @@ class Plan:
     slice_start: int
     layout: Layout
     verify: bool
+    # The trainer's environment (storage endpoints, credentials) at the time the
+    # workers start: forkserver children otherwise see the server's, from its start.
+    env: dict = field(default_factory=dict)
 
 
 def produce(plan: Plan, k: int, epoch: int, r: int, offset: int):
@@ -345,6 +349,7 @@ class _Failure:
 def _worker_main(plan: Plan, k: int, start: tuple[int, int, int], out, stop) -> None:
     """A loader worker process: push chunks until stopped or orphaned."""
     out.cancel_join_thread()  # exit promptly even if the trainer stopped reading
+    os.environ.update(plan.env)
     parent = mp.parent_process()
     try:
         for chunk in produce(plan, k, *start):
@@ -429,6 +434,7 @@ class RankStream:
         self._chunk: Chunk | None = None
         self._base = 0  # cursor position of self._chunk's first record
         self._dry = 0  # records passed in a row without a readable sample
+        self._last_note = ""  # the last bad-data warning given
 
     @property
     def slice_len(self) -> int:
@@ -474,7 +480,10 @@ class RankStream:
         for b in range(i, j):
             if chunk.bad[b]:
                 self.corrupt_samples += int(chunk.bad[b])
-                log.warning("rank %d skipped %d bad sample(s): %s", self.rank, chunk.bad[b], chunk.notes.get(b))
+                if chunk.notes.get(b) != self._last_note:  # a broken shard is reported once, not per record
+                    self._last_note = chunk.notes.get(b)
+                    log.warning("rank %d skipped bad data (%d samples so far): %s", self.rank,
+                                self.corrupt_samples, self._last_note)
         self._dry = 0 if got_rows else self._dry + (j - i)
         if self._dry > self.slice_len:
             raise DataError(f"rank {self.rank} read a whole epoch of its slice without one readable sample "
@@ -497,7 +506,7 @@ class RankStream:
         return chunk
 
     def _start_sources(self) -> list:
-        plan = Plan(self.index, self.rank, self.seed, self.slice_start, self.layout, self.verify)
+        plan = Plan(self.index, self.rank, self.seed, self.slice_start, self.layout, self.verify, dict(os.environ))
         starts = self.layout.starts(self.cursor.epoch, self.cursor.record)
         if self.num_workers == 0 or not self.processes:
             return [produce(plan, k, *start) for k, start in enumerate(starts)]
