@@ -15,6 +15,7 @@ from pathlib import Path
 from gan_dist import __version__
 from gan_dist.checkpoint import CheckpointError, LocalSink
 from gan_dist.config import Config, ConfigError, recipe_names, resolve
+from gan_dist.data import cli as data_cli
 from gan_dist.data.sources import DataError, resolve_source
 from gan_dist.driver import (ProgressDisplay, build_summary, check_resume, local_resources, place, run_directory,
                              run_name, write_summary)
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     evaluate.add_argument("--data", help="dataset to compare with (default: the run's data.source)")
     evaluate.set_defaults(func=cmd_eval)
+
+    data_cli.register(commands)
     return parser
 
 

@@ -33,11 +33,21 @@ class DataConfig:
     shuffle_window: int = 64
     # Where builtin datasets are packed on first use; "" means ~/.cache/gan-dist.
     cache_dir: str = ""
+    # Loader worker processes per rank (decode ahead of the trainer); 0 reads in the trainer.
+    num_workers: int = 0
+    # Bad samples (corrupt, truncated, missing, wrong checksum) are skipped and counted;
+    # past this fraction of the samples read (at least one epoch's slice) the run stops.
+    max_corrupt_fraction: float = 0.05
+    # Check each shard's sha256 against the index before use (reads a shard whole).
+    verify_checksums: bool = True
 
     def validate(self) -> None:
         _require(bool(self.source.strip()), "data.source", "must not be empty")
         _require(self.batch_size > 0, "data.batch_size", f"must be > 0, got {self.batch_size}")
         _require(self.shuffle_window > 0, "data.shuffle_window", f"must be > 0, got {self.shuffle_window}")
+        _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _require(0 <= self.max_corrupt_fraction <= 1, "data.max_corrupt_fraction",
+                 f"must be in [0, 1], got {self.max_corrupt_fraction}")
 
 
 @dataclass

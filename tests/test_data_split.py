@@ -31,9 +31,11 @@ def make_dataset(folder: Path, num_records: int, rows: int, records_per_shard: i
 
 
 def epoch_ids(stream: RankStream) -> list[int]:
-    """The sample ids this rank reads in one pass (its whole slice of epoch 0)."""
-    records = stream._iter_records(0, 0)
-    return [int(i) for _ in range(stream.slice_len) for i in next(records)["y"]]
+    """The sample ids this rank reads in one pass (its whole slice of epoch 0); the stream's
+    batches are one record long."""
+    ids = [int(i) for _ in range(stream.slice_len) for i in stream.next_batch()["y"]]
+    assert stream.cursor.epoch == 1 and stream.cursor.record == 0
+    return ids
 
 
 # (records, records per shard) -> shard counts below, equal to and above the rank counts.
@@ -46,7 +48,7 @@ def test_every_sample_read_exactly_once_per_pass(tmp_path, num_records, per_shar
     index = make_dataset(tmp_path / "ds", num_records, rows=5, records_per_shard=per_shard)
     seen = []
     for rank in range(world_size):
-        seen += epoch_ids(RankStream(index, rank, world_size, batch_size=7, seed=3, window=4))
+        seen += epoch_ids(RankStream(index, rank, world_size, batch_size=5, seed=3, window=4))
     assert sorted(seen) == list(range(num_records * 5))
 
 

@@ -60,3 +60,73 @@ POINTS_PER_RECORD = 256
 RECORDS_PER_SHARD = 32
 # Data identity does not depend on the training seed.
 MIXTURE_DATA_SEED = 20140610
+
+
+# Built-in image datasets --------------------------------------------------------
+# Labelled images that need no download, for demos and tests. Each is made
+# from a fixed seed, so every node packs the same pixels.
+
+@dataclass(frozen=True)
+class ImageSet:
+    name: str
+    classes: tuple[str, ...]
+    make: "callable[[], tuple[np.ndarray, np.ndarray]]"  # -> uint8 [N, H, W, C], int64 [N]
+
+
+def digits(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes),
+    scaled from 0..16 to 0..255 and upscaled with bicubic interpolation."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    small = np.round(bunch.images * (255 / 16)).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC))
+                    for im in small])
+    return big[:, :, :, None], bunch.target.astype(np.int64)
+
+
+SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
+
+
+def shapes(size: int = 32, n: int = 8192, seed: int = 20251122) -> tuple[np.ndarray, np.ndarray]:
+    """One filled shape per image, of random size, place and colour, on a dark
+    background; drawn at 4x and downsampled, so edges are anti-aliased."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(SHAPE_CLASSES), size=n)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    big = 4 * size
+    for i, label in enumerate(labels):
+        background = tuple(int(v) for v in rng.integers(0, 60, size=3))
+        colour = tuple(int(v) for v in rng.integers(120, 256, size=3))
+        radius = rng.uniform(0.2, 0.4) * big
+        cx, cy = rng.uniform(radius, big - radius, size=2)
+        image = Image.new("RGB", (big, big), background)
+        _draw_shape(ImageDraw.Draw(image), SHAPE_CLASSES[label], cx, cy, radius, colour)
+        out[i] = np.asarray(image.resize((size, size), Image.Resampling.LANCZOS))
+    return out, labels.astype(np.int64)
+
+
+def _draw_shape(draw, kind: str, cx: float, cy: float, r: float, colour: tuple) -> None:
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif kind == "square":
+        s = r * 0.85
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=colour)
+    elif kind == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r * 0.87, cy + r * 0.5), (cx - r * 0.87, cy + r * 0.5)], fill=colour)
+    else:  # cross
+        t = r * 0.3
+        draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=colour)
+        draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=colour)
+
+
+IMAGES = {
+    "digits": ImageSet("digits", tuple(str(d) for d in range(10)), digits),
+    "shapes": ImageSet("shapes", SHAPE_CLASSES, shapes),
+    "shapes64": ImageSet("shapes64", SHAPE_CLASSES, lambda: shapes(size=64)),
+}
+# Image records hold one image each; small shards so that tests can use many ranks.
+IMAGES_PER_SHARD = 256

@@ -1,8 +1,11 @@
 """A packed dataset: tar shards plus `index.parquet`, one row per shard.
 
 Columns: shard, num_samples, num_records, num_bytes, sha256, class_counts.
-Dataset-level facts (kind, sample shape, classes, mixture definition) live in
-the Parquet schema metadata under the key `gan_dist`.
+Dataset-level facts live in the Parquet schema metadata under the key
+`gan_dist`: kind ("points" or "image"), sample_shape ([C, H, W] for images),
+num_classes and classes (names), fields (which tar member feeds which array),
+the dataset totals num_samples and num_records, and for builtin mixtures the
+mixture definition.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from gan_dist.data import fs
 
 INDEX_FILE = "index.parquet"
 META_KEY = b"gan_dist"
@@ -52,7 +57,7 @@ class DatasetIndex:
         return sum(s.num_samples for s in self.shards)
 
     def url(self, i: int) -> str:
-        return f"{self.root.rstrip('/')}/{self.shards[i].shard}"
+        return fs.join(self.root, self.shards[i].shard)
 
     def write(self, path: str) -> None:
         table = pa.Table.from_pylist([vars(s) for s in self.shards], schema=SCHEMA)
@@ -63,12 +68,19 @@ class DatasetIndex:
 
     @classmethod
     def read(cls, root: str, path: str) -> "DatasetIndex":
-        table = pq.read_table(path)
+        return cls.from_table(root, pq.read_table(path), path)
+
+    @classmethod
+    def from_bytes(cls, root: str, data: bytes, where: str) -> "DatasetIndex":
+        return cls.from_table(root, pq.read_table(pa.BufferReader(data)), where)
+
+    @classmethod
+    def from_table(cls, root: str, table: pa.Table, where: str) -> "DatasetIndex":
         raw = (table.schema.metadata or {}).get(META_KEY)
         if raw is None:
-            raise ValueError(f"{path} is not a gan-dist index (no {META_KEY.decode()} metadata)")
+            raise ValueError(f"{where} is not a gan-dist index (no {META_KEY.decode()} metadata)")
         missing = [c for c in SCHEMA.names if c not in table.column_names]
         if missing:
-            raise ValueError(f"{path} lacks index column {missing[0]}")
+            raise ValueError(f"{where} lacks index column {missing[0]}")
         shards = [ShardInfo(**{k: row[k] for k in SCHEMA.names}) for row in table.to_pylist()]
         return cls(root=root, shards=shards, meta=json.loads(raw))

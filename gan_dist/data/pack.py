@@ -5,24 +5,40 @@ place only when every shard and the index are complete, so an interrupted
 pack never leaves a dataset that looks whole. Tars are byte-reproducible
 (fixed mtime and owner), so packing the same input twice, on any node, gives
 the same sha256 per shard.
+
+`pack` turns any supported input (image folder, Parquet, .npz, builtin:NAME)
+into such a dataset: images are read, optionally resized and re-encoded in
+worker processes, and written in input order by one writer, so the bytes do
+not depend on the number of workers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import webdataset as wds
+from PIL import Image
 
+from gan_dist.data import builtin, images, readers
+from gan_dist.data.errors import DataError
 from gan_dist.data.index import INDEX_FILE, DatasetIndex, ShardInfo
+from gan_dist.data.parallel import ordered_map
+
+log = logging.getLogger("gan_dist.data")
 
 Record = dict  # {"__key__": str, "<ext>": bytes, ...}; "__samples__"/"__classes__" are packing hints
+TAR_BLOCK = 512
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -31,51 +47,130 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+TAR_RECORD = 20 * TAR_BLOCK  # a streamed tar ends padded to a multiple of this
+
+
+def tar_bytes(record: Record) -> int:
+    """Bytes a record adds to a tar: a header block per member, data padded to blocks."""
+    return sum(TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in record.items() if not k.startswith("__"))
+
+
+def tar_file_bytes(content: int) -> int:
+    """Size of a tar holding `content` bytes of members: two end blocks, then padding."""
+    return -(-(content + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
+
+
+class _HashingFile:
+    """A write-only file that hashes and counts what goes through it."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "wb")
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ShardWriter:
+    """Streams records into shard-NNNNNN.tar files of at most `max_records`
+    records and (when `max_bytes` > 0) about `max_bytes` bytes; memory holds
+    one record, not one shard."""
+
+    def __init__(self, out_dir: Path, max_records: int, max_bytes: int = 0):
+        self.out_dir, self.max_records, self.max_bytes = out_dir, max_records, max_bytes
+        self.shards: list[ShardInfo] = []
+        self._file: _HashingFile | None = None
+        self._tar = None
+        self._records = self._samples = self._bytes = 0
+        self._classes: Counter = Counter()
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards) + self._samples
+
+    def add(self, record: Record) -> None:
+        size = tar_bytes(record)
+        full = self._records == self.max_records or (
+            self.max_bytes and self._records and tar_file_bytes(self._bytes + size) > self.max_bytes)
+        if self._tar is not None and full:
+            self._close_shard()
+        if self._tar is None:
+            self._open_shard()
+        self._tar.write({k: v for k, v in record.items() if not k.startswith("__") or k == "__key__"})
+        self._records += 1
+        self._samples += record.get("__samples__", 1)
+        self._bytes += size
+        self._classes.update(int(c) for c in record.get("__classes__", ()))
+
+    def end_shard(self) -> None:
+        """Start a new shard with the next record, whatever the limits."""
+        if self._tar is not None:
+            self._close_shard()
+
+    def finish(self, meta: dict, num_classes: int) -> DatasetIndex:
+        """Close the last shard and write index.parquet; class histograms get `num_classes` bins."""
+        self.end_shard()
+        for shard in self.shards:
+            counts = dict(shard.class_counts)
+            shard.class_counts = [counts.get(c, 0) for c in range(num_classes)]
+        index = DatasetIndex(root=str(self.out_dir), shards=self.shards, meta=meta)
+        index.write(str(self.out_dir / INDEX_FILE))
+        return index
+
+    def _open_shard(self) -> None:
+        self._file = _HashingFile(self.out_dir / f"shard-{len(self.shards):06d}.tar")
+        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0, user="gan-dist", group="gan-dist")
+
+    def _close_shard(self) -> None:
+        self._tar.close()
+        self._file.close()
+        # class_counts holds (class, count) pairs until finish() knows the number of classes
+        self.shards.append(ShardInfo(shard=f"shard-{len(self.shards):06d}.tar", num_samples=self._samples,
+                                     num_records=self._records, num_bytes=self._file.size,
+                                     sha256=self._file.sha256.hexdigest(),
+                                     class_counts=sorted(self._classes.items())))
+        self._tar, self._file = None, None
+        self._records = self._samples = self._bytes = 0
+        self._classes = Counter()
+
+
 def write_shards(records: Iterable[Record], out_dir: Path, records_per_shard: int,
                  num_classes: int, meta: dict) -> DatasetIndex:
-    """Write `records` into shard-NNNNNN.tar files under `out_dir` and return the index.
+    """Write `records` into shards of `records_per_shard` records and return the index.
 
     Each record may carry `__samples__` (rows it holds, default 1) and
     `__classes__` (a class label per row) for the index's counts.
     """
-    shards: list[ShardInfo] = []
-    batch: list[Record] = []
+    writer = ShardWriter(out_dir, records_per_shard)
     for record in records:
-        batch.append(record)
-        if len(batch) == records_per_shard:
-            shards.append(_write_one(out_dir, len(shards), batch, num_classes))
-            batch = []
-    if batch:
-        shards.append(_write_one(out_dir, len(shards), batch, num_classes))
-    index = DatasetIndex(root=str(out_dir), shards=shards, meta=meta)
-    index.write(str(out_dir / INDEX_FILE))
-    return index
+        writer.add(record)
+    return writer.finish(meta, num_classes)
 
 
-def _write_one(out_dir: Path, number: int, records: list[Record], num_classes: int) -> ShardInfo:
-    name = f"shard-{number:06d}.tar"
-    buf = io.BytesIO()
-    num_samples = 0
-    class_counts = np.zeros(num_classes, dtype=np.int64)
-    with wds.TarWriter(buf, encoder=False, mtime=0, user="gan-dist", group="gan-dist") as writer:
-        for record in records:
-            num_samples += record.get("__samples__", 1)
-            if num_classes and "__classes__" in record:
-                class_counts += np.bincount(record["__classes__"], minlength=num_classes)
-            writer.write({k: v for k, v in record.items() if not k.startswith("__") or k == "__key__"})
-    data = buf.getvalue()
-    (out_dir / name).write_bytes(data)
-    return ShardInfo(shard=name, num_samples=num_samples, num_records=len(records), num_bytes=len(data),
-                     sha256=hashlib.sha256(data).hexdigest(), class_counts=class_counts.tolist())
+def _parents_to_make(path: Path) -> list[Path]:
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def pack_atomically(final_dir: Path, fill: "callable[[Path], DatasetIndex]") -> None:
     """Run `fill(tmp_dir)` and rename tmp_dir to `final_dir` once it returns.
 
-    If another process completed `final_dir` first, ours is discarded.
+    If another process completed `final_dir` first, ours is discarded. On
+    failure nothing is left behind, not even the parent folders made for it.
     """
+    made = _parents_to_make(final_dir.parent)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+    done = False
     try:
         fill(tmp)
         try:
@@ -83,9 +178,14 @@ def pack_atomically(final_dir: Path, fill: "callable[[Path], DatasetIndex]") -> 
         except OSError:
             if not (final_dir / INDEX_FILE).exists():
                 raise
+        done = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for folder in made:  # innermost first
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
 
 
 def mixture_records(mixture, num_points: int, points_per_record: int, seed: int) -> Iterator[Record]:
@@ -94,3 +194,174 @@ def mixture_records(mixture, num_points: int, points_per_record: int, seed: int)
         points, modes = mixture.sample(points_per_record, rng)
         yield {"__key__": f"{number:08d}", "pts.npy": npy_bytes(points), "cls.npy": npy_bytes(modes),
                "__samples__": points_per_record, "__classes__": modes}
+
+
+# Images --------------------------------------------------------------------------------
+
+ENCODINGS = ("keep", "png", "jpg", "webp")
+
+
+@dataclass
+class PackOptions:
+    shard_samples: int = 5000  # samples per shard at most
+    shard_bytes: int = 128 << 20  # bytes per shard at most (a shard of one record may exceed it)
+    size: int = 0  # resize and centre-crop to size x size; 0 keeps each image's size
+    encode: str = "keep"  # keep the input's PNG/JPEG/WebP bytes, or re-encode: png, jpg, webp
+    quality: int = 95  # JPEG/WebP quality; WebP at 100 is lossless
+    workers: int = 1  # processes that decode, resize and encode
+    shuffle: bool = True  # write samples in a random order (seeded): shards mix classes
+    seed: int = 0
+    name: str = ""  # the dataset's name in its index; default: the input's name
+
+
+@dataclass
+class Prepared:
+    key: str
+    label: int
+    data: bytes
+    ext: str
+    width: int
+    height: int
+    channels: int
+
+
+@dataclass
+class Skipped:
+    key: str
+    reason: str
+
+
+def prepare(item: readers.Item, size: int, encode: str, quality: int) -> Prepared | Skipped:
+    """One input image -> the bytes a shard stores (runs in a pack worker)."""
+    try:
+        if item.pixels is not None:
+            image, ext, data = images.to_image(item.pixels), "", b""
+        else:
+            data = item.data if item.data is not None else Path(item.path).read_bytes()
+            ext, image = images.sniff(data), Image.open(io.BytesIO(data))
+        width, height = image.size
+        if encode == "keep" and ext and (not size or (width, height) == (size, size)):
+            channels = images.channels_of(image.mode)
+            image.verify()  # cheap integrity check (PNG CRCs); pixels stay encoded
+            return Prepared(item.key, item.label, data, ext, width, height, channels)
+        image = images.normalise_mode(image)
+        if size:
+            image = images.resize_crop(image, size)
+        ext = "png" if encode == "keep" else encode
+        return Prepared(item.key, item.label, images.encode(image, ext, quality), ext, *image.size,
+                        images.channels_of(image.mode))
+    except Exception as exc:  # Pillow raises many types for bad files
+        return Skipped(item.key, f"{item.path or 'item ' + item.key}: {type(exc).__name__}: {exc}")
+
+
+class _ImageFacts:
+    """What the index says about the images: one size, channels, extensions."""
+
+    def __init__(self):
+        self.size: tuple[int, int] | None = None
+        self.channels, self.exts, self.skipped, self.max_label = 1, set(), 0, -1
+
+    def add(self, p: Prepared, where: str) -> None:
+        if self.size is None:
+            self.size = (p.width, p.height)
+        elif (p.width, p.height) != self.size:
+            raise DataError(f"{where}: images differ in size ({self.size[0]}x{self.size[1]} and "
+                            f"{p.width}x{p.height}); pass --size N to resize and centre-crop them")
+        self.channels = max(self.channels, p.channels)
+        self.exts.add(p.ext)
+        self.max_label = max(self.max_label, p.label)
+
+
+def pack_images(source: readers.ImageSource, out_dir: Path, opts: PackOptions) -> DatasetIndex:
+    """Write `source`'s images into shards under `out_dir` (one image per record)."""
+    writer = ShardWriter(out_dir, opts.shard_samples, opts.shard_bytes)
+    facts = _ImageFacts()
+    work = partial(prepare, size=opts.size, encode=opts.encode, quality=opts.quality)
+    for out in ordered_map(work, source.items(), opts.workers):
+        if isinstance(out, Skipped):
+            facts.skipped += 1
+            log.warning("skipped an unreadable image: %s", out.reason)
+            continue
+        facts.add(out, source.where)
+        record = {"__key__": out.key, out.ext: out.data}
+        if source.labelled:
+            record.update({"cls": str(out.label).encode(), "__classes__": [out.label]})
+        writer.add(record)
+    if writer.num_samples == 0:
+        raise DataError(f"{source.where}: none of the {facts.skipped} images could be read")
+    num_classes = max(len(source.classes), facts.max_label + 1) if source.labelled else 0
+    width, height = facts.size
+    fields = {"x": ";".join(sorted(facts.exts))}
+    if source.labelled:
+        fields["y"] = "cls"
+    meta = {"name": opts.name or source.name, "kind": "image", "sample_shape": [facts.channels, height, width],
+            "num_classes": num_classes,
+            "classes": source.classes or [str(c) for c in range(num_classes)],
+            "fields": fields, "source": source.where, "encoding": opts.encode, "skipped_inputs": facts.skipped}
+    return writer.finish(meta, num_classes)
+
+
+def pack_mixture(name: str, out_dir: Path) -> DatasetIndex:
+    mixture = builtin.MIXTURES[name]()
+    meta = {"name": name, "kind": "points", "sample_shape": [2], "num_classes": mixture.num_modes,
+            "fields": {"x": "pts.npy", "y": "cls.npy"}, "mixture": mixture.to_meta()}
+    records = mixture_records(mixture, builtin.MIXTURE_POINTS, builtin.POINTS_PER_RECORD,
+                              builtin.MIXTURE_DATA_SEED)
+    return write_shards(records, out_dir, builtin.RECORDS_PER_SHARD, mixture.num_modes, meta)
+
+
+def builtin_names() -> list[str]:
+    return sorted([*builtin.MIXTURES, *builtin.IMAGES])
+
+
+def pack_builtin(name: str, out_dir: Path) -> DatasetIndex:
+    """Pack builtin dataset `name` into `out_dir` (which must not exist yet)."""
+    if name in builtin.MIXTURES:
+        return pack_mixture(name, out_dir)
+    if name in builtin.IMAGES:
+        opts = PackOptions(shard_samples=builtin.IMAGES_PER_SHARD, encode="png", seed=builtin.MIXTURE_DATA_SEED)
+        return pack_images(readers.builtin_image_source(name, opts.shuffle, opts.seed), out_dir, opts)
+    raise DataError(f"unknown builtin dataset {name!r} (known: {', '.join(builtin_names())})")
+
+
+def open_source(src: str, opts: PackOptions, image_column: str | None = None,
+                label_column: str | None = None) -> readers.ImageSource | str:
+    """The reader for `src`, checked before anything is written (a builtin
+    mixture, which is not made of images, is returned as its name)."""
+    if src.startswith("builtin:"):
+        name = src.split(":", 1)[1]
+        if name in builtin.MIXTURES:
+            return name
+        if name not in builtin.IMAGES:
+            raise DataError(f"unknown builtin dataset {name!r} (known: {', '.join(builtin_names())})")
+        return readers.builtin_image_source(name, opts.shuffle, opts.seed)
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise DataError(f"{src}: no such file or folder")
+    if path.suffix == ".npz":
+        return readers.npz_source(src, image_column, label_column, opts.shuffle, opts.seed)
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
+        return readers.parquet_source(src, image_column or "image", label_column, opts.shuffle, opts.seed)
+    if path.is_dir():
+        return readers.folder_source(src, opts.shuffle, opts.seed)
+    raise DataError(f"cannot pack {src}: expected an image folder, a Parquet file or folder, "
+                    f"a .npz file or builtin:NAME")
+
+
+def pack(src: str, out: Path, opts: PackOptions, image_column: str | None = None,
+         label_column: str | None = None) -> DatasetIndex:
+    """`gan-dist data pack`: any supported input -> shards + index.parquet at `out`."""
+    if opts.encode not in ENCODINGS:
+        raise DataError(f"--encode must be one of {', '.join(ENCODINGS)}, got {opts.encode!r}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} already exists and is not empty; choose another --out or remove it")
+    source = open_source(src, opts, image_column, label_column)
+    result: list[DatasetIndex] = []
+    if isinstance(source, str):
+        fill = lambda tmp: result.append(pack_mixture(source, tmp))  # noqa: E731
+    else:
+        fill = lambda tmp: result.append(pack_images(source, tmp, opts))  # noqa: E731
+    pack_atomically(out, fill)  # renaming onto an empty folder replaces it
+    index = result[0]
+    index.root = str(out)
+    return index

@@ -94,7 +94,9 @@ class Worker:
         self.index = resolve_source(cfg.data.source, cfg.data.cache_dir)
         self.plan = make_plan(cfg, self.index, self.rt.world_size)
         self.stream = RankStream(self.index, self.rt.rank, self.rt.world_size, self.plan.batch_per_rank,
-                                 cfg.seed, cfg.data.shuffle_window)
+                                 cfg.seed, cfg.data.shuffle_window, num_workers=cfg.data.num_workers,
+                                 max_corrupt_fraction=cfg.data.max_corrupt_fraction,
+                                 verify=cfg.data.verify_checksums)
         self.shape = data_shape(self.index.meta, cfg.model)
         self.st: TrainState = build_state(cfg, self.shape, self.rt)
         self.ctx = build_step_context(cfg, self.plan.batch_per_rank, self.rt.device)
@@ -217,8 +219,8 @@ class Worker:
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
         # Collective: every rank's fingerprint and sample counts, so rank 0 can check
         # that the replicas agree and count the data.
-        gathered = rt.all_gather_object(
-            (fingerprint(st.G, st.D, st.G_ema), self.stream.samples_seen, session_samples_start))
+        gathered = rt.all_gather_object((fingerprint(st.G, st.D, st.G_ema), self.stream.samples_seen,
+                                         session_samples_start, self.stream.corrupt_samples))
         if not rt.is_main_process:
             return {}
         result: dict[str, Any] = {
@@ -229,7 +231,7 @@ class Worker:
             "session_steps": st.step - session_start_step,
             "final": {k: v for k, v in (st.history[-1] if st.history else {}).items() if k not in ("step", "time")},
             "eval": self.evaluate(),
-            "data": {"samples_seen": sum(g[1] for g in gathered), "corrupt_samples": 0},
+            "data": {"samples_seen": sum(g[1] for g in gathered), "corrupt_samples": sum(g[3] for g in gathered)},
             "nonfinite_steps": st.nonfinite_steps,
             "fingerprint": gathered[0][0],
             "rank_fingerprints": [g[0] for g in gathered],

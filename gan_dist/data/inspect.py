@@ -1,0 +1,107 @@
+"""`gan-dist data inspect`: what a packed dataset holds, whether its shards are
+intact, and a picture of its first samples."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+import numpy as np
+
+from gan_dist.data import fs, images
+from gan_dist.data.index import DatasetIndex
+from gan_dist.data.stream import BadRecord, RecordDecoder, ShardReader
+
+
+def describe(index: DatasetIndex) -> dict:
+    """The index's facts as a JSON-able dict."""
+    meta = index.meta
+    counts = np.sum([s.class_counts for s in index.shards], axis=0) if meta.get("num_classes") else []
+    names = meta.get("classes") or [str(c) for c in range(len(counts))]
+    sizes = [s.num_samples for s in index.shards]
+    return {
+        "root": index.root, "name": meta.get("name"), "kind": meta.get("kind"),
+        "sample_shape": meta.get("sample_shape"), "fields": meta.get("fields"),
+        "shards": len(index.shards), "records": index.num_records, "samples": index.num_samples,
+        "bytes": sum(s.num_bytes for s in index.shards),
+        "samples_per_shard": [min(sizes), max(sizes)],
+        "classes": {name: int(n) for name, n in zip(names, counts)},
+        "encoding": meta.get("encoding"), "source": meta.get("source"),
+    }
+
+
+def lines(facts: dict) -> list[str]:
+    shape = facts["sample_shape"]
+    if facts["kind"] == "image":
+        what = f"images {shape[1]}x{shape[2]}, {shape[0]} channel(s)"
+    else:
+        what = f"{facts['kind']} of shape {shape}"
+    out = [
+        f"dataset   {facts['name']} at {facts['root']}",
+        f"samples   {facts['samples']:,} in {facts['records']:,} records, {facts['shards']} shards "
+        f"({facts['samples_per_shard'][0]:,}..{facts['samples_per_shard'][1]:,} samples each), "
+        f"{facts['bytes'] / 2**20:,.1f} MiB",
+        f"data      {what}; members {', '.join(f'{k}=.{v}' for k, v in facts['fields'].items())}",
+    ]
+    if facts["classes"]:
+        out.append(f"classes   {len(facts['classes'])}: "
+                   + ", ".join(f"{name} {n:,}" for name, n in facts["classes"].items()))
+    else:
+        out.append("classes   none (unlabelled)")
+    return out
+
+
+def verify_shard(index: DatasetIndex, i: int) -> str:
+    """'' if shard i has the index's sha256 and record count, else the problem."""
+    url, info = index.url(i), index.shards[i]
+    try:
+        data = fs.read_bytes(url)
+    except OSError as exc:
+        return f"cannot read ({type(exc).__name__}: {exc})"
+    if hashlib.sha256(data).hexdigest() != info.sha256:
+        return f"checksum mismatch ({len(data):,} bytes, index says {info.num_bytes:,})"
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
+            keys = {m.name.split("/")[-1].split(".", 1)[0] for m in tar if m.isreg()}
+    except tarfile.TarError as exc:
+        return f"unreadable tar ({exc})"
+    if len(keys) != info.num_records:
+        return f"{len(keys)} records, index says {info.num_records}"
+    return ""
+
+
+def first_samples(index: DatasetIndex, n: int) -> dict[str, np.ndarray]:
+    """Decoded arrays of (up to) the first `n` readable samples, in shard order."""
+    reader, decode = ShardReader(index, verify=False), RecordDecoder(index.meta["fields"], index.meta)
+    order = np.arange(len(index.shards))
+    bounds = np.cumsum([0] + [s.num_records for s in index.shards])
+    parts: dict[str, list] = {name: [] for name in decode.fields}
+    rows, position = 0, 0
+    try:
+        while rows < n and position < index.num_records:
+            for raw in reader.read(order, bounds, position, position + 1):
+                try:
+                    arrays = decode(raw) if isinstance(raw, dict) else {}
+                except BadRecord:
+                    arrays = {}
+                for name, array in arrays.items():
+                    parts[name].append(array)
+                rows += len(next(iter(arrays.values()))) if arrays else 0
+            position += 1
+    finally:
+        reader.close()
+    return {name: np.concatenate(chunks)[:n] for name, chunks in parts.items() if chunks}
+
+
+def preview_png(index: DatasetIndex, n: int = 64) -> bytes:
+    """A grid of the first `n` images, or a scatter plot of the first 2000 points."""
+    is_image = index.meta.get("kind") == "image"
+    samples = first_samples(index, n if is_image else 2000)
+    if "x" not in samples:
+        raise ValueError("no readable samples to preview")
+    if is_image:
+        return images.grid_png(samples["x"], cols=int(np.ceil(np.sqrt(len(samples["x"])))))
+    from gan_dist.visualize import scatter_png
+
+    return scatter_png(samples["x"][:, :2], np.zeros((0, 2), dtype=np.float32))
