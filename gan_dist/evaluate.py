@@ -105,7 +105,7 @@ def classifier_cache_path(index) -> Path:
     return cache_root("") / "classifiers" / f"{digest}.pt"
 
 
-def domain_classifier(index, device, epochs: int = 4, max_images: int = 20000) -> tuple[DomainClassifier, float]:
+def domain_classifier(index, device, steps: int = 1500, max_images: int = 20000) -> tuple[DomainClassifier, float]:
     """The data's classifier, trained once (deterministically) and cached by the shards' checksums."""
     meta = index.meta
     channels, num_classes = meta["sample_shape"][0], meta["num_classes"]
@@ -123,14 +123,13 @@ def domain_classifier(index, device, epochs: int = 4, max_images: int = 20000) -
         torch.manual_seed(0)
         net = DomainClassifier(channels, num_classes)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for _ in range(epochs):
-        order = torch.randperm(len(x) - split, generator=gen) + split
-        for i in range(0, len(order), 128):
-            idx = order[i:i + 128]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    # A fixed number of optimizer steps, whatever the data set's size.
+    for _ in range(steps):
+        idx = torch.randint(split, len(x), (128,), generator=gen)
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     with torch.no_grad():
         accuracy = float((net(x[:split]).argmax(1) == y[:split]).float().mean())
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,6 @@ def fingerprint(*modules: nn.Module) -> str:
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+            digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
                           if tensor.numel() else b"")
     return digest.hexdigest()

@@ -3,8 +3,10 @@ one G_ema update.
 
 Read it top to bottom; the schedule decides which phases run. Statistics stay
 on the device as tensors; the loop reads them once per log interval. The
-DDP rules (FIELD-NOTES): D sees real, fake (and interpolates) in one forward,
-so one DDP forward meets one backward; in the G step D runs unwrapped with
+DDP rules (FIELD-NOTES): D sees real, fake (and interpolates) in separate
+forwards, so BatchNorm normalises each batch on its own exactly as in the G
+step (D keeps no running statistics, so there are no buffers to desync, and
+each weight's gradient still reaches DDP's all-reduce once); in the G step D runs unwrapped with
 frozen weights, so D's gradients are neither computed nor all-reduced; the
 penalties take input gradients with create_graph=True and add `0 * logits`
 so that every D weight joins the all-reduce.
@@ -162,17 +164,15 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             with torch.no_grad(), rt.autocast():
                 fake = st.G(*g_inputs(rng, ctx, real, y)).to(real.dtype)
             real_a, fake_a = augment(rng, ctx, real), augment(rng, ctx, fake)
-            parts = [real_a, fake_a]
-            if ctx.gp_weight:
-                parts.append(interpolate(real_a, fake_a, rng))
-            labels = torch.cat([y] * len(parts)) if y is not None else None
             with rt.autocast():
-                # One forward over real, fake (and interpolates): one DDP forward per backward.
-                logits = st.D_ddp(torch.cat(parts), labels).float()
-            real_logits, fake_logits = logits[:len(real)], logits[len(real):2 * len(real)]
+                real_logits = st.D_ddp(real_a, y).float()
+                fake_logits = st.D_ddp(fake_a, y).float()
             loss_D = ctx.loss.d_loss(real_logits, fake_logits)
             if ctx.gp_weight:
-                gp = gradient_penalty(logits[2 * len(real):], parts[2], penalty_scale(rt))
+                x_hat = interpolate(real_a, fake_a, rng)
+                with rt.autocast():
+                    hat_logits = st.D_ddp(x_hat, y).float()
+                gp = gradient_penalty(hat_logits, x_hat, penalty_scale(rt))
                 loss_D = loss_D + ctx.gp_weight * gp
                 stats["gradient_penalty"] = gp.detach()
             apply_update(st, rt, ctx, st.opt_D, st.D.parameters(), loss_D, stats, "d")
