@@ -11,9 +11,11 @@ It is valid when rank 0's manifest exists, every rank's manifest exists, and
 every file matches its checksum. Loading uses `torch.load(weights_only=True)`
 on CPU first: a checkpoint never executes code.
 
-Where folders are committed is the sink's business: `LocalSink` renames a
-finished temporary folder into the run directory; the Ray sink hands each
-rank's folder to `ray.train.report`, which merges and commits them.
+Saving is two-phase: each rank writes its files into the folder the sink
+stages (in the background, from a snapshot), then the sink commits it at a
+later step boundary: `LocalSink` renames the finished temporary folder into
+the run directory; the Ray sink hands each rank's folder to
+`ray.train.report`, which merges, uploads and commits them.
 """
 
 from __future__ import annotations
@@ -178,18 +180,22 @@ class LocalSink:
         self.fallbacks += int(bool(newest) and found != newest[0])
         yield found
 
-    def save(self, rt, step: int, files: dict[str, bytes], metrics: dict) -> None:
+    def stage(self, rt, step: int) -> Path:
+        """The folder this rank writes checkpoint `step` into (shared by all ranks). Collective."""
         tmp = self.run_dir / f".tmp-{step_dir_name(step)}"
         if rt.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         rt.barrier()
-        write_rank_files(tmp, rt.rank, rt.world_size, step, files, metrics)
+        return tmp
+
+    def commit(self, rt, step: int, folder: Path, metrics: dict) -> None:
+        """Make the staged checkpoint count: every rank has written its files. Collective."""
         rt.barrier()
         if rt.is_main_process:
             final = self.run_dir / step_dir_name(step)
             if final.exists():
                 shutil.rmtree(final)
-            tmp.rename(final)
+            folder.rename(final)
             cfg = self.train_cfg
             prune(self.run_dir, cfg.keep_checkpoints, cfg.keep_best_metric, cfg.keep_best_mode)
         rt.barrier()

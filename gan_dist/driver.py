@@ -131,6 +131,7 @@ def build_summary(status: str, result: dict, hub_snapshot: dict, placement: Plac
         "fingerprint": result.get("fingerprint"),
         "rank_fingerprints": result.get("rank_fingerprints", []),
         "checkpoints": result.get("checkpoints", {}),
+        "sessions": hub_snapshot.get("sessions", []),
     }
     if error:
         summary["error" if status == "failed" else "reason"] = error

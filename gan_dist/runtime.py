@@ -79,17 +79,17 @@ class Runtime:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def any_async(self, flag: bool) -> Callable[[], bool]:
-        """Start an all-reduce of `flag` (collective) that overlaps the step; the returned
-        function waits for it and says whether any rank's flag was set."""
+    def any_async(self, *flags: bool) -> Callable[[], list[bool]]:
+        """Start an all-reduce of `flags` (collective) that overlaps the step; the returned
+        function waits for it and says, per flag, whether any rank set it."""
         if self.world_size == 1:
-            return lambda: flag
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+            return lambda: list(flags)
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
         work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control_group, async_op=True)
 
-        def wait() -> bool:
+        def wait() -> list[bool]:
             work.wait()
-            return bool(t.item())
+            return [bool(v) for v in t.tolist()]
 
         return wait
 

@@ -63,18 +63,20 @@ class RaySink:
                 older = find_latest(self.run_dir, exclude=Path(checkpoint.path))
         yield older
 
-    def save(self, rt, step: int, files: dict[str, bytes], metrics: dict) -> None:
-        # Ray deletes the local folder once uploaded (async) or we do (sync).
-        tmp = tempfile.mkdtemp(prefix="gan-dist-ckpt-")
-        write_rank_files(Path(tmp), rt.rank, rt.world_size, step, files, metrics)
+    def stage(self, rt, step: int) -> Path:
+        """A local folder for this rank's files; Ray uploads and then deletes it."""
+        return Path(tempfile.mkdtemp(prefix="gan-dist-ckpt-"))
+
+    def commit(self, rt, step: int, folder: Path, metrics: dict) -> None:
         mode = CheckpointUploadMode.ASYNC if self.train_cfg.async_checkpoint else CheckpointUploadMode.SYNC
         # A barrier: every rank reports at the same steps. With ASYNC the upload
-        # (the slow part) runs in Ray's background thread.
-        ray.train.report(metrics if rt.is_main_process else {}, checkpoint=Checkpoint.from_directory(tmp),
+        # runs in Ray's background thread.
+        ray.train.report(metrics if rt.is_main_process else {}, checkpoint=Checkpoint.from_directory(str(folder)),
                          checkpoint_dir_name=step_dir_name(step), checkpoint_upload_mode=mode,
                          delete_local_checkpoint_after_upload=True)
         if rt.is_main_process:
             cfg = self.train_cfg
+            # An asynchronous upload of the newest may be in flight: always keep two.
             prune(self.run_dir, max(cfg.keep_checkpoints, 2), cfg.keep_best_metric, cfg.keep_best_mode)
 
 
@@ -89,6 +91,9 @@ class ActorReporter:
 
     def progress(self, row: dict) -> None:
         self.hub.progress.remote(row)
+
+    def first_step(self) -> None:
+        self.hub.first_step.remote()
 
     def finished(self, result: dict) -> None:
         ray.get(self.hub.finished.remote(result))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +39,14 @@ class Sink(Protocol):
     def latest(self): ...
     fallbacks: int  # newer checkpoints found invalid and skipped on restore
 
-    def save(self, rt: Runtime, step: int, files: dict[str, bytes], metrics: dict) -> None: ...
+    def stage(self, rt: Runtime, step: int) -> Path: ...
+    def commit(self, rt: Runtime, step: int, folder: Path, metrics: dict) -> None: ...
 
 
 class Reporter(Protocol):
     def started(self, world_size: int, step: int) -> None: ...
     def progress(self, row: dict) -> None: ...
+    def first_step(self) -> None: ...
     def finished(self, result: dict) -> None: ...
 
 
@@ -85,6 +88,42 @@ def mean_pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     return torch.pdist(x).mean()
 
 
+def cpu_copy(obj):
+    """A copy of a nested state whose tensors are cloned to CPU: the in-memory snapshot."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+class PendingSave:
+    """A checkpoint being serialized and written by a background thread."""
+
+    def __init__(self, step: int, folder: Path, metrics: dict, write, blocked: float):
+        self.step, self.folder, self.metrics, self.blocked = step, folder, metrics, blocked
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(write,), name=f"checkpoint-{step}", daemon=True)
+        self.thread.start()
+
+    def _run(self, write) -> None:
+        try:
+            write()
+        except BaseException as exc:  # re-raised in the training thread by wait()
+            self.error = exc
+
+    @property
+    def busy(self) -> bool:
+        return self.thread.is_alive()
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 class Worker:
     """The state of one worker's run and its interval hooks."""
 
@@ -104,6 +143,7 @@ class Worker:
         self.last_labels: torch.Tensor | None = None
         self.last_save = time.time()
         self.checkpoint_seconds: list[float] = []  # time the step loop was blocked per save
+        self.pending: PendingSave | None = None
         # A fixed noise set, the same on every rank, for diversity signals.
         self.z_probe = torch.randn(256, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed)
                                    ).to(self.rt.device)
@@ -195,22 +235,47 @@ class Worker:
         write_atomic(path, image_grid_png(fake.numpy(), columns=6 if self.ctx.task == "super_resolution" else 8))
 
     def save_checkpoint(self) -> None:
-        """Snapshot the whole state into bytes and hand it to the sink (all ranks)."""
+        """Snapshot the whole state in memory and write it in the background (all ranks).
+
+        The step loop stalls only for the snapshot; the pending checkpoint is
+        committed at a later step boundary, once every rank's writer is done.
+        """
+        self.commit_pending()  # a previous save still in flight is finished first
         t0 = time.perf_counter()
-        st, rt = self.st, self.rt
+        st, rt, main = self.st, self.rt, self.rt.is_main_process
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
-        files = {f"rank-{rt.rank:05d}.pt": ckpt.to_bytes(
-            {"rng": rng_state(), "noise": st.noise.get_state(), "data": self.stream.state_dict()})}
+        rank_state = cpu_copy({"rng": rng_state(), "noise": st.noise.get_state(), "data": self.stream.state_dict()})
+        shared = cpu_copy({**st.shared_state_dict(), "data_meta": self.index.meta}) if main else None
         metrics: dict[str, Any] = {"step": st.step}
-        if rt.is_main_process:
-            files["state.pt"] = ckpt.to_bytes({**st.shared_state_dict(), "data_meta": self.index.meta})
-            files["config.yaml"] = self.cfg.to_yaml().encode()
-            write_atomic(self.run_dir / "history.parquet", history_bytes(st.history))
+        if main:
             metrics.update({k: v for k, v in (st.history[-1] if st.history else {}).items() if k != "time"})
-            metrics.update(self.evaluate())
-        self.sink.save(rt, st.step, files, metrics)
+            best = self.cfg.train.keep_best_metric
+            if best and best not in metrics:
+                metrics.update(self.evaluate())  # asked for: the one part that is not a snapshot
+        folder = self.sink.stage(rt, st.step)
+        step, rank, world, config = st.step, rt.rank, rt.world_size, self.cfg.to_yaml().encode()
+
+        def write() -> None:
+            files = {f"rank-{rank:05d}.pt": ckpt.to_bytes(rank_state)}
+            if main:
+                files["state.pt"] = ckpt.to_bytes(shared)
+                files["config.yaml"] = config
+                write_atomic(self.run_dir / "history.parquet", history_bytes(shared["history"]))
+            ckpt.write_rank_files(folder, rank, world, step, files, metrics)
+
+        self.pending = PendingSave(step, folder, metrics, write, blocked=time.perf_counter() - t0)
         self.last_save = time.time()
-        self.checkpoint_seconds.append(time.perf_counter() - t0)
+
+    def commit_pending(self) -> None:
+        """Wait for this rank's writer, then commit the pending checkpoint. Collective: every
+        rank calls it at the same step (the loop decides from a reduced flag)."""
+        if self.pending is None:
+            return
+        t0 = time.perf_counter()
+        pending, self.pending = self.pending, None
+        pending.wait()
+        self.sink.commit(self.rt, pending.step, pending.folder, pending.metrics)
+        self.checkpoint_seconds.append(pending.blocked + time.perf_counter() - t0)
 
     # Finish ---------------------------------------------------------------------
 
@@ -260,10 +325,15 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
     preempted = False
     t0 = time.perf_counter()
     while st.step < train.max_steps:
-        # Collective, overlapping the step: did any rank get a SIGTERM?
-        stop_vote = w.rt.any_async(preempt.requested())
+        # Collective, overlapping the step: did any rank get a SIGTERM, is any rank
+        # still writing the pending checkpoint?
+        vote = w.rt.any_async(preempt.requested(), w.pending is not None and w.pending.busy)
         meter.add(train_step(st, w.rt, w.ctx, w.next_real))
-        preempted = stop_vote()
+        preempted, writing = vote()
+        if w.pending is not None and not writing:
+            w.commit_pending()
+        if st.step == start_step + 1 and w.rt.is_main_process:
+            reporter.first_step()
         last = st.step == train.max_steps
         logged = st.step % train.log_every == 0 or last or preempted
         if logged:
@@ -276,6 +346,7 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
         if preempted:
             w.rt.print0(f"preempted: saved at step {st.step}, stopping")
             break
+    w.commit_pending()
     train_seconds = time.perf_counter() - t0
     result = w.finish(start_step, samples_start, train_seconds)
     if result:

@@ -1,0 +1,98 @@
+"""Checkpoint and restart costs of a DCGAN run on a local multi-node Ray cluster.
+
+- checkpoint stall fraction: the time the step loop is blocked per checkpoint
+  with asynchronous upload, over the full save time (the same save done
+  synchronously), both runs side by side on the same cluster;
+- restart to first resumed step: from a SIGKILL of one worker to the end of
+  the first step of the restarted worker group.
+
+    python -m gan_dist.bench.fault [--recipe dcgan-digits] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+def _train(address: str, storage: Path, name: str, recipe: str, steps: int, every: int, *extra: str) -> dict:
+    from gan_dist.cli import main
+
+    code = main(["train", recipe, "--address", address, "--storage", str(storage), "--name", name,
+                 "--workers", "2", "--max-steps", str(steps), "--set", f"train.checkpoint_every={every}",
+                 "--set", f"train.log_every={every}", "--set", f"train.sample_every={steps}", *extra])
+    summary = json.loads((storage / name / "summary.json").read_text())
+    if code != 0:
+        raise RuntimeError(f"run {name} failed: {summary.get('error')}")
+    return summary
+
+
+def _kill_a_worker_after(run_dir: Path, step: int, killed_at: list) -> threading.Thread:
+    def watch():
+        while not (run_dir / f"step-{step:06d}" / "manifest-00000.json").exists():
+            time.sleep(0.05)
+        for proc in psutil.process_iter(["cmdline"]):
+            if " ".join(proc.info["cmdline"] or []).startswith("ray::RayTrainWorker"):
+                killed_at.append(time.time())
+                os.kill(proc.pid, signal.SIGKILL)
+                return
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def run(recipe: str = "dcgan-digits", steps: int = 120, every: int = 20) -> dict:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(3):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    storage = Path(tempfile.mkdtemp(prefix="gan-dist-bench-"))
+    try:
+        blocked = _train(cluster.address, storage, "async", recipe, steps, every)
+        full = _train(cluster.address, storage, "sync", recipe, steps, every, "--set", "train.async_checkpoint=false")
+        killed_at: list[float] = []
+        watcher = _kill_a_worker_after(storage / "killed", 2 * every, killed_at)
+        killed = _train(cluster.address, storage, "killed", recipe, steps, every)
+        watcher.join(1)
+    finally:
+        cluster.shutdown()
+    # The final save also waits for pending uploads; compare the periodic ones.
+    async_s = blocked["checkpoints"]["blocked_seconds"][:-1]
+    sync_s = full["checkpoints"]["blocked_seconds"][:-1]
+    restarted = [s for s in killed["sessions"] if s["started_at"] > killed_at[0]] if killed_at else []
+    return {
+        "recipe": recipe, "world_size": 2, "checkpoints": len(async_s),
+        "blocked_seconds_async": statistics.median(async_s),
+        "save_seconds_sync": statistics.median(sync_s),
+        "checkpoint_stall_fraction": statistics.median(async_s) / statistics.median(sync_s),
+        "restarts": killed["restarts"],
+        "restart_to_first_step_seconds": restarted[0]["first_step_at"] - killed_at[0] if restarted else None,
+        "restore_seconds": restarted[0]["started_at"] - killed_at[0] if restarted else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="dcgan-digits")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    result = run(args.recipe)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
