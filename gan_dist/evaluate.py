@@ -98,11 +98,15 @@ def read_real(index, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
 
 
+# Bump when the classifier or its training changes, so cached ones are not reused.
+CLASSIFIER_VERSION = 2
+
+
 def classifier_cache_path(index) -> Path:
     from gan_dist.data.sources import cache_root
 
     digest = hashlib.sha256("".join(s.sha256 for s in index.shards).encode()).hexdigest()[:16]
-    return cache_root("") / "classifiers" / f"{digest}.pt"
+    return cache_root("") / "classifiers" / f"{digest}-v{CLASSIFIER_VERSION}.pt"
 
 
 def domain_classifier(index, device, steps: int = 1500, max_images: int = 20000) -> tuple[DomainClassifier, float]:

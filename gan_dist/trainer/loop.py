@@ -140,7 +140,6 @@ class Worker:
         self.st: TrainState = build_state(cfg, self.shape, self.rt)
         self.ctx = build_step_context(cfg, self.plan.batch_per_rank, self.rt.device)
         self.last_real: torch.Tensor | None = None
-        self.last_labels: torch.Tensor | None = None
         self.last_save = time.time()
         self.checkpoint_seconds: list[float] = []  # time the step loop was blocked per save
         self.pending: PendingSave | None = None
@@ -153,10 +152,10 @@ class Worker:
     def next_real(self) -> dict[str, torch.Tensor]:
         batch = self.stream.next_batch()
         self.last_real = torch.from_numpy(batch["x"]).to(self.rt.device, non_blocking=True)
-        self.last_labels = None
+        labels = None
         if self.shape.num_classes and "y" in batch:
-            self.last_labels = torch.from_numpy(batch["y"]).to(self.rt.device, non_blocking=True)
-        return {"x": self.last_real, "y": self.last_labels}
+            labels = torch.from_numpy(batch["y"]).to(self.rt.device, non_blocking=True)
+        return {"x": self.last_real, "y": labels}
 
     # Restore --------------------------------------------------------------------
 
