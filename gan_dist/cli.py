@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from gan_dist import __version__
+from gan_dist import __version__, submit
 from gan_dist.checkpoint import CheckpointError, LocalSink
 from gan_dist.config import Config, ConfigError, recipe_names, resolve
 from gan_dist.data.sources import DataError, resolve_source
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-ray", action="store_true", help="train in this process, one worker, without Ray")
     train.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, stop")
     train.set_defaults(func=cmd_train)
+    submit.register(commands)
     return parser
 
 
