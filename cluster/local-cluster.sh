@@ -32,12 +32,6 @@ while [[ $# -gt 0 ]]; do
   shift 2
 done
 
-ray_bin=${RAY:-$(command -v ray || true)}
-[[ -n $ray_bin ]] || { echo "local-cluster.sh: no 'ray' on PATH (activate the venv, or set RAY=...)" >&2; exit 2; }
-# Jobs run `python` from the raylets' PATH: make it the python that has Ray (and gan-dist).
-export PATH="$(dirname "$ray_bin"):$PATH"
-# Without this a stopping node waits to drain; a rehearsal cluster has nothing to drain.
-export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0
 
 wait_for() {  # wait_for SECONDS DESCRIPTION TEST...
   local seconds=$1 what=$2; shift 2
@@ -58,6 +52,12 @@ start_node() {  # start_node NAME ray-start-args...: one node in its own session
 
 up() {
   if [[ -s $dir/sessions ]]; then echo "local-cluster.sh: $dir already has a cluster; run down first" >&2; exit 2; fi
+  ray_bin=${RAY:-$(command -v ray || true)}
+  [[ -n $ray_bin ]] || { echo "local-cluster.sh: no 'ray' on PATH (activate the venv, or set RAY=...)" >&2; exit 2; }
+  # Jobs run `python` from the raylets' PATH: make it the python that has Ray (and gan-dist).
+  export PATH="$(dirname "$ray_bin"):$PATH"
+  # Without this a stopping node waits to drain; a rehearsal cluster has nothing to drain.
+  export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0
   mkdir -p "$dir/ray"
   if [[ -n ${RAY_AUTH_TOKEN:-} ]]; then printf %s "$RAY_AUTH_TOKEN" >"$dir/auth_token"
   else python3 -c 'import secrets; print(secrets.token_hex(32), end="")' >"$dir/auth_token"; fi
