@@ -32,14 +32,25 @@ while [[ $# -gt 0 ]]; do
   shift 2
 done
 
-
 wait_for() {  # wait_for SECONDS DESCRIPTION TEST...
   local seconds=$1 what=$2; shift 2
-  for ((i = 0; i < seconds * 2; i++)); do "$@" && return 0; sleep 0.5; done
-  echo "local-cluster.sh: $what did not come up in ${seconds}s; logs in $dir" >&2
+  wait_for_stop=0
+  for ((i = 0; i < seconds * 2; i++)); do "$@" && return 0; ((wait_for_stop)) && break; sleep 0.5; done
+  if ((wait_for_stop)); then echo "local-cluster.sh: $what: the head exited; logs in $dir" >&2
+  else echo "local-cluster.sh: $what did not come up in ${seconds}s; logs in $dir" >&2; fi
   return 1
 }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# The Jobs API answers (authenticated) once the dashboard's job module is up, a while after its port opens.
+jobs_api_up() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$dashboard_port" &&
+    printf 'GET /api/jobs/ HTTP/1.0\r\nAuthorization: Bearer %s\r\n\r\n' "$(cat "$dir/auth_token")" >&3 &&
+    head -n 1 <&3 | grep -q ' 200 ') 2>/dev/null
+}
+head_ready() {  # true once the Jobs API answers; false (and wait_for gives up fast) if the head died
+  jobs_api_up && return 0
+  kill -0 "$(head -n 1 "$dir/sessions")" 2>/dev/null || { wait_for_stop=1; return 1; }
+  return 1
+}
 node_started() { grep -q "Ray runtime started" "$1"; }
 
 start_node() {  # start_node NAME ray-start-args...: one node in its own session
@@ -68,7 +79,7 @@ up() {
 
   start_node head --head --port "$port" --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
     --ray-client-server-port "$client_port" --num-cpus "$head_cpus" --temp-dir "$dir/ray"
-  wait_for 90 "the head's dashboard (port $dashboard_port)" port_open "$dashboard_port" || { down; exit 1; }
+  wait_for 90 "the head's Jobs API (port $dashboard_port)" head_ready || { tail -n 5 "$dir/head.log" >&2; down; exit 1; }
   for ((w = 1; w <= workers; w++)); do
     start_node "worker-$w" --address "127.0.0.1:$port" --num-cpus "$worker_cpus"
   done

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -54,10 +55,12 @@ def wait_for(check, seconds: float, what: str) -> None:
     raise TimeoutError(f"{what} not ready after {seconds:.0f} s")
 
 
-def port_open(port: int) -> bool:
+def jobs_api_up(address: str, token: str) -> bool:
+    """The dashboard's job module answers (it starts a while after the dashboard's port opens)."""
+    request = urllib.request.Request(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
     except OSError:
         return False
 
@@ -118,9 +121,10 @@ def head():
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env=cluster_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
     try:
-        wait_for(lambda: port_open(dashboard) or proc.poll() is not None, 90, "ray start --head")
+        address = f"http://127.0.0.1:{dashboard}"
+        wait_for(lambda: jobs_api_up(address, token) or proc.poll() is not None, 90, "ray start --head")
         assert proc.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
-        yield f"http://127.0.0.1:{dashboard}", token
+        yield address, token
     finally:
         proc.terminate()  # `ray start --block` stops its node's processes on SIGTERM
         try:
