@@ -113,7 +113,7 @@ def cmd_submit(args) -> int:
 def follow(ray_jobs, client, job_id: str, address: str) -> int:
     """Stream the job's logs until it ends; exit 0 if it succeeded, else 1."""
     try:
-        outcome = ray_jobs.follow_job(client, job_id, sys.stdout)
+        outcome = ray_jobs.follow_job(client, job_id)
     except KeyboardInterrupt:
         print(f"\ngan-dist: stopped following job {job_id}; it keeps running "
               f"(stop it: ray job stop {job_id} --address {address})", file=sys.stderr)

@@ -187,10 +187,10 @@ def submit_job(client: JobSubmissionClient, spec: JobSpec) -> str:
         raise SubmitError(f"the cluster refused job {spec.submission_id}: {first_line(exc)}") from None
 
 
-def follow_job(client: JobSubmissionClient, job_id: str, out=sys.stdout) -> dict:
-    """Copy the job's logs to `out` until it ends; its final status, message and driver exit code."""
+def follow_job(client: JobSubmissionClient, job_id: str, out=None) -> dict:
+    """Copy the job's logs to `out` (stdout) until it ends; its final status, message and driver exit code."""
     try:
-        asyncio.run(_copy_logs(client, job_id, out))
+        asyncio.run(_copy_logs(client, job_id, out or sys.stdout))
     except Exception as exc:  # aiohttp, websocket or HTTP errors alike
         # The log stream can drop (head restart, proxy timeout); the job goes on, so poll its status.
         print(f"gan-dist: log stream of job {job_id} ended early ({first_line(exc)}); waiting for the job",
