@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup tools run test clean
 
 setup: $(STAMP)
 
@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# Command-line tools the tests run (promtool; kubectl if the venv lacks it).
+tools: setup
+	tests/tools/ensure-tools.sh $(VENV)/bin
+
 run: setup
 	$(VENV)/bin/gan-dist train
 
-test: setup
+test: setup tools
 	$(PY) -m pytest -q -ra tests
 
 clean:

