@@ -56,6 +56,10 @@ class DCGANDiscriminator(nn.Module):
         if num_classes:
             self.embed = nn.Embedding(num_classes, width)
         dcgan_init(self)
+        if num_classes:
+            # Small like the other weights: the default N(0, 1) makes the projection term
+            # dwarf the rest of D's output from the first step.
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
         if spectral:
             apply_spectral_norm(self)
 
