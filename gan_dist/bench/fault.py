@@ -51,22 +51,16 @@ def _kill_a_worker_after(run_dir: Path, step: int, killed_at: list) -> threading
 
 
 def run(recipe: str = "dcgan-digits", steps: int = 120, every: int = 20) -> dict:
-    from ray.cluster_utils import Cluster
+    from gan_dist.integrations.ray import local_cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(3):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
     storage = Path(tempfile.mkdtemp(prefix="gan-dist-bench-"))
-    try:
-        blocked = _train(cluster.address, storage, "async", recipe, steps, every)
-        full = _train(cluster.address, storage, "sync", recipe, steps, every, "--set", "train.async_checkpoint=false")
+    with local_cluster(nodes=3) as address:
+        blocked = _train(address, storage, "async", recipe, steps, every)
+        full = _train(address, storage, "sync", recipe, steps, every, "--set", "train.async_checkpoint=false")
         killed_at: list[float] = []
         watcher = _kill_a_worker_after(storage / "killed", 2 * every, killed_at)
-        killed = _train(cluster.address, storage, "killed", recipe, steps, every)
+        killed = _train(address, storage, "killed", recipe, steps, every)
         watcher.join(1)
-    finally:
-        cluster.shutdown()
     # The final save also waits for pending uploads; compare the periodic ones.
     async_s = blocked["checkpoints"]["blocked_seconds"][:-1]
     sync_s = full["checkpoints"]["blocked_seconds"][:-1]

@@ -142,6 +142,22 @@ def _train_fn(config: dict) -> None:
     train_worker(cfg, run_dir, RaySink(run_dir, cfg.train), ActorReporter(config["hub"]))
 
 
+@contextmanager
+def local_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[str]:
+    """A multi-node Ray cluster on this machine (a head without CPUs, `nodes` raylets), for
+    rehearsals and benchmarks; yields its address and shuts it down afterwards."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(nodes):
+            cluster.add_node(num_cpus=cpus_per_node)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
 class RaySession:
     """A connection to Ray (a local one started here, or a cluster at `address`)."""
 
