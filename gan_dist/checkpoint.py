@@ -169,6 +169,9 @@ class LocalSink:
     storage), so this also works for several processes on one filesystem.
     """
 
+    # The commit renames after a barrier of the process group: the training thread's job.
+    commits_in_background = False
+
     def __init__(self, run_dir: Path, train_cfg):
         self.run_dir, self.train_cfg = run_dir, train_cfg
         self.fallbacks = 0

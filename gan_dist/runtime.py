@@ -102,9 +102,18 @@ class Runtime:
         before each forward; used before saving and comparing replicas. Collective."""
         if self.world_size == 1:
             return
-        for module in modules:
-            for buffer in module.buffers():
-                dist.broadcast(buffer, src=0)
+        buffers = [b for module in modules for b in module.buffers()]
+        if not buffers:
+            return
+        # One broadcast of all buffers flattened (by dtype), not one per buffer.
+        for dtype in {b.dtype for b in buffers}:
+            same = [b for b in buffers if b.dtype == dtype]
+            flat = torch.cat([b.reshape(-1) for b in same])
+            dist.broadcast(flat, src=0)
+            offset = 0
+            for b in same:
+                b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     def barrier(self) -> None:
         # Collective.

@@ -42,6 +42,10 @@ class RaySink:
     bad disk) fall back to the newest good one in the run directory.
     """
 
+    # ray.train.report synchronises through Ray's own actor, so the writer thread may call it
+    # while the training thread goes on with its collectives.
+    commits_in_background = True
+
     def __init__(self, run_dir: Path, train_cfg):
         self.run_dir, self.train_cfg = run_dir, train_cfg
         self.fallbacks = 0

@@ -39,6 +39,9 @@ class Sink(Protocol):
     def latest(self): ...
     fallbacks: int  # newer checkpoints found invalid and skipped on restore
 
+    # True when commit() needs no collective of ours and may run in the writer thread.
+    commits_in_background: bool
+
     def stage(self, rt: Runtime, step: int) -> Path: ...
     def commit(self, rt: Runtime, step: int, folder: Path, metrics: dict) -> None: ...
 
@@ -105,14 +108,17 @@ class PendingSave:
     def __init__(self, step: int, folder: Path, metrics: dict, write, blocked: float):
         self.step, self.folder, self.metrics, self.blocked = step, folder, metrics, blocked
         self.error: BaseException | None = None
+        self.write_seconds = 0.0  # serializing and writing, off the step loop
         self.thread = threading.Thread(target=self._run, args=(write,), name=f"checkpoint-{step}", daemon=True)
         self.thread.start()
 
     def _run(self, write) -> None:
+        t0 = time.perf_counter()
         try:
             write()
         except BaseException as exc:  # re-raised in the training thread by wait()
             self.error = exc
+        self.write_seconds = time.perf_counter() - t0
 
     @property
     def busy(self) -> bool:
@@ -142,7 +148,9 @@ class Worker:
         self.last_real: torch.Tensor | None = None
         self.last_save = time.time()
         self.checkpoint_seconds: list[float] = []  # time the step loop was blocked per save
+        self.checkpoint_write_seconds: list[float] = []  # background serialization and writing per save
         self.pending: PendingSave | None = None
+        self.config_yaml = cfg.to_yaml().encode()  # stored in every checkpoint
         # A fixed noise set, the same on every rank, for diversity signals.
         self.z_probe = torch.randn(256, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed)
                                    ).to(self.rt.device)
@@ -236,8 +244,11 @@ class Worker:
     def save_checkpoint(self) -> None:
         """Snapshot the whole state in memory and write it in the background (all ranks).
 
-        The step loop stalls only for the snapshot; the pending checkpoint is
-        committed at a later step boundary, once every rank's writer is done.
+        The step loop stalls only for the snapshot. The writer thread serializes
+        and writes this rank's files and, where the sink allows (Ray's report is
+        its own barrier, not one of our process group's), commits them too; the
+        loop finishes the checkpoint at a later step boundary, once every rank's
+        writer is done.
         """
         self.commit_pending()  # a previous save still in flight is finished first
         t0 = time.perf_counter()
@@ -252,7 +263,7 @@ class Worker:
             if best and best not in metrics:
                 metrics.update(self.evaluate())  # asked for: the one part that is not a snapshot
         folder = self.sink.stage(rt, st.step)
-        step, rank, world, config = st.step, rt.rank, rt.world_size, self.cfg.to_yaml().encode()
+        step, rank, world, config = st.step, rt.rank, rt.world_size, self.config_yaml
 
         def write() -> None:
             files = {f"rank-{rank:05d}.pt": ckpt.to_bytes(rank_state)}
@@ -261,6 +272,8 @@ class Worker:
                 files["config.yaml"] = config
                 write_atomic(self.run_dir / "history.parquet", history_bytes(shared["history"]))
             ckpt.write_rank_files(folder, rank, world, step, files, metrics)
+            if self.sink.commits_in_background:
+                self.sink.commit(rt, step, folder, metrics)
 
         self.pending = PendingSave(step, folder, metrics, write, blocked=time.perf_counter() - t0)
         self.last_save = time.time()
@@ -273,8 +286,10 @@ class Worker:
         t0 = time.perf_counter()
         pending, self.pending = self.pending, None
         pending.wait()
-        self.sink.commit(self.rt, pending.step, pending.folder, pending.metrics)
+        if not self.sink.commits_in_background:
+            self.sink.commit(self.rt, pending.step, pending.folder, pending.metrics)
         self.checkpoint_seconds.append(pending.blocked + time.perf_counter() - t0)
+        self.checkpoint_write_seconds.append(pending.write_seconds)
 
     # Finish ---------------------------------------------------------------------
 
@@ -301,6 +316,7 @@ class Worker:
             "rank_fingerprints": [g[0] for g in gathered],
             "checkpoints": {"saved": len(self.checkpoint_seconds),
                             "blocked_seconds": self.checkpoint_seconds,
+                            "write_seconds": self.checkpoint_write_seconds,
                             "fallbacks": self.sink.fallbacks},
         }
         write_atomic(self.run_dir / "history.parquet", history_bytes(st.history))
