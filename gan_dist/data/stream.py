@@ -39,16 +39,14 @@ import math
 import multiprocessing as mp
 import os
 import queue as queue_lib
-import tarfile
 import time
 import traceback
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from gan_dist.data import fs, images
+from gan_dist.data import fs, images, tar
 from gan_dist.data.errors import DataError
 from gan_dist.data.index import DatasetIndex
 from gan_dist.data.parallel import mp_context
@@ -188,13 +186,13 @@ class ShardReader:
                 if hashlib.sha256(data).hexdigest() != info.sha256:
                     opened.broken = f"{url}: checksum mismatch ({len(data)} bytes, index says {info.num_bytes})"
                     return opened
-                opened.stream = io.BytesIO(data)
+                opened.records = tar.records(data, url, check=False)  # intact: no need to check headers
             else:
                 opened.stream = fs.open_stream(url)
+                opened.records = tar.records(opened.stream, url)
         except OSError as exc:  # FileNotFoundError, HTTP and S3 errors
             opened.broken = f"{url}: cannot read ({type(exc).__name__}: {exc})"
-            return opened
-        opened.records = group_by_keys(tar_file_expander([{"url": url, "stream": opened.stream}]))
+        return opened
         return opened
 
     def _next(self):
@@ -209,7 +207,7 @@ class ShardReader:
                 return record
             except StopIteration:
                 shard.broken = f"{self.index.url(shard.number)}: {position} records, index says {info.num_records}"
-            except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # tar.TarError is a ValueError
                 shard.broken = f"{self.index.url(shard.number)}: unreadable tar ({exc})"
         return Bad(_expected_samples(info, position, 1), shard.broken)
 
