@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from data_helpers import (id_dataset, image_dataset, random_images, replace_member, tar_members, take_rows,
-                          truncate)
+from data_helpers import id_dataset, image_dataset, random_images, replace_member, take_rows, truncate
 from gan_dist.data import tar
 from gan_dist.data.errors import DataError
 from gan_dist.data.sources import resolve_source

@@ -12,7 +12,8 @@ each) it measures, in images per second of float32 [-1, 1] NCHW batches of 64:
 - the rate a DCGAN-32 training step consumes images at batch 64: a plain
   torch DCGAN (transposed-conv G, strided-conv D, BatchNorm, Adam, one D and
   one G step per batch) written here, because the model zoo lacks one yet.
-Each figure is the best of `repeats` timed runs after a warm-up batch.
+Each figure is the best of `repeats` interleaved runs after a warm-up batch,
+in images per CPU-second of one thread (see best_rates).
 """
 
 from __future__ import annotations
@@ -36,14 +37,18 @@ BATCH = 64
 
 
 def best_rates(runs: dict, images: int, repeats: int) -> dict[str, float]:
-    """Images per second of the fastest of `repeats` runs of each run(); the runs
-    are interleaved, so a busy spell on a shared machine hits them all alike."""
+    """Images per CPU-second of the fastest of `repeats` runs of each run().
+
+    CPU time of this process, not wall time: on a shared machine other jobs
+    take the cores away at random, which wall time would count against
+    whichever loader was running. Everything measured here runs on one
+    thread, so on an idle core CPU time and wall time agree."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
+        for name, run in runs.items():  # interleaved, so slow spells hit all alike
+            t0 = time.process_time()
             run()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(time.process_time() - t0)
     return {name: images / min(t) for name, t in times.items()}
 
 
@@ -77,10 +82,12 @@ def plain_batches(paths: list[Path], batches: int) -> None:
 
 
 def dcgan32_rate(steps: int, repeats: int) -> float:
-    """Images per second consumed by a DCGAN-32 step (one D and one G update) at batch 64."""
+    """Images per second consumed by a DCGAN-32 step (one D and one G update) at
+    batch 64, on one thread (a trainer's default: train.torch_threads=1)."""
     import torch
     from torch import nn
 
+    torch.set_num_threads(1)
     G = nn.Sequential(
         nn.ConvTranspose2d(100, 256, 4, 1, 0, bias=False), nn.BatchNorm2d(256), nn.ReLU(True),
         nn.ConvTranspose2d(256, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(True),
@@ -122,8 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"torch threads {torch.get_num_threads()}", "batch": BATCH, "sizes": {}}
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "torch": torch.__version__, "batch": BATCH, "sizes": {}}
     for name, size in (("shapes", 32), ("shapes64", 64)):
         index = resolve_source(f"builtin:{name}")
         with tempfile.TemporaryDirectory() as tmp:

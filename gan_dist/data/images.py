@@ -68,6 +68,15 @@ def _pnm_pixels(data: bytes, match: re.Match, channels: int) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, :, None]
 
 
+def to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, C] -> contiguous float32 [N, C, H, W] in [-1, 1], in two passes."""
+    n, h, w, c = pixels.shape
+    out = np.empty((n, c, h, w), dtype=np.float32)
+    np.multiply(pixels.transpose(0, 3, 1, 2), np.float32(1 / 127.5), out=out)
+    out -= 1.0
+    return out
+
+
 def encoded_ext(image: Image.Image, encoding: str) -> str:
     """The member extension of `image` encoded as `encoding` (ppm: pgm for grey)."""
     return ("pgm" if image.mode == "L" else "ppm") if encoding == "ppm" else encoding
@@ -118,13 +127,13 @@ def resize_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 def grid_png(pixels: np.ndarray, cols: int = 8, pad: int = 2) -> bytes:
-    """uint8 [N, C, H, W] -> a PNG of the images in rows of `cols`."""
-    n, c, h, w = pixels.shape
+    """uint8 [N, H, W, C] -> a PNG of the images in rows of `cols`."""
+    n, h, w, c = pixels.shape
     rows = -(-n // cols)
     canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         y, x = pad + (i // cols) * (h + pad), pad + (i % cols) * (w + pad)
-        canvas[y:y + h, x:x + w] = pixels[i].transpose(1, 2, 0)
+        canvas[y:y + h, x:x + w] = pixels[i]
     buf = io.BytesIO()
     to_image(canvas).save(buf, format="PNG")
     return buf.getvalue()
