@@ -447,7 +447,8 @@ class RankStream:
             chunk = self._chunk or self._fetch()
             need -= self._take(chunk, need, parts)
         self.samples_seen += self.batch_size
-        batch = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        # a batch within one chunk is a slice of it: no copy before the float conversion
+        batch = {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
         for name in self._image_fields:  # once per batch, not per image
             batch[name] = images.to_unit_float(batch[name])
         self._check_corrupt_fraction()

@@ -19,7 +19,7 @@ import re
 from typing import BinaryIO, Iterator
 
 BLOCK = 512
-_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's base_plus_ext
+_ZERO = bytes(BLOCK)
 _META = re.compile(r"__[^/]*__($|/)")
 _FILE_TYPES = (b"0", b"\0", b"7")
 
@@ -91,7 +91,7 @@ def members(stream: BinaryIO | bytes, check: bool = True) -> Iterator[tuple[str,
     long_name = None
     while True:
         block = _read(stream, BLOCK)
-        if not block or block == bytes(BLOCK):
+        if not block or block == _ZERO:
             return  # end of archive
         if len(block) < BLOCK:
             raise TarError("truncated header")
@@ -110,14 +110,22 @@ def members(stream: BinaryIO | bytes, check: bool = True) -> Iterator[tuple[str,
             long_name = None
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """(record key, extension) as webdataset's base_plus_ext: `a/b.c.d` -> (`a/b`, `c.d`)."""
+    folder, slash, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
+        return name, ""
+    return folder + slash + stem, ext.lower()
+
+
 def records(stream: BinaryIO | bytes, url: str = "", check: bool = True) -> Iterator[dict]:
     """Records ({"__key__", "__url__", ext: bytes, ...}) of a WebDataset shard."""
     current: dict | None = None
     for name, data in members(stream, check):
-        match = _NAME.match(name)
-        if match is None or _META.match(name):
+        key, ext = split_name(name)
+        if not ext or (name.startswith("__") and _META.match(name)):
             continue
-        key, ext = match.group(1), match.group(2).lower()
         if current is None or current["__key__"] != key:
             if current is not None:
                 yield current
