@@ -132,6 +132,16 @@ def test_pack_npz_reencodes_pixels_losslessly_and_resizes(tmp_path):
     small = pack(str(tmp_path / "d.npz"), tmp_path / "small", PackOptions(size=6, encode="webp", quality=100))
     assert small.meta["sample_shape"] == [3, 6, 6] and small.meta["fields"]["x"] == "webp"
 
+    # PPM (uncompressed, the fast path) decodes to the same tensors as PNG, in colour and in grey
+    for name, array in (("rgb", pixels), ("grey", pixels[..., 0])):
+        np.savez(tmp_path / f"{name}.npz", images=array, labels=labels)
+        png, ppm = (pack(str(tmp_path / f"{name}.npz"), tmp_path / f"{name}-{enc}", PackOptions(encode=enc))
+                    for enc in ("png", "ppm"))
+        assert ppm.meta["fields"]["x"] == ("ppm" if name == "rgb" else "pgm")
+        a, b = (RankStream(ix, 0, 1, 9, seed=0, window=4).next_batch() for ix in (png, ppm))
+        np.testing.assert_array_equal(a["x"], b["x"])
+        np.testing.assert_array_equal(a["y"], b["y"])
+
 
 def test_pack_limits_shard_bytes_and_is_reproducible_with_workers(tmp_path):
     pixels, labels = random_images(40, size=16, seed=3)

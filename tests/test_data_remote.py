@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_helpers import image_dataset, take_rows
+from data_helpers import image_dataset
 from gan_dist.data.errors import DataError
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import tarfile
 
 import numpy as np
 import pytest
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from data_helpers import (id_dataset, image_dataset, random_images, replace_member, tar_members, take_rows,
-                          truncate)
+from data_helpers import id_dataset, image_dataset, random_images, replace_member, take_rows, truncate
+from gan_dist.data import tar
 from gan_dist.data.errors import DataError
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
@@ -133,8 +136,6 @@ def test_truncated_shard(verify, expected_bad, tmp_path):
 
 
 def _members_before_cut(path):
-    import tarfile
-
     names = []
     try:
         with tarfile.open(path, mode="r|") as tar:
@@ -195,3 +196,28 @@ def test_bad_data_count_is_exact_across_resume(tmp_path):
         assert [r.tolist() for r in take_rows(resumed, 10)] == [r.tolist() for r in expected]
         assert resumed.corrupt_samples == original.corrupt_samples
     assert original.corrupt_samples >= 8  # the missing shard was passed at least once
+
+
+LONG = "d" * 120 + "/" + "long" * 20  # USTAR's prefix field; GNU and pax long names
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_groups_records_like_webdataset(fmt, tmp_path):
+    """Our fast reader against webdataset's on tars as other tools write them:
+    long names, nested folders, multi-dot extensions, metadata members."""
+    members = {"a/b/0001.png": b"x" * 700, "a/b/0001.cls": b"3", "__meta__.json": b"{}", "__skip__/x.json": b"{}",
+               LONG + ".seg.npy": b"y" * 513, LONG + ".cls": b"1", "0002.txt": b""}
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=fmt) as out:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    with open(path, "rb") as f:
+        theirs = [{k: v for k, v in r.items() if k != "__url__"}
+                  for r in group_by_keys(tar_file_expander([{"url": "", "stream": f}]))]
+    ours_stream = [{k: v for k, v in r.items() if k != "__url__"} for r in tar.records(open(path, "rb"))]
+    ours_bytes = [{k: v for k, v in r.items() if k != "__url__"} for r in tar.records(path.read_bytes())]
+    assert ours_stream == ours_bytes == theirs and len(theirs) == 4
+    with pytest.raises(tar.TarError):
+        list(tar.records(path.read_bytes()[:1000]))  # inside the first image

@@ -44,7 +44,8 @@ def register(commands) -> None:
     pack_cmd.add_argument("--size", type=int, default=0,
                           help="resize (shorter side) and centre-crop every image to SIZE x SIZE")
     pack_cmd.add_argument("--encode", choices=ENCODINGS, default="keep",
-                          help="keep the input's PNG/JPEG/WebP bytes (others become PNG), or re-encode all")
+                          help="keep the input's PNG/JPEG/WebP bytes (others become PNG), or re-encode all; "
+                               "ppm (PGM/PPM, uncompressed) decodes fastest")
     pack_cmd.add_argument("--quality", type=int, default=defaults.quality,
                           help="JPEG/WebP quality (WebP 100 is lossless; default %(default)s)")
     pack_cmd.add_argument("--workers", type=int, default=1, help="processes that decode/resize/encode")

@@ -198,7 +198,7 @@ def mixture_records(mixture, num_points: int, points_per_record: int, seed: int)
 
 # Images --------------------------------------------------------------------------------
 
-ENCODINGS = ("keep", "png", "jpg", "webp")
+ENCODINGS = ("keep", "png", "jpg", "webp", "ppm")
 
 
 @dataclass
@@ -206,7 +206,7 @@ class PackOptions:
     shard_samples: int = 5000  # samples per shard at most
     shard_bytes: int = 128 << 20  # bytes per shard at most (a shard of one record may exceed it)
     size: int = 0  # resize and centre-crop to size x size; 0 keeps each image's size
-    encode: str = "keep"  # keep the input's PNG/JPEG/WebP bytes, or re-encode: png, jpg, webp
+    encode: str = "keep"  # keep the input's PNG/JPEG/WebP bytes, or re-encode: png, jpg, webp, ppm
     quality: int = 95  # JPEG/WebP quality; WebP at 100 is lossless
     workers: int = 1  # processes that decode, resize and encode
     shuffle: bool = True  # write samples in a random order (seeded): shards mix classes
@@ -247,7 +247,7 @@ def prepare(item: readers.Item, size: int, encode: str, quality: int) -> Prepare
         image = images.normalise_mode(image)
         if size:
             image = images.resize_crop(image, size)
-        ext = "png" if encode == "keep" else encode
+        ext = images.encoded_ext(image, "png" if encode == "keep" else encode)
         return Prepared(item.key, item.label, images.encode(image, ext, quality), ext, *image.size,
                         images.channels_of(image.mode))
     except Exception as exc:  # Pillow raises many types for bad files

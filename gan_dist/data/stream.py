@@ -39,16 +39,14 @@ import math
 import multiprocessing as mp
 import os
 import queue as queue_lib
-import tarfile
 import time
 import traceback
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from gan_dist.data import fs, images
+from gan_dist.data import fs, images, tar
 from gan_dist.data.errors import DataError
 from gan_dist.data.index import DatasetIndex
 from gan_dist.data.parallel import mp_context
@@ -188,13 +186,13 @@ class ShardReader:
                 if hashlib.sha256(data).hexdigest() != info.sha256:
                     opened.broken = f"{url}: checksum mismatch ({len(data)} bytes, index says {info.num_bytes})"
                     return opened
-                opened.stream = io.BytesIO(data)
+                opened.records = tar.records(data, url, check=False)  # intact: no need to check headers
             else:
                 opened.stream = fs.open_stream(url)
+                opened.records = tar.records(opened.stream, url)
         except OSError as exc:  # FileNotFoundError, HTTP and S3 errors
             opened.broken = f"{url}: cannot read ({type(exc).__name__}: {exc})"
-            return opened
-        opened.records = group_by_keys(tar_file_expander([{"url": url, "stream": opened.stream}]))
+        return opened
         return opened
 
     def _next(self):
@@ -209,7 +207,7 @@ class ShardReader:
                 return record
             except StopIteration:
                 shard.broken = f"{self.index.url(shard.number)}: {position} records, index says {info.num_records}"
-            except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # tar.TarError is a ValueError
                 shard.broken = f"{self.index.url(shard.number)}: unreadable tar ({exc})"
         return Bad(_expected_samples(info, position, 1), shard.broken)
 
@@ -227,13 +225,14 @@ class RecordDecoder:
     """Raw tar members of one record -> arrays with a leading row dimension.
 
     `fields` maps an output name to a member extension (or several, separated
-    by ';', the first present wins): image extensions decode to uint8 [1, C, H, W]
-    (converted to float in [-1, 1] per batch), `npy` loads an array of rows,
-    `cls` is an integer label."""
+    by ';', the first present wins): image extensions decode to uint8 [1, H, W, C]
+    (made float CHW in [-1, 1] per batch), `npy` loads an array of rows, `cls`
+    is an integer label."""
 
     def __init__(self, fields: dict[str, str], meta: dict):
         self.fields = {name: spec.split(";") for name, spec in fields.items()}
         self.image_shape = tuple(meta["sample_shape"]) if meta.get("kind") == "image" else None
+        self.hwc_shape = (*self.image_shape[1:], self.image_shape[0]) if self.image_shape else None
         for name, exts in self.fields.items():
             for ext in exts:
                 if not (ext in images.SHARD_EXTS or ext.endswith("npy") or ext == "cls"):
@@ -263,10 +262,10 @@ class RecordDecoder:
             pixels = images.decode(data, ext, self.image_shape[0])
         except Exception as exc:  # Pillow and NumPy raise many types for bad bytes
             raise BadRecord(f".{ext} member: {type(exc).__name__}: {exc}") from None
-        chw = pixels.transpose(2, 0, 1)
-        if chw.shape != self.image_shape:
-            raise BadRecord(f"image of shape {list(chw.shape)}, the dataset's is {list(self.image_shape)}")
-        return chw[None]
+        if pixels.shape != self.hwc_shape:
+            raise BadRecord(f"image of shape {list(pixels.shape)} (HWC), the dataset's is "
+                            f"{list(self.image_shape)} (CHW)")
+        return pixels[None]  # HWC: made CHW once per batch, in the float conversion
 
 
 @dataclass
@@ -303,7 +302,7 @@ def _make_chunk(epoch: int, emit: int, first: int, items: list, decode: RecordDe
 
 
 @dataclass
-class Plan:
+class WorkerSpec:
     """What a loader worker needs to produce its chunks (picklable)."""
     index: DatasetIndex
     rank: int
@@ -316,20 +315,20 @@ class Plan:
     env: dict = field(default_factory=dict)
 
 
-def produce(plan: Plan, k: int, epoch: int, r: int, offset: int):
+def produce(spec: WorkerSpec, k: int, epoch: int, r: int, offset: int):
     """Worker k's chunks from (epoch, window r, offset) on, forever."""
-    reader = ShardReader(plan.index, plan.verify)
-    decode = RecordDecoder(plan.index.meta["fields"], plan.index.meta)
-    layout = plan.layout
+    reader = ShardReader(spec.index, spec.verify)
+    decode = RecordDecoder(spec.index.meta["fields"], spec.index.meta)
+    layout = spec.layout
     try:
         while True:
-            order = epoch_shard_order(len(plan.index.shards), plan.seed, epoch)
-            bounds = np.cumsum([0] + [plan.index.shards[i].num_records for i in order])
+            order = epoch_shard_order(len(spec.index.shards), spec.seed, epoch)
+            bounds = np.cumsum([0] + [spec.index.shards[i].num_records for i in order])
             for r in range(r, layout.counts[k]):
                 lo, hi = layout.span(k, r)
-                raw = reader.read(order, bounds, plan.slice_start + lo, plan.slice_start + hi)
+                raw = reader.read(order, bounds, spec.slice_start + lo, spec.slice_start + hi)
                 e = layout.emit_of[k][r]
-                perm = np.random.default_rng([plan.seed, epoch, plan.rank, e]).permutation(hi - lo)
+                perm = np.random.default_rng([spec.seed, epoch, spec.rank, e]).permutation(hi - lo)
                 yield _make_chunk(epoch, e, offset, [raw[perm[i]] for i in range(offset, hi - lo)], decode)
                 offset = 0
             epoch, r = epoch + 1, 0
@@ -346,13 +345,13 @@ class _Failure:
     message: str
 
 
-def _worker_main(plan: Plan, k: int, start: tuple[int, int, int], out, stop) -> None:
+def _worker_main(spec: WorkerSpec, k: int, start: tuple[int, int, int], out, stop) -> None:
     """A loader worker process: push chunks until stopped or orphaned."""
     out.cancel_join_thread()  # exit promptly even if the trainer stopped reading
-    os.environ.update(plan.env)
+    os.environ.update(spec.env)
     parent = mp.parent_process()
     try:
-        for chunk in produce(plan, k, *start):
+        for chunk in produce(spec, k, *start):
             while True:
                 if stop.is_set() or (parent is not None and not parent.is_alive()):
                     return
@@ -366,11 +365,11 @@ def _worker_main(plan: Plan, k: int, start: tuple[int, int, int], out, stop) -> 
 
 
 class _WorkerProcess:
-    def __init__(self, ctx, plan: Plan, k: int, start: tuple[int, int, int]):
+    def __init__(self, ctx, spec: WorkerSpec, k: int, start: tuple[int, int, int]):
         self.k = k
         self.queue = ctx.Queue(maxsize=PREFETCH)
         self.stop = ctx.Event()
-        self.process = ctx.Process(target=_worker_main, args=(plan, k, start, self.queue, self.stop),
+        self.process = ctx.Process(target=_worker_main, args=(spec, k, start, self.queue, self.stop),
                                    name=f"gan-dist-loader-{k}", daemon=True)
         self.process.start()
 
@@ -448,11 +447,10 @@ class RankStream:
             chunk = self._chunk or self._fetch()
             need -= self._take(chunk, need, parts)
         self.samples_seen += self.batch_size
-        batch = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-        for name in self._image_fields:  # uint8 -> float in [-1, 1], once per batch
-            batch[name] = batch[name].astype(np.float32)
-            batch[name] *= 1 / 127.5
-            batch[name] -= 1.0
+        # a batch within one chunk is a slice of it: no copy before the float conversion
+        batch = {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
+        for name in self._image_fields:  # once per batch, not per image
+            batch[name] = images.to_unit_float(batch[name])
         self._check_corrupt_fraction()
         self.wait_seconds += time.perf_counter() - t0
         return batch
@@ -506,12 +504,13 @@ class RankStream:
         return chunk
 
     def _start_sources(self) -> list:
-        plan = Plan(self.index, self.rank, self.seed, self.slice_start, self.layout, self.verify, dict(os.environ))
+        spec = WorkerSpec(self.index, self.rank, self.seed, self.slice_start, self.layout, self.verify,
+                          dict(os.environ))
         starts = self.layout.starts(self.cursor.epoch, self.cursor.record)
         if self.num_workers == 0 or not self.processes:
-            return [produce(plan, k, *start) for k, start in enumerate(starts)]
+            return [produce(spec, k, *start) for k, start in enumerate(starts)]
         ctx = mp_context()
-        return [_WorkerProcess(ctx, plan, k, start) for k, start in enumerate(starts)]
+        return [_WorkerProcess(ctx, spec, k, start) for k, start in enumerate(starts)]
 
     # Checkpointing --------------------------------------------------------------
 
