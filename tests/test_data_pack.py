@@ -5,6 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +235,22 @@ def test_builtin_image_sets(cache_dir, tmp_path):
 
 def index_of(cache_dir: Path, name: str) -> DatasetIndex:
     return resolve_source(f"builtin:{name}", cache_dir=str(cache_dir))
+
+
+def test_interrupted_pack_leaves_nothing_that_looks_complete(tmp_path, cache_dir):
+    pixels, labels = random_images(6000, size=32, seed=5)
+    np.savez(tmp_path / "d.npz", images=pixels, labels=labels)
+    out = tmp_path / "ds"
+    env = dict(os.environ, GAN_DIST_CACHE=str(cache_dir))
+    proc = subprocess.Popen([sys.executable, "-m", "gan_dist", "data", "pack", str(tmp_path / "d.npz"), "--out",
+                             str(out), "--encode", "webp", "--shard-samples", "200"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".ds.tmp-*/shard-000001.tar")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "pack wrote no shard in 60 s"
+        time.sleep(0.01)
+    assert proc.poll() is None, "pack finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    assert not out.exists()
+    assert not list(tmp_path.glob(".ds.tmp-*"))  # Ctrl-C cleans up; a kill -9 would leave only this hidden folder

@@ -36,7 +36,7 @@ def register(commands) -> None:
     pack_cmd = sub.add_parser("pack", help="pack an image folder, Parquet, .npz or builtin:NAME into shards")
     pack_cmd.add_argument("src", help=f"image folder (one subfolder per class, or flat), Parquet file or folder, "
                                       f".npz file, or builtin:NAME ({', '.join(builtin_names())})")
-    pack_cmd.add_argument("--out", required=True, type=Path, help="dataset folder to create (must not exist)")
+    pack_cmd.add_argument("--out", required=True, type=Path, help="dataset folder to create (must not exist, or be empty)")
     pack_cmd.add_argument("--shard-samples", type=int, default=defaults.shard_samples,
                           help="samples per shard at most (default %(default)s)")
     pack_cmd.add_argument("--shard-bytes", type=byte_size, default=defaults.shard_bytes,

@@ -66,13 +66,16 @@ class DatasetIndex:
         table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
         pq.write_table(table, path)
 
+    # ParquetFile, not pq.read_table: read_table's dataset scanner may release
+    # its buffer on an Arrow thread while Python shuts down, which aborts the
+    # process (exit 134, "terminate called without an active exception").
     @classmethod
     def read(cls, root: str, path: str) -> "DatasetIndex":
-        return cls.from_table(root, pq.read_table(path), path)
+        return cls.from_table(root, pq.ParquetFile(path).read(use_threads=False), path)
 
     @classmethod
     def from_bytes(cls, root: str, data: bytes, where: str) -> "DatasetIndex":
-        return cls.from_table(root, pq.read_table(pa.BufferReader(data)), where)
+        return cls.from_table(root, pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False), where)
 
     @classmethod
     def from_table(cls, root: str, table: pa.Table, where: str) -> "DatasetIndex":

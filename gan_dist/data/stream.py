@@ -193,7 +193,6 @@ class ShardReader:
         except OSError as exc:  # FileNotFoundError, HTTP and S3 errors
             opened.broken = f"{url}: cannot read ({type(exc).__name__}: {exc})"
         return opened
-        return opened
 
     def _next(self):
         shard = self._open

@@ -173,7 +173,10 @@ class RaySession:
         else:
             # Keep Ray's own chatter down and its temp files bounded for local runs.
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-            ray.init(num_cpus=int(local_resources["CPU"]), num_gpus=int(local_resources["GPU"]), **kwargs)
+            # address="local": a new Ray here, even if `ray start` left a cluster on this machine
+            # (ray.init() with no address would join it, and then reject num_cpus).
+            ray.init(address="local", num_cpus=int(local_resources["CPU"]), num_gpus=int(local_resources["GPU"]),
+                     **kwargs)
 
     def resources(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}
