@@ -41,3 +41,13 @@ def cli(cache_dir):
     def _run(*args: str, **kwargs) -> CliResult:
         return run_cli(*args, cache=cache_dir, **kwargs)
     return _run
+
+
+def join_gloo_group(rank: int, world_size: int, store: str) -> None:
+    """Join a gloo process group through a file store private to the test (a TCP port picked
+    as "free" can be taken by another job on the machine); Accelerate adopts the group."""
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)

@@ -9,8 +9,6 @@ normalises per rank instead of over the global batch.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -98,11 +96,11 @@ def run_case(index: int, name: str, rank: int, world_size: int) -> dict[str, np.
             for k, v in module.state_dict().items()}
 
 
-def _worker(rank: int, world_size: int, port: int, out: str) -> None:
+def _worker(rank: int, world_size: int, out: str, store: str) -> None:
     if world_size > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                          WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
-    torch.set_num_threads(1)
+        from conftest import join_gloo_group
+
+        join_gloo_group(rank, world_size, store)
     for index, name in enumerate(CASES):
         params = run_case(index, name, rank, world_size)
         np.savez(Path(out) / f"{name}-w{world_size}-r{rank}.npz", **params)
@@ -110,17 +108,27 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def spawn_ranks(world_size: int, out: Path, attempts: int = 4) -> None:
+    """Run the cases on `world_size` ranks. KNOWN BUG (open): in this test only, a rank
+    process sometimes dies at start-up (gloo "Received data size doesn't match", or
+    SIGSEGV) before any case finishes; a fresh launch then passes. The cause is not found
+    yet (see the closing note of 2026-11-22); the Worker-based gloo test and the Ray runs
+    never showed it. Each attempt starts from scratch; the assertions are unchanged."""
+    for attempt in range(attempts):
+        store = out / f"gloo-store-{world_size}-{attempt}"
+        try:
+            mp.spawn(_worker, args=(world_size, str(out), str(store)), nprocs=world_size, join=True)
+            return
+        except mp.ProcessExitedException:
+            if attempt == attempts - 1:
+                raise
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("equivalence")
-    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
-    mp.spawn(_worker, args=(1, 0, str(out)), nprocs=1, join=True)
+    spawn_ranks(2, out)
+    spawn_ranks(1, out)
     return out
 
 

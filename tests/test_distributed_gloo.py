@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,11 @@ import torch.multiprocessing as mp
 from gan_dist.config import resolve
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world_size: int, out: str, cache: str) -> None:
+    from conftest import join_gloo_group
 
-
-def _worker(rank: int, world_size: int, port: int, out: str, cache: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size), GAN_DIST_CACHE=cache)
+    os.environ["GAN_DIST_CACHE"] = cache
+    join_gloo_group(rank, world_size, str(Path(out) / "gloo-store"))
     import torch
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -86,7 +81,7 @@ def _worker(rank: int, world_size: int, port: int, out: str, cache: str) -> None
 @pytest.fixture(scope="module")
 def gloo_results(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("gloo")
-    mp.spawn(_worker, args=(2, free_port(), str(out), str(cache_dir)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(out), str(cache_dir)), nprocs=2, join=True)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
