@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -189,9 +188,3 @@ class ProgressDisplay:
         else:
             print(f"step {step}/{self.max_steps}  {losses}  D acc real {row.get('d_acc_real', 0):.2f} "
                   f"fake {row.get('d_acc_fake', 0):.2f}  {rate}", flush=True)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
