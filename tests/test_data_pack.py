@@ -244,7 +244,10 @@ def test_interrupted_pack_leaves_nothing_that_looks_complete(tmp_path, cache_dir
     env = dict(os.environ, GAN_DIST_CACHE=str(cache_dir))
     proc = subprocess.Popen([sys.executable, "-m", "gan_dist", "data", "pack", str(tmp_path / "d.npz"), "--out",
                              str(out), "--encode", "webp", "--shard-samples", "200"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            # A shell's background jobs inherit SIGINT ignored (POSIX): undo that,
+                            # so Ctrl-C reaches the pack however this test was started.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".ds.tmp-*/shard-000001.tar")) and proc.poll() is None:
         assert time.monotonic() < deadline, "pack wrote no shard in 60 s"
