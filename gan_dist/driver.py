@@ -21,7 +21,7 @@ import yaml
 from gan_dist import checkpoint as ckpt
 from gan_dist.config import Config, ConfigError
 from gan_dist.plan import PlanError
-from gan_dist.trainer.loop import write_atomic
+from gan_dist.trainer.loop import last_logged, write_atomic
 
 # Keys that may change when a run is resumed: where and how big it runs, and for how long.
 RESUMABLE_CHANGES = ("run.", "train.max_steps", "metrics.")
@@ -115,7 +115,7 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 def build_summary(status: str, result: dict, hub_snapshot: dict, placement: Placement, wall_seconds: float,
                   error: str | None = None) -> dict[str, Any]:
     rows = hub_snapshot.get("rows") or []
-    final = result.get("final") or ({k: v for k, v in rows[-1].items() if k not in ("step", "time")} if rows else {})
+    final = result.get("final") or last_logged(rows)
     summary = {
         "status": status,
         "steps": result.get("steps", rows[-1]["step"] if rows else hub_snapshot.get("start_step", 0)),

@@ -54,10 +54,16 @@ def test_incomplete_checkpoint_is_not_a_checkpoint(tmp_path):
         assert ckpt.find_latest(tmp_path) is None
 
 
-def _train(storage: Path, name: str, steps: int) -> dict:
-    argv = ["train", "--no-ray", "--storage", str(storage), "--name", name, "--max-steps", str(steps),
-            "--set", "model.hidden=32", "--set", "data.batch_size=64", "--set", "train.log_every=10",
-            "--set", "train.checkpoint_every=20", "--set", "train.sample_every=1000"]
+TRAIN_DEFAULTS = {"model.hidden": 32, "data.batch_size": 64, "train.log_every": 10,
+                  "train.checkpoint_every": 20, "train.sample_every": 1000}
+
+
+def _train(storage: Path, name: str, steps: int, **overrides) -> dict:
+    """A short in-process run (keys with '__' for '.'); returns its summary."""
+    sets = {**TRAIN_DEFAULTS, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    argv = ["train", "--no-ray", "--storage", str(storage), "--name", name, "--max-steps", str(steps)]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={value}"]
     assert main(argv) == 0
     return yaml.safe_load((storage / name / "summary.json").read_text())
 
@@ -94,20 +100,14 @@ def test_prune_keeps_the_last_k_and_the_best(tmp_path):
 
 
 def test_time_based_checkpoints(tmp_path, cache_dir):
-    argv = ["train", "--no-ray", "--storage", str(tmp_path), "--name", "timed", "--max-steps", "50",
-            "--set", "model.hidden=16", "--set", "data.batch_size=32", "--set", "train.log_every=10",
-            "--set", "train.checkpoint_every=1000", "--set", "train.checkpoint_every_minutes=0.000001",
-            "--set", "train.keep_checkpoints=10"]
-    assert main(argv) == 0
+    _train(tmp_path, "timed", 50, model__hidden=16, data__batch_size=32, train__checkpoint_every=1000,
+           train__checkpoint_every_minutes=0.000001, train__keep_checkpoints=10)
     assert [p.name for p in ckpt.step_dirs(tmp_path / "timed")] == [f"step-{s:06d}" for s in (50, 40, 30, 20, 10)]
 
 
 def test_best_checkpoint_is_kept_by_its_eval_metric(tmp_path, cache_dir):
-    argv = ["train", "--no-ray", "--storage", str(tmp_path), "--name", "best", "--max-steps", "60",
-            "--set", "model.hidden=16", "--set", "data.batch_size=32", "--set", "train.log_every=10",
-            "--set", "train.checkpoint_every=10", "--set", "train.keep_checkpoints=1",
-            "--set", "train.keep_best_metric=high_quality_fraction"]
-    assert main(argv) == 0
+    _train(tmp_path, "best", 60, model__hidden=16, data__batch_size=32, train__checkpoint_every=10,
+           train__keep_checkpoints=1, train__keep_best_metric="high_quality_fraction")
     folders = ckpt.step_dirs(tmp_path / "best")
     metrics = [ckpt.verify(f)["metrics"] for f in folders]
     assert folders[0].name == "step-000060" and 1 <= len(folders) <= 2

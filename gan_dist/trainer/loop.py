@@ -86,6 +86,11 @@ def history_bytes(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+def last_logged(rows: list[dict]) -> dict:
+    """The values of the last log interval, without its step and timestamp (summary.json `final`)."""
+    return {k: v for k, v in (rows[-1] if rows else {}).items() if k not in ("step", "time")}
+
+
 def mean_pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     x = x.flatten(1).float()
     return torch.pdist(x).mean()
@@ -308,7 +313,7 @@ class Worker:
             "images_per_second": sum(g[1] - g[2] for g in gathered) / max(train_seconds, 1e-9),
             "train_seconds": train_seconds,
             "session_steps": st.step - session_start_step,
-            "final": {k: v for k, v in (st.history[-1] if st.history else {}).items() if k not in ("step", "time")},
+            "final": last_logged(st.history),
             "eval": self.evaluate(),
             "data": {"samples_seen": sum(g[1] for g in gathered), "corrupt_samples": sum(g[3] for g in gathered)},
             "nonfinite_steps": st.nonfinite_steps,
