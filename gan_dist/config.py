@@ -225,6 +225,8 @@ class RunConfig:
 
 @dataclass
 class MetricsConfig:
+    # Monitoring: per-interval statistics, detectors and the Prometheus target (false: none of it).
+    enabled: bool = True
     port: int = 9464
     host: str = "127.0.0.1"
 
