@@ -1,7 +1,7 @@
 """Full-state checkpoints: `step-NNNNNN/` folders that count only when verified.
 
 A checkpoint folder holds
-- `state.pt` (rank 0): G, D, G_ema, both optimizers, step, history;
+- `state.pt` (rank 0): G, D, G_ema, both optimizers, step, history, detector state;
 - `config.yaml` (rank 0): the resolved config;
 - `rank-RRRRR.pt` (every rank): that rank's RNG states, noise generator and
   data cursor;
@@ -26,6 +26,7 @@ import json
 import platform
 import re
 import shutil
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,6 +130,41 @@ def find_latest(run_dir: Path, exclude: Path | None = None) -> Path | None:
     return None
 
 
+def find_before(run_dir: Path, step: int) -> Path | None:
+    """The newest valid checkpoint from before `step` (a rollback target)."""
+    for folder in step_dirs(run_dir):
+        if int(STEP_DIR.match(folder.name).group(1)) >= step:
+            continue
+        try:
+            verify(folder)
+            return folder
+        except CheckpointError as exc:
+            warnings.warn(f"skipping checkpoint: {exc}", stacklevel=2)
+    return None
+
+
+def set_aside_after(run_dir: Path, step: int, tag: str, settle_seconds: float = 60.0) -> list[Path]:
+    """Rename the checkpoints newer than `step` to `abandoned-<tag>-step-NNNNNN`, so neither a
+    resume nor pruning takes them for the run's own. The newest may still be uploading (Ray's
+    asynchronous upload): it gets `settle_seconds` to become valid first."""
+    newer = [f for f in step_dirs(run_dir) if int(STEP_DIR.match(f.name).group(1)) > step]
+    deadline = time.monotonic() + settle_seconds
+    for folder in newer[:1]:
+        while time.monotonic() < deadline:
+            try:
+                verify(folder)
+                break
+            except CheckpointError:
+                time.sleep(0.5)
+    moved = []
+    for folder in newer:
+        target = folder.with_name(f"abandoned-{tag}-{folder.name}")
+        shutil.rmtree(target, ignore_errors=True)
+        folder.rename(target)
+        moved.append(target)
+    return moved
+
+
 def resolve_checkpoint(path: str) -> Path:
     """A CKPT argument: a checkpoint folder, or a run folder meaning its latest checkpoint."""
     folder = Path(path)
@@ -142,9 +178,17 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def prune(run_dir: Path, keep_last: int, best_metric: str = "", best_mode: str = "max") -> list[Path]:
-    """Delete checkpoints other than the newest `keep_last` and the best by `best_metric`."""
+    """Delete checkpoints other than the newest `keep_last`, the best by `best_metric`, and the
+    newest healthy one (taken while no detector's condition held: what a rollback restores)."""
     folders = step_dirs(run_dir)
     keep = set(folders[:keep_last])
+    for folder in folders:
+        try:
+            if _read_manifest(folder, 0)["metrics"].get("healthy", 1):
+                keep.add(folder)
+                break
+        except CheckpointError:
+            continue
     if best_metric:
         scored = []
         for folder in folders:

@@ -20,6 +20,7 @@ from gan_dist.data.sources import DataError, resolve_source
 from gan_dist.driver import (ProgressDisplay, build_summary, check_resume, local_resources, place, run_directory,
                              run_name, write_summary)
 from gan_dist.monitor.hub import RunHub
+from gan_dist.monitor.metrics import TARGETS_FILE
 from gan_dist.plan import PlanError, make_plan
 from gan_dist.trainer.loop import write_atomic
 
@@ -160,14 +161,18 @@ def run(cfg: Config, run_dir: Path, placement, session) -> int:
     """Train, show progress, and write summary.json whatever happens."""
     t0 = time.perf_counter()
     if session is not None:
-        hub = session.start_hub(cfg.train.max_steps)
-        snapshot = lambda since: session.snapshot(hub, since)  # noqa: E731
+        hub = session.start_hub(cfg.train.max_steps, cfg.metrics.enabled)
+        call = lambda method, *args: session.call(hub, method, *args)  # noqa: E731
     else:
-        hub = RunHub(cfg.train.max_steps)
-        snapshot = hub.snapshot
+        hub = RunHub(cfg.train.max_steps, cfg.metrics.enabled)
+        call = lambda method, *args: getattr(hub, method)(*args)  # noqa: E731
+    target = call("serve_metrics", metrics_host(cfg), cfg.metrics.port, str(run_dir),
+                  {"run": cfg.run.name, "recipe": cfg.recipe})
+    if target:
+        print(f"metrics           http://{target}/metrics (Prometheus file-SD: {run_dir / TARGETS_FILE})", flush=True)
     status, result, error = "failed", {}, None
     try:
-        with ProgressDisplay(snapshot, cfg.train.max_steps):
+        with ProgressDisplay(lambda since: call("snapshot", since), cfg.train.max_steps):
             if session is not None:
                 result = session.fit(cfg, run_dir, placement, hub)
             else:
@@ -176,30 +181,53 @@ def run(cfg: Config, run_dir: Path, placement, session) -> int:
 
                 preempt.install_sigterm_handler()
                 result = train_worker(cfg, run_dir, LocalSink(run_dir, cfg.train), hub)
-        status = "stopped" if result.get("preempted") else "completed"
-        if result.get("preempted"):
-            error = f"preempted (SIGTERM): saved at step {result['steps']}; run again with --name {cfg.run.name} to resume"
+        status, error = outcome(cfg, result)
     except KeyboardInterrupt:
         status, error = "stopped", "interrupted by the user"
     except Exception as exc:  # a failure at run time: recorded, reported, exit 1
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     finally:
         try:
-            snap = snapshot(0)
+            snap = call("snapshot", 0)
         except Exception:
             snap = {}
         summary = build_summary(status, result, snap, placement, time.perf_counter() - t0, error)
         write_summary(run_dir, summary)
+        try:
+            push_error = call("close", cfg.metrics.pushgateway, cfg.run.name)
+        except Exception as exc:  # the hub may be gone with a failed run
+            push_error = f"metrics hub: {exc}"
     print(f"{status}: {summary['steps']} steps in {summary['wall_seconds']:.1f} s, "
           f"{summary['images_per_second']:,.0f} samples/s, world size {summary['world_size']}, "
-          f"restarts {summary['restarts']}")
+          f"restarts {summary['restarts']}, alerts {len(summary['alerts'])}, rollbacks {summary['rollbacks']}")
     if summary["eval"]:
         print("eval: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in summary["eval"].items()))
+    if push_error:
+        print(f"gan-dist: warning: {push_error}", file=sys.stderr)
     if error:
         print(f"gan-dist: run {status}: {error}", file=sys.stderr)
     print(f"run directory: {run_dir}")
     return 0 if status == "completed" else 1
+
+
+def outcome(cfg: Config, result: dict) -> tuple[str, str | None]:
+    """The status of a run that returned, and why it ended early if it did."""
+    if result.get("preempted"):
+        return "stopped", (f"preempted (SIGTERM): saved at step {result['steps']}; "
+                           f"run again with --name {cfg.run.name} to resume")
+    if result.get("stopped_by"):
+        event = result["stopped_by"]
+        note = f" ({event['note']})" if event.get("note") else ""
+        return "stopped", (f"stopped by the {event['kind']} detector at step {event['step']} (since step "
+                           f"{event['onset_step']}){note}; saved at step {result['steps']}")
+    return "completed", None
+
+
+def metrics_host(cfg: Config) -> str:
+    """Where the metrics endpoint listens: as configured, else loopback for a local run and all
+    interfaces when the run joins a cluster (Prometheus scrapes it from elsewhere)."""
+    return cfg.metrics.host or ("0.0.0.0" if cfg.run.address else "127.0.0.1")
 
 
 if __name__ == "__main__":

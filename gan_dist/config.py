@@ -225,13 +225,76 @@ class RunConfig:
 
 @dataclass
 class MetricsConfig:
-    # Monitoring: per-interval statistics, detectors and the Prometheus target (false: none of it).
+    # Monitoring: per-interval signals, detectors and the Prometheus target (false: none of it).
     enabled: bool = True
+    # The run's one scrape target; 0 picks a free port. A taken port falls back to a free one
+    # (the run directory's prometheus-targets.json names the one in use).
     port: int = 9464
-    host: str = "127.0.0.1"
+    # Empty: loopback for a local run, all interfaces when the run joins a cluster (run.address).
+    host: str = ""
+    # A Pushgateway URL ("http://HOST:9091"): the final values are pushed there when the run ends.
+    pushgateway: str = ""
 
     def validate(self) -> None:
         _require(0 <= self.port <= 65535, "metrics.port", f"must be in [0, 65535], got {self.port}")
+        _require(self.pushgateway == "" or re.match(r"https?://[^/\s]+", self.pushgateway) is not None,
+                 "metrics.pushgateway", f"must be an http(s):// URL, got {self.pushgateway!r}")
+
+
+POLICIES = ("off", "warn", "rollback", "stop")
+
+
+@dataclass
+class MonitorConfig:
+    """Detectors over the reduced per-interval statistics, and what each one does when it fires.
+
+    A policy is off, warn (record the event and raise the alert), rollback (restore the
+    last checkpoint taken before the problem began, lower the learning rates, draw fresh
+    noise, go on) or stop (save and end the run with status `stopped`).
+    """
+
+    collapse: str = "warn"
+    d_overpower: str = "warn"
+    gradients: str = "warn"
+    divergence: str = "warn"
+    nonfinite: str = "warn"
+    # No detector counts a log interval before this step (the game is still settling).
+    warmup_steps: int = 1000
+    # Consecutive log intervals a condition must hold before it fires (non-finite: at once).
+    patience: int = 3
+    # Log intervals in the moving windows (gradient norm reference, loss variance).
+    window: int = 8
+    # mode collapse: gan_collapse_score above this
+    collapse_threshold: float = 0.5
+    # D overpowering: D's accuracy on fakes above this while G's loss climbs
+    d_overpower_accuracy: float = 0.95
+    # exploding / vanishing gradients: a norm this many times above / below its moving median
+    grad_factor: float = 100.0
+    # divergence: a loss's moving variance this many times its usual one, or a loss this large
+    divergence_factor: float = 50.0
+    divergence_loss_limit: float = 1e4
+    # rollback: at most this many per run (then the run stops); each multiplies both lrs by this
+    max_rollbacks: int = 2
+    rollback_lr_factor: float = 0.5
+
+    def validate(self) -> None:
+        for key in ("collapse", "d_overpower", "gradients", "divergence", "nonfinite"):
+            value = getattr(self, key)
+            _require(value in POLICIES, f"monitor.{key}", f"must be one of {', '.join(POLICIES)}, got {value!r}")
+        for key in ("warmup_steps", "max_rollbacks"):
+            _require(getattr(self, key) >= 0, f"monitor.{key}", f"must be >= 0, got {getattr(self, key)}")
+        for key in ("patience", "window"):
+            _require(getattr(self, key) >= 1, f"monitor.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(0 < self.collapse_threshold <= 1, "monitor.collapse_threshold",
+                 f"must be in (0, 1], got {self.collapse_threshold}")
+        _require(0 < self.d_overpower_accuracy <= 1, "monitor.d_overpower_accuracy",
+                 f"must be in (0, 1], got {self.d_overpower_accuracy}")
+        for key in ("grad_factor", "divergence_factor"):
+            _require(getattr(self, key) > 1, f"monitor.{key}", f"must be > 1, got {getattr(self, key)}")
+        _require(self.divergence_loss_limit > 0, "monitor.divergence_loss_limit",
+                 f"must be > 0, got {self.divergence_loss_limit}")
+        _require(0 < self.rollback_lr_factor <= 1, "monitor.rollback_lr_factor",
+                 f"must be in (0, 1], got {self.rollback_lr_factor}")
 
 
 @dataclass
@@ -254,6 +317,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
@@ -322,6 +386,8 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads off/on (and no/yes) as booleans
+            return "on" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")

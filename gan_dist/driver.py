@@ -125,7 +125,9 @@ def build_summary(status: str, result: dict, hub_snapshot: dict, placement: Plac
         "wall_seconds": wall_seconds,
         "final": final,
         "eval": result.get("eval", {}),
-        "alerts": result.get("alerts", []),
+        # The hub's record survives worker restarts (and counts a replayed event once).
+        "alerts": hub_snapshot.get("alerts") or result.get("alerts", []),
+        "rollbacks": result.get("rollbacks", (rows[-1].get("rollbacks", 0) if rows else 0)),
         "data": result.get("data", {"samples_seen": 0, "corrupt_samples": 0}),
         "fingerprint": result.get("fingerprint"),
         "rank_fingerprints": result.get("rank_fingerprints", []),

@@ -79,6 +79,14 @@ class Runtime:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def reduce_max_int(self, value: int) -> int:
+        """The largest of the ranks' values, on every rank (collective)."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
     def any_async(self, *flags: bool) -> Callable[[], list[bool]]:
         """Start an all-reduce of `flags` (collective) that overlaps the step; the returned
         function waits for it and says, per flag, whether any rank set it."""

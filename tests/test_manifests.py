@@ -20,18 +20,15 @@ import yaml
 import crd_schema
 from gan_dist.cli import build_parser, train_overrides
 from gan_dist.config import resolve
+from gan_dist.monitor.metrics import CATALOG
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAYS = ["cpu-smoke", "gpu"]
 K8S_VERSION = "1.33.0"  # core kinds are checked against this release's schemas
 ALERTS = REPO / "cluster" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "cluster" / "grafana" / "gan-dist-dashboard.json"
-# DESIGN.md's metric catalog (replace with the monitor module's once it declares them).
-METRICS = {"gan_train_step", "gan_loss", "gan_d_accuracy", "gan_d_output_gap", "gan_grad_norm",
-           "gan_diversity_ratio", "gan_mode_coverage_ratio", "gan_collapse_score", "gan_alert_active",
-           "gan_instability_events_total", "gan_nonfinite_steps_total", "gan_rollbacks_total",
-           "gan_worker_restarts_total", "gan_checkpoint_seconds", "gan_samples_per_second",
-           "gan_data_wait_seconds", "gan_data_corrupt_samples_total"}
+# The metric catalog, declared once in the monitor module (DESIGN.md, "Metrics").
+METRICS = set(CATALOG)
 
 
 def tool(name: str) -> str:

@@ -96,6 +96,9 @@ class ActorReporter:
     def progress(self, row: dict) -> None:
         self.hub.progress.remote(row)
 
+    def alert(self, event: dict) -> None:
+        self.hub.alert.remote(event)
+
     def first_step(self) -> None:
         self.hub.first_step.remote()
 
@@ -181,15 +184,16 @@ class RaySession:
     def resources(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}
 
-    def start_hub(self, max_steps: int):
+    def start_hub(self, max_steps: int, monitoring: bool):
+        """The run's hub (and metrics endpoint) as an actor on this, the driver's, node."""
         here = ray.get_runtime_context().get_node_id()
         actor = ray.remote(RunHub).options(
             num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
-        return actor.remote(max_steps)
+        return actor.remote(max_steps, monitoring)
 
     @staticmethod
-    def snapshot(hub, since: int) -> dict:
-        return ray.get(hub.snapshot.remote(since), timeout=30)
+    def call(hub, method: str, *args):
+        return ray.get(getattr(hub, method).remote(*args), timeout=30)
 
     def fit(self, cfg: Config, run_dir: Path, placement, hub) -> dict:
         trainer = TorchTrainer(
@@ -214,7 +218,7 @@ class RaySession:
         result = trainer.fit()
         if result.error is not None:
             raise result.error
-        return self.snapshot(hub, 0)["result"] or {}
+        return self.call(hub, "snapshot", 0)["result"] or {}
 
     def close(self) -> None:
         ray.shutdown()

@@ -1,30 +1,48 @@
 """The run's meeting point on the driver side: ranks report here, the driver reads.
 
 Under Ray it lives in an actor on the driver's node, so it outlives worker
-group restarts; without Ray it is a plain object in the same process.
+group restarts; without Ray it is a plain object in the same process. It also
+holds the run's metrics and serves them: the one scrape target of the run.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+from gan_dist.monitor.metrics import NullMetrics, RunMetrics, scrape_host, write_targets
 
 
 class RunHub:
-    def __init__(self, max_steps: int):
+    def __init__(self, max_steps: int, monitoring: bool = True):
         self.max_steps = max_steps
+        self.metrics = RunMetrics() if monitoring else NullMetrics()
+        self.target: str | None = None  # host:port of the metrics endpoint once served
         self.starts = 0  # worker-group starts; restarts = starts - 1
         self.world_size = 0
         self.start_step = 0
         self.rows: list[dict] = []
+        self.alerts: list[dict] = []
         self.started_at: float | None = None
         self.result: dict | None = None
         # One entry per worker-group session: when it started (state restored), from which
         # step, and when its first step finished (restart cost = first_step_at - the failure).
         self.sessions: list[dict] = []
 
+    def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None:
+        """Start the metrics endpoint and write the run's file-SD target list; its host:port."""
+        if isinstance(self.metrics, NullMetrics):
+            return None
+        port = self.metrics.serve(host, port)
+        self.target = f"{scrape_host(host)}:{port}"
+        write_targets(Path(run_dir), scrape_host(host), port, labels)
+        return self.target
+
     def started(self, world_size: int, step: int) -> None:
         """Rank 0 of a (re)started worker group, after restoring its state."""
         self.starts += 1
+        if self.starts > 1:
+            self.metrics.restarted()
         self.world_size = world_size
         self.start_step = step
         self.started_at = time.time()
@@ -38,12 +56,33 @@ class RunHub:
     def progress(self, row: dict) -> None:
         """Rank 0, once per log interval, with values already reduced across ranks."""
         self.rows.append(row)
+        self.metrics.observe(row)
+
+    def alert(self, event: dict) -> None:
+        """Rank 0, when a detector fires. A restarted group replaying the same steps reports the
+        same events again: each counts once."""
+        key = ("step", "kind", "rollbacks")
+        if any(all(a[k] == event[k] for k in key) for a in self.alerts):
+            return
+        self.alerts.append(event)
+        self.metrics.event(event["kind"])
 
     def finished(self, result: dict) -> None:
         """Rank 0, once training and evaluation are done."""
         self.result = result
 
+    def close(self, pushgateway: str = "", run: str = "") -> str | None:
+        """End of the run: push the final values if asked, stop serving. An error message or None."""
+        error = None
+        if pushgateway:
+            try:
+                self.metrics.push(pushgateway, run)
+            except OSError as exc:
+                error = f"could not push metrics to {pushgateway}: {exc}"
+        self.metrics.close()
+        return error
+
     def snapshot(self, since: int = 0) -> dict:
         return {"starts": self.starts, "world_size": self.world_size, "start_step": self.start_step,
                 "rows": self.rows[since:], "num_rows": len(self.rows), "max_steps": self.max_steps,
-                "result": self.result, "sessions": self.sessions}
+                "result": self.result, "sessions": self.sessions, "alerts": self.alerts, "target": self.target}

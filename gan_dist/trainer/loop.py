@@ -27,6 +27,7 @@ from gan_dist.data.builtin import Mixture2D
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 from gan_dist.evaluate import evaluate_generator, generate
+from gan_dist.monitor.monitor import Action, build_monitor
 from gan_dist.plan import data_shape, make_plan
 from gan_dist.runtime import Runtime, init_runtime, rng_state, set_rng_state
 from gan_dist.trainer import preempt
@@ -49,6 +50,7 @@ class Sink(Protocol):
 class Reporter(Protocol):
     def started(self, world_size: int, step: int) -> None: ...
     def progress(self, row: dict) -> None: ...
+    def alert(self, event: dict) -> None: ...
     def first_step(self) -> None: ...
     def finished(self, result: dict) -> None: ...
 
@@ -89,11 +91,6 @@ def history_bytes(rows: list[dict]) -> bytes:
 def last_logged(rows: list[dict]) -> dict:
     """The values of the last log interval, without its step and timestamp (summary.json `final`)."""
     return {k: v for k, v in (rows[-1] if rows else {}).items() if k not in ("step", "time")}
-
-
-def mean_pairwise_distance(x: torch.Tensor) -> torch.Tensor:
-    x = x.flatten(1).float()
-    return torch.pdist(x).mean()
 
 
 def cpu_copy(obj):
@@ -156,9 +153,11 @@ class Worker:
         self.checkpoint_write_seconds: list[float] = []  # background serialization and writing per save
         self.pending: PendingSave | None = None
         self.config_yaml = cfg.to_yaml().encode()  # stored in every checkpoint
-        # A fixed noise set, the same on every rank, for diversity signals.
-        self.z_probe = torch.randn(256, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed)
-                                   ).to(self.rt.device)
+        self.monitor = build_monitor(cfg, self.index.meta)
+        # A fixed noise set, the same on every rank, for the collapse signals and sample grids.
+        self.z_probe = torch.randn(max(self.monitor.probe_size, 64), cfg.model.z_dim,
+                                   generator=torch.Generator().manual_seed(cfg.seed)).to(self.rt.device)
+        self.last_checkpoint = {"checkpoint_blocked_seconds": 0.0, "checkpoint_write_seconds": 0.0}
 
     # Data -----------------------------------------------------------------------
 
@@ -174,7 +173,9 @@ class Worker:
 
     def restore(self, folder: Path) -> None:
         head = ckpt.verify(folder)
-        self.st.load_shared_state_dict(ckpt.load_shared(folder))
+        shared = ckpt.load_shared(folder)
+        self.st.load_shared_state_dict(shared)
+        self.monitor.load_state_dict(shared.get("monitor", {}))
         if head["world_size"] == self.rt.world_size:
             rank_state = ckpt.load_rank(folder, self.rt.rank)
             set_rng_state(rank_state["rng"])
@@ -189,26 +190,56 @@ class Worker:
 
     # Hooks ----------------------------------------------------------------------
 
-    def log(self, meter: Meter) -> dict:
-        """Reduce this interval's statistics across ranks and record one history row."""
+    def log(self, meter: Meter) -> tuple[Action | None, list]:
+        """Reduce this interval's statistics across ranks, record one history row and run the
+        detectors on it; the action they call for (the same on every rank) and their events."""
         steps = meter.count
         means, seconds = meter.flush()
-        with torch.no_grad():
-            fake = self.st.G(*self.probe_inputs(self.st.G))
-            means["diversity_ratio"] = mean_pairwise_distance(fake) / mean_pairwise_distance(self.last_real)
+        means.update(self.monitor.signals(self.probe(self.monitor.probe_size), self.last_real))
         names = sorted(means)
-        local = torch.stack([means[n].float() for n in names]
-                            + [torch.tensor(self.stream.wait_seconds / max(seconds, 1e-9), device=self.rt.device)])
+        local = torch.stack([means[n].float() for n in names] + [
+            torch.tensor(self.stream.wait_seconds / max(seconds, 1e-9), device=self.rt.device),
+            torch.tensor(self.stream.wait_seconds / max(steps, 1), device=self.rt.device),
+            torch.tensor(float(self.stream.corrupt_samples) * self.rt.world_size, device=self.rt.device)])
         values = self.rt.reduce_mean(local).tolist()  # collective; host sync once per interval
         self.stream.wait_seconds = 0.0
         row = {"step": self.st.step, **dict(zip(names, values))}
-        row["data_wait_fraction"] = values[-1]
+        row["data_wait_fraction"], row["data_wait_seconds"], row["corrupt_samples"] = values[-3:]
         row["samples_per_second"] = self.plan.global_batch * self.plan.n_critic * steps / max(seconds, 1e-9)
+        row["nonfinite_steps"] = self.st.nonfinite_steps
+        row.update(self.last_checkpoint)
+        action, events = self.monitor.judge(row)
+        # Collective: the detectors saw the same row on every rank; agree on the action anyway.
+        action = Action(code) if (code := self.rt.reduce_max_int(int(action or 0))) else None
         row["time"] = time.time()
         self.st.history.append(row)
         if self.rt.is_main_process:
             self.reporter.progress(row)
-        return row
+        return action, events
+
+    def report(self, events: list) -> None:
+        """Record the detectors' events once the run has acted on them."""
+        self.monitor.record(events)
+        if not self.rt.is_main_process:
+            return
+        for event in events:
+            note = f"; {event.note}" if event.note else ""
+            print(f"alert at step {event.step}: {event.kind} since step {event.onset_step}, action {event.action} "
+                  f"({_evidence(event.evidence)}){note}", flush=True)
+            self.reporter.alert(event.to_dict())
+
+    @torch.no_grad()
+    def probe(self, n: int) -> torch.Tensor | None:
+        """G's samples on the fixed probe inputs. G runs in training mode, as it trains; its
+        BatchNorm running statistics are put back, so monitoring does not change the run."""
+        if n == 0 or self.last_real is None:
+            return None
+        G = self.st.G
+        buffers = [b.clone() for b in G.buffers()]
+        fake = G(*self.probe_inputs(G, n))
+        for b, saved in zip(G.buffers(), buffers):
+            b.copy_(saved)
+        return fake
 
     def probe_inputs(self, G, n: int = 256) -> tuple:
         """G's inputs on the fixed probe noise (with labels cycling through the classes,
@@ -260,8 +291,10 @@ class Worker:
         st, rt, main = self.st, self.rt, self.rt.is_main_process
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
         rank_state = cpu_copy({"rng": rng_state(), "noise": st.noise.get_state(), "data": self.stream.state_dict()})
-        shared = cpu_copy({**st.shared_state_dict(), "data_meta": self.index.meta}) if main else None
-        metrics: dict[str, Any] = {"step": st.step}
+        shared = cpu_copy({**st.shared_state_dict(), "data_meta": self.index.meta,
+                           "monitor": self.monitor.state_dict()}) if main else None
+        # healthy: no detector's condition held when it was taken (a rollback target; kept by pruning).
+        metrics: dict[str, Any] = {"step": st.step, "healthy": int(not self.monitor.raised())}
         if main:
             metrics.update({k: v for k, v in (st.history[-1] if st.history else {}).items() if k != "time"})
             best = self.cfg.train.keep_best_metric
@@ -295,6 +328,31 @@ class Worker:
             self.sink.commit(self.rt, pending.step, pending.folder, pending.metrics)
         self.checkpoint_seconds.append(pending.blocked + time.perf_counter() - t0)
         self.checkpoint_write_seconds.append(pending.write_seconds)
+        self.last_checkpoint = {"checkpoint_blocked_seconds": self.checkpoint_seconds[-1],
+                                "checkpoint_write_seconds": pending.write_seconds}
+
+    # Policies -------------------------------------------------------------------
+
+    def rollback(self, event) -> bool:
+        """Restore the newest checkpoint from before `event`'s onset, lower the learning rates and
+        draw fresh noise (collective: every rank calls it at the same step). False when there is
+        no such checkpoint."""
+        self.commit_pending()
+        rt, st = self.rt, self.st
+        target = ckpt.find_before(self.run_dir, event.onset_step) if rt.is_main_process else None
+        target = rt.all_gather_object(target)[0]  # collective: rank 0's choice for all
+        if target is None:
+            return False
+        kept, lr_scale = self.monitor.state_dict(), st.lr_scale
+        self.restore(Path(target))
+        self.monitor.rolled_back(kept)
+        st.lr_scale = lr_scale * self.cfg.monitor.rollback_lr_factor
+        st.noise.manual_seed(self.cfg.seed * 1_000_003 + rt.rank + 7919 * self.monitor.rollbacks)
+        if rt.is_main_process:
+            # The abandoned branch's checkpoints must not be resumed from after a crash.
+            ckpt.set_aside_after(self.run_dir, st.step, f"rollback-{self.monitor.rollbacks}")
+        rt.barrier()
+        return True
 
     # Finish ---------------------------------------------------------------------
 
@@ -317,6 +375,8 @@ class Worker:
             "eval": self.evaluate(),
             "data": {"samples_seen": sum(g[1] for g in gathered), "corrupt_samples": sum(g[3] for g in gathered)},
             "nonfinite_steps": st.nonfinite_steps,
+            "alerts": self.monitor.events,
+            "rollbacks": self.monitor.rollbacks,
             "fingerprint": gathered[0][0],
             "rank_fingerprints": [g[0] for g in gathered],
             "checkpoints": {"saved": len(self.checkpoint_seconds),
@@ -342,7 +402,7 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
         reporter.started(w.rt.world_size, st.step)
     start_step, samples_start = st.step, w.stream.samples_seen
     meter = Meter()
-    preempted = False
+    preempted, stopped_by = False, None
     t0 = time.perf_counter()
     while st.step < train.max_steps:
         # Collective, overlapping the step: did any rank get a SIGTERM, is any rank
@@ -356,22 +416,41 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
             reporter.first_step()
         last = st.step == train.max_steps
         logged = st.step % train.log_every == 0 or last or preempted
-        if logged:
-            w.log(meter)
+        action, events = w.log(meter) if logged else (None, [])
+        if action == Action.ROLLBACK:
+            event = next(e for e in events if e.action == "rollback")
+            if w.rollback(event):
+                w.report(events)
+                w.rt.print0(f"rolled back to step {st.step} (lr x{st.lr_scale:g}, fresh noise)")
+                meter = Meter()
+                continue
+            event.action, action = "stop", Action.STOP
+            event.note = f"no checkpoint from before step {event.onset_step} to roll back to"
+        w.report(events)
+        if action == Action.STOP:
+            stopped_by = next(e for e in events if e.action == "stop").to_dict()
         if st.step % train.sample_every == 0 or last:
             w.write_samples()
-        if (st.step % train.checkpoint_every == 0 or last or preempted
+        if (st.step % train.checkpoint_every == 0 or last or preempted or stopped_by
                 or (logged and w.checkpoint_overdue())):
             w.save_checkpoint()
         if preempted:
             w.rt.print0(f"preempted: saved at step {st.step}, stopping")
+            break
+        if stopped_by:
+            w.rt.print0(f"stopped by the {stopped_by['kind']} detector: saved at step {st.step}")
             break
     w.commit_pending()
     train_seconds = time.perf_counter() - t0
     result = w.finish(start_step, samples_start, train_seconds)
     if result:
         result["preempted"] = preempted
+        result["stopped_by"] = stopped_by
     if w.rt.is_main_process:
         reporter.finished(result)
     w.stream.close()
     return result
+
+
+def _evidence(evidence: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in evidence.items())

@@ -26,6 +26,7 @@ class TrainState:
     noise: torch.Generator  # this rank's z stream, checkpointed with the rank
     step: int = 0
     nonfinite_steps: int = 0  # updates skipped because a loss or gradient was not finite
+    lr_scale: float = 1.0  # both learning rates' factor, lowered by each rollback
     history: list[dict] = field(default_factory=list)
 
     def shared_state_dict(self) -> dict:
@@ -38,6 +39,7 @@ class TrainState:
             "opt_D": self.opt_D.state_dict(),
             "step": self.step,
             "nonfinite_steps": self.nonfinite_steps,
+            "lr_scale": self.lr_scale,
             "history": self.history,
         }
 
@@ -49,6 +51,7 @@ class TrainState:
         self.opt_D.load_state_dict(state["opt_D"])
         self.step = int(state["step"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.lr_scale = float(state.get("lr_scale", 1.0))
         self.history = list(state["history"])
 
 

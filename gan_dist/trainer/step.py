@@ -150,9 +150,9 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
     """Run the phases of step `st.step`; `next_real()` returns this rank's next real batch."""
     stats: dict[str, Tensor] = {}
     for group in st.opt_G.param_groups:
-        group["lr"] = lr_at(ctx.lr_g, st.step)
+        group["lr"] = lr_at(ctx.lr_g, st.step) * st.lr_scale
     for group in st.opt_D.param_groups:
-        group["lr"] = lr_at(ctx.lr_d, st.step)
+        group["lr"] = lr_at(ctx.lr_d, st.step) * st.lr_scale
     real = y = None
     rng = make_rng(st, rt.device)
 

