@@ -112,3 +112,36 @@ def test_g_step_does_not_all_reduce_d(gloo_results):
 def test_nonfinite_update_is_skipped_on_every_rank_and_counted(gloo_results):
     for r in gloo_results:
         assert r["nonfinite"] == {"skipped": 1, "d_unchanged": True, "finite": True}
+
+
+def _rollback_worker(rank: int, world_size: int, out: str, cache: str) -> None:
+    """Both ranks run the whole loop on a run that collapses by construction (lr_g 1e-7) with
+    the rollback policy: they must roll back together, twice, then stop together."""
+    from conftest import join_gloo_group
+
+    os.environ["GAN_DIST_CACHE"] = cache
+    join_gloo_group(rank, world_size, str(Path(out) / "gloo-store"))
+    import torch
+
+    from gan_dist.checkpoint import LocalSink
+    from gan_dist.monitor.hub import RunHub
+    from gan_dist.trainer.loop import train_worker
+
+    cfg = resolve("ring8", ["model.hidden=32", "data.batch_size=128", "run.name=rb", "train.log_every=50",
+                            "train.checkpoint_every=100", "optim.lr_g=1e-7", "monitor.warmup_steps=200",
+                            "monitor.collapse=rollback", "monitor.d_overpower=off", "train.max_steps=1000"])
+    run_dir = Path(out) / "run"
+    result = train_worker(cfg, run_dir, LocalSink(run_dir, cfg.train), RunHub(cfg.train.max_steps, False))
+    if rank == 0:
+        Path(out, "result.json").write_text(json.dumps(
+            {k: result[k] for k in ("steps", "rollbacks", "stopped_by", "rank_fingerprints", "alerts")}))
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_roll_back_and_stop_together(tmp_path, cache_dir):
+    mp.spawn(_rollback_worker, args=(2, str(tmp_path), str(cache_dir)), nprocs=2, join=True)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["rollbacks"] == 2 and result["stopped_by"]["kind"] == "mode_collapse"
+    assert [a["action"] for a in result["alerts"]] == ["rollback", "rollback", "stop"]
+    assert len(set(result["rank_fingerprints"])) == 1  # the replicas never diverged
+    assert result["steps"] == result["stopped_by"]["step"]
