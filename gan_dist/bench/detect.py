@@ -1,0 +1,131 @@
+"""How well the run's detectors catch failing GANs, and how often they cry wolf.
+
+Scripted in-process runs on the 2-D mixtures, whose ground truth comes from the
+mode metrics G's samples get at every log interval (the history's
+`mode_coverage_ratio` and `high_quality_fraction`, 2500 samples): a run has
+failed from the first interval after the warm-up at which fewer than half the
+modes are covered or under 10% of the samples are of high quality, for
+`GT_PATIENCE` intervals in a row. Healthy runs must raise no alarm; failing
+runs must raise one (any kind); the delay is the first alarm's step minus the
+ground-truth onset. One more run shows a rollback recovering the modes.
+
+    python -m gan_dist.bench.detect [--quick] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+GT_PATIENCE = 3
+MIN_COVERAGE, MIN_QUALITY = 0.5, 0.1
+
+# name -> (recipe, expected to fail, overrides)
+SUITE = {
+    "ring8 (recipe)": ("ring8", False, {}),
+    "grid25 (recipe)": ("grid25", False, {}),
+    "grid25 minimax, no regularization": ("grid25", True, {"loss.kind": "minimax", "optim.lr_g": 1e-3,
+                                                            "optim.lr_d": 1e-3, "schedule.ema_halflife_steps": 0}),
+    "ring8 lr 0.05 (diverges)": ("ring8", True, {"optim.lr_g": 0.05, "optim.lr_d": 0.05}),
+    "ring8 strong D (lr_d 10x, 5 D steps)": ("ring8", True, {"optim.lr_d": 3e-3, "schedule.n_critic": 5}),
+}
+ROLLBACK = ("grid25 minimax, rollback policy", "grid25",
+            {**SUITE["grid25 minimax, no regularization"][2], "monitor.collapse": "rollback"})
+
+
+def ground_truth_onset(rows: list[dict], warmup: int) -> int | None:
+    streak, onset = 0, None
+    for row in rows:
+        if row["step"] < warmup:
+            continue
+        failed = row["mode_coverage_ratio"] < MIN_COVERAGE or row["high_quality_fraction"] < MIN_QUALITY
+        streak = streak + 1 if failed else 0
+        onset = row["step"] if streak == 1 else onset
+        if streak >= GT_PATIENCE:
+            return onset
+    return None
+
+
+def train(storage: Path, name: str, recipe: str, steps: int, overrides: dict) -> tuple[dict, list[dict]]:
+    from gan_dist.cli import main
+
+    argv = ["train", recipe, "--no-ray", "--storage", str(storage), "--name", name, "--max-steps", str(steps),
+            "--set", "metrics.port=0", "--set", f"train.sample_every={steps}"]
+    for key, value in overrides.items():
+        argv += ["--set", f"{key}={value}"]
+    main(argv)  # a stopped run exits 1: that is an outcome here, not an error
+    run_dir = storage / name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = pq.read_table(run_dir / "history.parquet").to_pylist() if (run_dir / "history.parquet").exists() else []
+    return summary, rows
+
+
+def judge(name: str, expected_fail: bool, summary: dict, rows: list[dict], warmup: int, steps: int) -> dict:
+    onset = ground_truth_onset(rows, warmup)
+    alarms = summary["alerts"]
+    first = min((a["step"] for a in alarms), default=None)
+    return {
+        "run": name, "expected_to_fail": expected_fail, "ground_truth_onset": onset,
+        "failed": onset is not None, "alarm_step": first, "alarm_kinds": sorted({a["kind"] for a in alarms}),
+        "delay_steps": (first - onset) if first is not None and onset is not None else None,
+        "delay_fraction": ((first - onset) / steps) if first is not None and onset is not None else None,
+        "eval": summary["eval"], "steps": summary["steps"],
+    }
+
+
+def run(quick: bool = False) -> dict:
+    from gan_dist.config import MonitorConfig
+
+    steps = 3000 if quick else 25000
+    warmup = MonitorConfig().warmup_steps
+    storage = Path(tempfile.mkdtemp(prefix="gan-dist-detect-"))
+    results = []
+    for i, (name, (recipe, expected_fail, overrides)) in enumerate(SUITE.items()):
+        summary, rows = train(storage, f"run{i}", recipe, steps, overrides)
+        results.append(judge(name, expected_fail, summary, rows, warmup, steps))
+        print(_line(results[-1]), flush=True)
+    failing = [r for r in results if r["failed"]]
+    healthy = [r for r in results if not r["failed"]]
+    delays = [max(r["delay_fraction"], 0.0) for r in failing if r["delay_fraction"] is not None]
+    name, recipe, overrides = ROLLBACK
+    summary, _ = train(storage, "rollback", recipe, steps, {**overrides, "train.checkpoint_every": 1000})
+    report = {
+        "runs": results,
+        "recall": sum(r["alarm_step"] is not None for r in failing) / len(failing) if failing else None,
+        "false_alarms_on_healthy": sum(r["alarm_step"] is not None for r in healthy),
+        "healthy_runs": len(healthy),
+        "median_delay_fraction": statistics.median(delays) if delays else None,
+        "ground_truth_matches_script": all(r["failed"] == r["expected_to_fail"] for r in results),
+        "rollback": {"run": name, "rollbacks": summary.get("rollbacks"), "status": summary["status"],
+                     "eval": summary["eval"], "alerts": summary["alerts"]},
+        "steps_per_run": steps,
+        "storage": str(storage),
+    }
+    return report
+
+
+def _line(r: dict) -> str:
+    gt = f"fails at {r['ground_truth_onset']}" if r["failed"] else "healthy"
+    alarm = f"alarm at {r['alarm_step']} ({', '.join(r['alarm_kinds'])})" if r["alarm_step"] is not None else "no alarm"
+    modes = f"{r['eval'].get('modes_covered')}/{r['eval'].get('num_modes')} modes"
+    return f"{r['run']:<40} {gt:<16} {alarm:<48} {modes}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3000-step runs instead of 25,000")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    report = run(args.quick)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("runs",)}, indent=2, default=str))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
