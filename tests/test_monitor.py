@@ -275,3 +275,17 @@ def test_bad_monitor_config_is_one_line_exit_2(cli):
     assert "monitor.collapse must be one of off, warn, rollback, stop" in r.stderr
     r = cli("train", "--dry-run", "--set", "metrics.pushgateway=localhost:9091")
     assert r.returncode == 2 and "metrics.pushgateway must be an http(s):// URL" in r.stderr
+
+
+def test_detection_benchmark_ground_truth_is_the_failure_the_run_ends_in():
+    from gan_dist.bench.detect import ground_truth_onset
+
+    def series(quality):
+        return [{"step": 500 * (i + 1), "mode_coverage_ratio": 1.0, "high_quality_fraction": q}
+                for i, q in enumerate(quality)]
+
+    slow_start = series([0.0, 0.0, 0.0, 0.0, 0.5, 0.8, 0.9])  # bad early, then fine: not a failure
+    assert ground_truth_onset(slow_start, warmup=1000) is None
+    collapsed = series([0.9, 0.9, 0.9, 0.0, 0.9, 0.0, 0.0, 0.0])  # ends in a streak from step 3000
+    assert ground_truth_onset(collapsed, warmup=1000) == 3000
+    assert ground_truth_onset(series([0.9, 0.9, 0.9, 0.9, 0.0, 0.0]), warmup=1000) is None  # too short a streak

@@ -2,10 +2,10 @@
 
 Scripted in-process runs on the 2-D mixtures, whose ground truth comes from the
 mode metrics G's samples get at every log interval (the history's
-`mode_coverage_ratio` and `high_quality_fraction`, 2500 samples): a run has
-failed from the first interval after the warm-up at which fewer than half the
-modes are covered or under 10% of the samples are of high quality, for
-`GT_PATIENCE` intervals in a row. Healthy runs must raise no alarm; failing
+`mode_coverage_ratio` and `high_quality_fraction`, 2500 samples): an interval
+has failed when fewer than half the modes are covered or under 10% of the
+samples are of high quality, and a run has failed when it ends in a streak of
+at least `GT_PATIENCE` failed intervals, from the streak's first. Healthy runs must raise no alarm; failing
 runs must raise one (any kind); the delay is the first alarm's step minus the
 ground-truth onset. One more run shows a rollback recovering the modes.
 
@@ -25,30 +25,33 @@ import pyarrow.parquet as pq
 GT_PATIENCE = 3
 MIN_COVERAGE, MIN_QUALITY = 0.5, 0.1
 
-# name -> (recipe, expected to fail, overrides)
+# name -> (recipe, expected to fail, steps, overrides). Healthy runs go the protocol's whole
+# length (no alarm in 25,000 steps); failing ones long enough to settle into their failure.
 SUITE = {
-    "ring8 (recipe)": ("ring8", False, {}),
-    "grid25 (recipe)": ("grid25", False, {}),
-    "grid25 minimax, no regularization": ("grid25", True, {"loss.kind": "minimax", "optim.lr_g": 1e-3,
-                                                            "optim.lr_d": 1e-3, "schedule.ema_halflife_steps": 0}),
-    "ring8 lr 0.05 (diverges)": ("ring8", True, {"optim.lr_g": 0.05, "optim.lr_d": 0.05}),
-    "ring8 strong D (lr_d 10x, 5 D steps)": ("ring8", True, {"optim.lr_d": 3e-3, "schedule.n_critic": 5}),
+    "ring8 (recipe)": ("ring8", False, 25000, {}),
+    "grid25 (recipe)": ("grid25", False, 25000, {}),
+    "ring8 lr 0.05 (diverges)": ("ring8", True, 10000, {"optim.lr_g": 0.05, "optim.lr_d": 0.05}),
+    "ring8 strong D (lr_d 10x, 5 D steps)": ("ring8", True, 10000, {"optim.lr_d": 3e-3, "schedule.n_critic": 5}),
+    "grid25 strong D (lr_d 10x, 5 D steps)": ("grid25", True, 10000, {"optim.lr_d": 3e-3, "schedule.n_critic": 5}),
 }
-ROLLBACK = ("grid25 minimax, rollback policy", "grid25",
-            {**SUITE["grid25 minimax, no regularization"][2], "monitor.collapse": "rollback"})
+# The diverging run again, with the rollback policy: back to the last checkpoint before the
+# onset with a tenth of the learning rates.
+ROLLBACK = ("ring8 lr 0.05, rollback policy", "ring8", 10000,
+            {**SUITE["ring8 lr 0.05 (diverges)"][3], "monitor.collapse": "rollback", "monitor.rollback_lr_factor": 0.1,
+             "train.checkpoint_every": 250, "train.keep_checkpoints": 8})
 
 
 def ground_truth_onset(rows: list[dict], warmup: int) -> int | None:
-    streak, onset = 0, None
+    """Where the run's final failure began: the first interval of the streak of failed intervals
+    (after the warm-up) that lasts to the end of the run, if it is GT_PATIENCE long or more. A
+    run that is slow to cover the modes early on but gets there is not a failing run."""
+    streak = []
     for row in rows:
         if row["step"] < warmup:
             continue
         failed = row["mode_coverage_ratio"] < MIN_COVERAGE or row["high_quality_fraction"] < MIN_QUALITY
-        streak = streak + 1 if failed else 0
-        onset = row["step"] if streak == 1 else onset
-        if streak >= GT_PATIENCE:
-            return onset
-    return None
+        streak = streak + [row["step"]] if failed else []
+    return streak[0] if len(streak) >= GT_PATIENCE else None
 
 
 def train(storage: Path, name: str, recipe: str, steps: int, overrides: dict) -> tuple[dict, list[dict]]:
@@ -74,6 +77,7 @@ def judge(name: str, expected_fail: bool, summary: dict, rows: list[dict], warmu
         "failed": onset is not None, "alarm_step": first, "alarm_kinds": sorted({a["kind"] for a in alarms}),
         "delay_steps": (first - onset) if first is not None and onset is not None else None,
         "delay_fraction": ((first - onset) / steps) if first is not None and onset is not None else None,
+        "run_steps": steps,
         "eval": summary["eval"], "steps": summary["steps"],
     }
 
@@ -81,19 +85,19 @@ def judge(name: str, expected_fail: bool, summary: dict, rows: list[dict], warmu
 def run(quick: bool = False) -> dict:
     from gan_dist.config import MonitorConfig
 
-    steps = 3000 if quick else 25000
     warmup = MonitorConfig().warmup_steps
     storage = Path(tempfile.mkdtemp(prefix="gan-dist-detect-"))
     results = []
-    for i, (name, (recipe, expected_fail, overrides)) in enumerate(SUITE.items()):
+    for i, (name, (recipe, expected_fail, steps, overrides)) in enumerate(SUITE.items()):
+        steps = 3000 if quick else steps
         summary, rows = train(storage, f"run{i}", recipe, steps, overrides)
         results.append(judge(name, expected_fail, summary, rows, warmup, steps))
         print(_line(results[-1]), flush=True)
     failing = [r for r in results if r["failed"]]
     healthy = [r for r in results if not r["failed"]]
     delays = [max(r["delay_fraction"], 0.0) for r in failing if r["delay_fraction"] is not None]
-    name, recipe, overrides = ROLLBACK
-    summary, _ = train(storage, "rollback", recipe, steps, {**overrides, "train.checkpoint_every": 1000})
+    name, recipe, steps, overrides = ROLLBACK
+    summary, _ = train(storage, "rollback", recipe, 3000 if quick else steps, overrides)
     report = {
         "runs": results,
         "recall": sum(r["alarm_step"] is not None for r in failing) / len(failing) if failing else None,
@@ -102,10 +106,11 @@ def run(quick: bool = False) -> dict:
         "median_delay_fraction": statistics.median(delays) if delays else None,
         "ground_truth_matches_script": all(r["failed"] == r["expected_to_fail"] for r in results),
         "rollback": {"run": name, "rollbacks": summary.get("rollbacks"), "status": summary["status"],
-                     "eval": summary["eval"], "alerts": summary["alerts"]},
-        "steps_per_run": steps,
+                     "steps": summary["steps"], "eval": summary["eval"], "alerts": summary["alerts"]},
         "storage": str(storage),
     }
+    print(f"rollback run: {summary.get('rollbacks')} rollback(s), {summary['status']} at step {summary['steps']}, "
+          f"eval {summary['eval']}", flush=True)
     return report
 
 
@@ -118,7 +123,7 @@ def _line(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3000-step runs instead of 25,000")
+    parser.add_argument("--quick", action="store_true", help="3000-step runs (a smoke test of the suite)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = run(args.quick)
