@@ -79,11 +79,14 @@ def test_nothing_counts_during_warmup_except_nonfinite_values():
 def test_d_overpowering_needs_a_climbing_g_loss():
     flat = Detectors(cfg())
     feed(flat, rows(10))
-    assert feed(flat, rows(8, start=1000, d_acc_fake=0.99)) == []  # G's loss does not climb
+    assert feed(flat, rows(8, start=1000, d_acc_fake=0.99, d_acc_real=0.99)) == []  # G's loss does not climb
     climbing = Detectors(cfg())
     feed(climbing, rows(10))
-    fired = feed(climbing, rows(8, start=1000, d_acc_fake=0.99, loss_g=lambda i: 1.0 + 0.5 * i))
+    fired = feed(climbing, rows(8, start=1000, d_acc_fake=0.99, d_acc_real=0.99, loss_g=lambda i: 1.0 + 0.5 * i))
     assert [e.kind for e in fired] == ["d_overpowering"] and fired[0].step == 1300
+    lost = Detectors(cfg())  # calls everything fake: wrong on half the reals, not overpowering
+    feed(lost, rows(10))
+    assert feed(lost, rows(8, start=1000, d_acc_fake=0.99, d_acc_real=0.5, loss_g=lambda i: 1.0 + 0.5 * i)) == []
 
 
 def test_exploding_and_vanishing_gradients_against_their_moving_median():

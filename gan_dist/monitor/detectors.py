@@ -38,6 +38,7 @@ KINDS = {
 }
 
 LOSSES = ("loss_d", "loss_g")
+D_REAL_ACCURACY = 0.8  # D overpowering also needs D right on this fraction of reals
 GRAD_NORMS = ("grad_norm_d", "grad_norm_g")
 
 
@@ -85,7 +86,10 @@ class Detectors:
                                     _pick(row, "collapse_score", "mode_coverage_ratio", "duplicate_rate",
                                           "diversity_ratio"))
         if "d_acc_fake" in row and "loss_g" in row:
-            out["d_overpowering"] = (row["d_acc_fake"] > cfg.d_overpower_accuracy,
+            # D tells fakes apart and still gets most reals right (a D that calls everything fake
+            # is lost, not winning).
+            out["d_overpowering"] = (row["d_acc_fake"] > cfg.d_overpower_accuracy
+                                     and row.get("d_acc_real", 1.0) > D_REAL_ACCURACY,
                                      _pick(row, "d_acc_fake", "d_acc_real", "loss_g"))
         medians = {n: statistics.median(r[n] for r in self.recent) for n in GRAD_NORMS
                    if n in row and len(self.recent) >= 3 and all(math.isfinite(r.get(n, math.nan)) for r in self.recent)}
