@@ -117,23 +117,13 @@ def step_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)), reverse=True)
 
 
-def find_latest(run_dir: Path, exclude: Path | None = None) -> Path | None:
-    """The newest valid checkpoint of a run; invalid newer ones are skipped with a warning."""
+def find_latest(run_dir: Path, exclude: Path | None = None, before: int | None = None) -> Path | None:
+    """The newest valid checkpoint of a run (from before step `before`, if given: a rollback
+    target); invalid newer ones are skipped with a warning."""
     for folder in step_dirs(run_dir):
         if exclude is not None and folder.resolve() == exclude.resolve():
             continue
-        try:
-            verify(folder)
-            return folder
-        except CheckpointError as exc:
-            warnings.warn(f"skipping checkpoint: {exc}", stacklevel=2)
-    return None
-
-
-def find_before(run_dir: Path, step: int) -> Path | None:
-    """The newest valid checkpoint from before `step` (a rollback target)."""
-    for folder in step_dirs(run_dir):
-        if int(STEP_DIR.match(folder.name).group(1)) >= step:
+        if before is not None and int(STEP_DIR.match(folder.name).group(1)) >= before:
             continue
         try:
             verify(folder)

@@ -339,7 +339,7 @@ class Worker:
         no such checkpoint."""
         self.commit_pending()
         rt, st = self.rt, self.st
-        target = ckpt.find_before(self.run_dir, event.onset_step) if rt.is_main_process else None
+        target = ckpt.find_latest(self.run_dir, before=event.onset_step) if rt.is_main_process else None
         target = rt.all_gather_object(target)[0]  # collective: rank 0's choice for all
         if target is None:
             return False
