@@ -150,12 +150,8 @@ class ScheduleConfig:
     # G_ema half-life in G steps, ramped up over the first steps (see schedule.ema_beta).
     ema_halflife_steps: float = 500.0
     ema_rampup: float = 0.05
-    # Fraction of train.max_steps after which both lrs decay linearly to 0 (1: constant lr).
-    lr_decay_start: float = 1.0
 
     def validate(self) -> None:
-        _require(0 <= self.lr_decay_start <= 1, "schedule.lr_decay_start",
-                 f"must be in [0, 1], got {self.lr_decay_start}")
         _require(self.n_critic >= 1, "schedule.n_critic", f"must be >= 1, got {self.n_critic}")
         _require(self.ema_halflife_steps >= 0, "schedule.ema_halflife_steps",
                  f"must be >= 0, got {self.ema_halflife_steps}")

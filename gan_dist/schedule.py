@@ -27,10 +27,6 @@ class Schedule:
     n_critic: int
     ema_halflife_steps: float
     ema_rampup: float
-    # Both lrs are constant until lr_decay_from, then fall linearly to 0 at lr_decay_to
-    # (train.max_steps); lr_decay_to <= lr_decay_from keeps them constant.
-    lr_decay_from: int = 0
-    lr_decay_to: int = 0
 
     def phases_at(self, step: int) -> list[Phase]:
         """Phases run at `step`, in order: D phases n_critic times, then G phases."""
@@ -54,12 +50,8 @@ class Schedule:
             return 0.0
         return 0.5 ** (1.0 / halflife)
 
-    def lr(self, base_lr: float, step: int) -> float:
-        return lr_at(base_lr, step, self.lr_decay_from, self.lr_decay_to)
 
-
-def build_schedule(schedule_cfg, loss_cfg=None, max_steps: int = 0) -> Schedule:
-    """The run's schedule; `max_steps` (train.max_steps) places the end of the lr decay."""
+def build_schedule(schedule_cfg, loss_cfg=None) -> Schedule:
     phases = [Phase("Dmain", "D")]
     if loss_cfg is not None and loss_cfg.r1_gamma > 0:
         phases.append(Phase("Dreg", "D", interval=loss_cfg.r1_interval))
@@ -69,8 +61,6 @@ def build_schedule(schedule_cfg, loss_cfg=None, max_steps: int = 0) -> Schedule:
         n_critic=schedule_cfg.n_critic,
         ema_halflife_steps=schedule_cfg.ema_halflife_steps,
         ema_rampup=schedule_cfg.ema_rampup,
-        lr_decay_from=int(schedule_cfg.lr_decay_start * max_steps),
-        lr_decay_to=max_steps,
     )
 
 
@@ -81,13 +71,9 @@ def lazy_regularization(interval: int) -> float:
     return interval / (interval + 1) if interval > 1 else 1.0
 
 
-def lr_at(base_lr: float, step: int, decay_from: int = 0, decay_to: int = 0) -> float:
-    """Learning rate at `step`: constant until `decay_from`, then linear to 0 at `decay_to`
-    (when decay_to > decay_from). Annealing the lr at the end stops the players' oscillation
-    around the equilibrium, so the samples settle."""
-    if decay_to <= decay_from or step < decay_from:
-        return base_lr
-    return base_lr * max(0.0, (decay_to - step) / (decay_to - decay_from))
+def lr_at(base_lr: float, step: int) -> float:
+    """Learning rate at `step`: constant for now, a pure function of the step by contract."""
+    return base_lr
 
 
 def describe(schedule: Schedule, steps: int = 3) -> list[str]:

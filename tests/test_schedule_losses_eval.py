@@ -33,18 +33,6 @@ def test_ema_beta_is_a_ramped_pure_function_of_the_step():
     assert build_schedule(ScheduleConfig(ema_halflife_steps=0)).ema_beta(100) == 0.0
 
 
-def test_lr_is_constant_then_decays_linearly_to_zero_at_the_last_step():
-    constant = build_schedule(ScheduleConfig(), max_steps=1000)
-    assert [constant.lr(1e-3, s) for s in (0, 500, 999)] == [1e-3] * 3
-    schedule = build_schedule(ScheduleConfig(lr_decay_start=0.5), max_steps=1000)
-    assert schedule.lr(1e-3, 0) == schedule.lr(1e-3, 499) == 1e-3
-    assert schedule.lr(1e-3, 500) == pytest.approx(1e-3)
-    assert schedule.lr(1e-3, 750) == pytest.approx(0.5e-3)
-    lrs = [schedule.lr(1e-3, s) for s in range(500, 1000)]
-    assert all(a > b > 0 for a, b in zip(lrs, lrs[1:]))  # every step still updates
-    assert schedule.lr(1e-3, 1000) == 0.0
-
-
 def test_bce_losses_on_hand_checked_values():
     real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 0.0])
     # D: -log sigmoid(real) - log(1 - sigmoid(fake)), averaged.

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from gan_dist.losses import AdversarialLoss, d_stats, diff_augment, gradient_penalty, interpolate, r1_penalty
 from gan_dist.runtime import Runtime
-from gan_dist.schedule import Schedule
+from gan_dist.schedule import Schedule, lr_at
 from gan_dist.trainer.ema import ema_update
 from gan_dist.trainer.state import TrainState
 
@@ -62,7 +62,7 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
 
         perceptual = load_vgg19_features(cfg.loss.perceptual_weights).to(device)
     return StepContext(
-        loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule, cfg.loss, cfg.train.max_steps),
+        loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule, cfg.loss),
         batch_size=batch_per_rank, z_dim=cfg.model.z_dim, lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d * d_lazy_ratio(cfg),
         task=TASKS[cfg.model.arch], gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma,
         r1_interval=cfg.loss.r1_interval, augment=cfg.loss.augment_policy, sr_scale=cfg.model.sr_scale,
@@ -150,9 +150,9 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
     """Run the phases of step `st.step`; `next_real()` returns this rank's next real batch."""
     stats: dict[str, Tensor] = {}
     for group in st.opt_G.param_groups:
-        group["lr"] = ctx.schedule.lr(ctx.lr_g, st.step)
+        group["lr"] = lr_at(ctx.lr_g, st.step)
     for group in st.opt_D.param_groups:
-        group["lr"] = ctx.schedule.lr(ctx.lr_d, st.step)
+        group["lr"] = lr_at(ctx.lr_d, st.step)
     real = y = None
     rng = make_rng(st, rt.device)
 
