@@ -56,6 +56,10 @@ class RaySink:
         if checkpoint is None:
             yield None
             return
+        if not Path(checkpoint.path).exists():
+            # Set aside by a rollback (the run went back to an older one): the run's newest is ours.
+            yield find_latest(self.run_dir)
+            return
         with checkpoint.as_directory() as folder:
             try:
                 verify(Path(folder))

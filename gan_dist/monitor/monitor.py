@@ -13,7 +13,7 @@ from torch import Tensor
 
 from gan_dist.config import Config
 from gan_dist.monitor.detectors import KINDS, Action, Detectors, Event
-from gan_dist.monitor.signals import collapse_score, mode_coverage, probe_signals
+from gan_dist.monitor.signals import collapse_score, mode_signals, probe_signals
 
 # Probe sizes: pairwise statistics on a batch-sized probe; mode coverage as the eval counts it.
 PROBE_SAMPLES = 256
@@ -36,8 +36,8 @@ class Monitor:
         out = probe_signals(fake[:PROBE_SAMPLES], real)
         if self.mixture is not None:
             # Host sync, once per log interval.
-            out["mode_coverage_ratio"] = torch.tensor(mode_coverage(fake.float().cpu().numpy(), self.mixture),
-                                                      device=fake.device)
+            found = mode_signals(fake.float().cpu().numpy(), self.mixture)
+            out.update({name: torch.tensor(value, device=fake.device) for name, value in found.items()})
         return out
 
     def judge(self, row: dict) -> tuple[Action | None, list[Event]]:

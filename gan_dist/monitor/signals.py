@@ -47,10 +47,12 @@ def probe_signals(fake: Tensor, real: Tensor) -> dict[str, Tensor]:
             "duplicate_rate": duplicate_rate(fake, real)}
 
 
-def mode_coverage(samples: np.ndarray, mixture: dict) -> float:
-    """Fraction of a 2-D mixture's modes that G's samples cover (the eval's definition)."""
+def mode_signals(samples: np.ndarray, mixture: dict) -> dict[str, float]:
+    """The eval's mode metrics on G's samples of a 2-D mixture: the fraction of modes covered,
+    and the fraction of high-quality samples (the detection benchmark's ground truth)."""
     found = mode_metrics(samples, np.asarray(mixture["means"]), mixture["std"])
-    return found["modes_covered"] / found["num_modes"]
+    return {"mode_coverage_ratio": found["modes_covered"] / found["num_modes"],
+            "high_quality_fraction": found["high_quality_fraction"]}
 
 
 def collapse_score(row: dict) -> float:
