@@ -88,13 +88,15 @@ def judge(name: str, expected_fail: bool, summary: dict, rows: list[dict], warmu
     }
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, only: str = "") -> dict:
     from gan_dist.config import MonitorConfig
 
     warmup = MonitorConfig().warmup_steps
     storage = Path(tempfile.mkdtemp(prefix="gan-dist-detect-"))
     results = []
     for i, (name, (recipe, expected_fail, steps, overrides)) in enumerate(SUITE.items()):
+        if only and not any(part in name for part in only.split(",")):
+            continue
         steps = 3000 if quick else steps
         summary, rows = train(storage, f"run{i}", recipe, steps, overrides)
         results.append(judge(name, expected_fail, summary, rows, warmup, steps))
@@ -130,9 +132,10 @@ def _line(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3000-step runs (a smoke test of the suite)")
+    parser.add_argument("--only", default="", help="run only the suite's runs whose name contains one of these (comma-separated)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    report = run(args.quick)
+    report = run(args.quick, args.only)
     print(json.dumps({k: v for k, v in report.items() if k not in ("runs",)}, indent=2, default=str))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
