@@ -105,8 +105,10 @@ class Runtime:
         buffers = [b for module in modules for b in module.buffers()]
         if not buffers:
             return
-        # One broadcast of all buffers flattened (by dtype), not one per buffer.
-        for dtype in {b.dtype for b in buffers}:
+        # One broadcast of all buffers flattened (by dtype), not one per buffer. The dtypes in
+        # order of first appearance, the same on every rank (a set's order follows the dtype
+        # objects' addresses, which differ by process: ranks broadcast different buffers).
+        for dtype in dict.fromkeys(b.dtype for b in buffers):
             same = [b for b in buffers if b.dtype == dtype]
             flat = torch.cat([b.reshape(-1) for b in same])
             dist.broadcast(flat, src=0)
