@@ -30,6 +30,7 @@ from gan_dist.evaluate import evaluate_generator, generate
 from gan_dist.plan import data_shape, make_plan
 from gan_dist.runtime import Runtime, init_runtime, rng_state, set_rng_state
 from gan_dist.trainer import preempt
+from gan_dist.trainer.prefetch import DevicePrefetcher, to_device
 from gan_dist.trainer.state import TrainState, build_state, fingerprint
 from gan_dist.trainer.step import build_step_context, downsample, train_step
 from gan_dist.visualize import image_grid_png, scatter_png
@@ -140,13 +141,16 @@ class Worker:
 
     def __init__(self, cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter):
         self.cfg, self.run_dir, self.sink, self.reporter = cfg, run_dir, sink, reporter
-        self.rt = init_runtime(cfg.train.torch_threads, cfg.train.mixed_precision)
+        self.rt = init_runtime(cfg.train.torch_threads, cfg.train.mixed_precision, cfg.train.ddp_bucket_cap_mb,
+                               cfg.train.gradient_as_bucket_view)
         self.index = resolve_source(cfg.data.source, cfg.data.cache_dir)
         self.plan = make_plan(cfg, self.index, self.rt.world_size)
         self.stream = RankStream(self.index, self.rt.rank, self.rt.world_size, self.plan.batch_per_rank,
                                  cfg.seed, cfg.data.shuffle_window, num_workers=cfg.data.num_workers,
                                  max_corrupt_fraction=cfg.data.max_corrupt_fraction,
                                  verify=cfg.data.verify_checksums)
+        self.prefetch = (DevicePrefetcher(self.stream, self.rt.device)
+                         if cfg.train.prefetch and self.rt.device.type == "cuda" else None)
         self.shape = data_shape(self.index.meta, cfg.model)
         self.st: TrainState = build_state(cfg, self.shape, self.rt)
         self.ctx = build_step_context(cfg, self.plan.batch_per_rank, self.rt.device)
@@ -163,12 +167,16 @@ class Worker:
     # Data -----------------------------------------------------------------------
 
     def next_real(self) -> dict[str, torch.Tensor]:
-        batch = self.stream.next_batch()
-        self.last_real = torch.from_numpy(batch["x"]).to(self.rt.device, non_blocking=True)
-        labels = None
-        if self.shape.num_classes and "y" in batch:
-            labels = torch.from_numpy(batch["y"]).to(self.rt.device, non_blocking=True)
-        return {"x": self.last_real, "y": labels}
+        if self.prefetch is not None:
+            batch = self.prefetch.next_batch()
+        else:
+            batch = to_device(self.stream.next_batch(), self.rt.device)
+        self.last_real = batch["x"]
+        return {"x": self.last_real, "y": batch.get("y") if self.shape.num_classes else None}
+
+    def data_state(self) -> dict:
+        """The data cursor and counts as of the batches trained on (a prefetched one is not)."""
+        return self.prefetch.state_dict() if self.prefetch is not None else self.stream.state_dict()
 
     # Restore --------------------------------------------------------------------
 
@@ -259,7 +267,7 @@ class Worker:
         t0 = time.perf_counter()
         st, rt, main = self.st, self.rt, self.rt.is_main_process
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
-        rank_state = cpu_copy({"rng": rng_state(), "noise": st.noise.get_state(), "data": self.stream.state_dict()})
+        rank_state = cpu_copy({"rng": rng_state(), "noise": st.noise.get_state(), "data": self.data_state()})
         shared = cpu_copy({**st.shared_state_dict(), "data_meta": self.index.meta}) if main else None
         metrics: dict[str, Any] = {"step": st.step}
         if main:
@@ -303,8 +311,9 @@ class Worker:
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
         # Collective: every rank's fingerprint and sample counts, so rank 0 can check
         # that the replicas agree and count the data.
-        gathered = rt.all_gather_object((fingerprint(st.G, st.D, st.G_ema), self.stream.samples_seen,
-                                         session_samples_start, self.stream.corrupt_samples))
+        data = self.data_state()
+        gathered = rt.all_gather_object((fingerprint(st.G, st.D, st.G_ema), data["samples_seen"],
+                                         session_samples_start, data["corrupt_samples"]))
         if not rt.is_main_process:
             return {}
         result: dict[str, Any] = {

@@ -108,8 +108,9 @@ def augment(rng: StepRng, ctx: StepContext, x: Tensor) -> Tensor:
     return diff_augment(x, ctx.augment, rng) if ctx.augment else x
 
 
-def grad_norm(params) -> Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
+def grad_norm(opt) -> Tensor:
+    """The norm of the gradients of the weights `opt` updates (its own list: no module walk)."""
+    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
@@ -123,21 +124,21 @@ def perceptual_features(net: nn.Module, x: Tensor) -> Tensor:
     return net((x - mean) / std)
 
 
-def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, params, loss: Tensor, stats: dict,
-                 net: str) -> None:
+def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, loss: Tensor, stats: dict, net: str) -> None:
     """Backward, gradient norm, and the optimizer step unless the update is not finite."""
     opt.zero_grad(set_to_none=True)
     rt.backward(loss)  # collective: DDP all-reduces this network's gradients
-    norm = grad_norm(params)
+    norm = grad_norm(opt)
     stats[f"grad_norm_{net}"] = norm
-    # After the all-reduce every rank holds the same gradients, so every rank reaches the
-    # same decision here without further communication. Host sync (fp16's scaler makes
-    # its own decision about overflow).
-    if ctx.skip_nonfinite and rt.accelerator.scaler is None and not torch.isfinite(norm).item():
-        opt.zero_grad(set_to_none=True)
-        st.nonfinite_steps += 1
+    if not ctx.skip_nonfinite or rt.accelerator.scaler is not None:
+        opt.step()  # (fp16's scaler makes its own decision about overflow)
         return
-    opt.step()
+    # After the all-reduce every rank holds the same gradients, so every rank reaches the
+    # same decision here without further communication. Decided and counted on the device
+    # (with the fused Adam; an unfused one needs a host sync).
+    nonfinite = ~torch.isfinite(norm)
+    st.nonfinite += nonfinite
+    rt.step_unless(opt, nonfinite)
 
 
 def penalty_scale(rt: Runtime):
@@ -175,7 +176,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 gp = gradient_penalty(hat_logits, x_hat, penalty_scale(rt))
                 loss_D = loss_D + ctx.gp_weight * gp
                 stats["gradient_penalty"] = gp.detach()
-            apply_update(st, rt, ctx, st.opt_D, st.D.parameters(), loss_D, stats, "d")
+            apply_update(st, rt, ctx, st.opt_D, loss_D, stats, "d")
             stats["loss_d"] = loss_D.detach()
             stats.update(d_stats(real_logits.detach(), fake_logits.detach()))
 
@@ -186,7 +187,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 logits = st.D_ddp(augment(rng, ctx, x), y).float()
             r1 = r1_penalty(logits, x, penalty_scale(rt))
             loss_Dreg = r1 * (ctx.r1_gamma / 2) * ctx.r1_interval + 0 * logits.sum()
-            apply_update(st, rt, ctx, st.opt_D, st.D.parameters(), loss_Dreg, {}, "d")
+            apply_update(st, rt, ctx, st.opt_D, loss_Dreg, {}, "d")
             stats["r1_penalty"] = r1.detach()
 
         elif phase.name == "Gmain":
@@ -207,7 +208,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                                                 perceptual_features(ctx.perceptual, real).float())
                     loss_G = loss_G + ctx.perceptual_weight * perceptual
                     stats["perceptual_loss"] = perceptual.detach()
-            apply_update(st, rt, ctx, st.opt_G, st.G.parameters(), loss_G, stats, "g")
+            apply_update(st, rt, ctx, st.opt_G, loss_G, stats, "g")
             st.D.requires_grad_(True)
             stats["loss_g"] = loss_G.detach()
         else:
