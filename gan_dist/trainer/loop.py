@@ -58,17 +58,25 @@ class Reporter(Protocol):
 class Meter:
     """Sums per-step statistics on the device; read once per interval."""
 
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    # A step's statistics stacked into one tensor, summed per set of names (one kernel a step).
+    sums: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
     count: int = 0
     since: float = field(default_factory=time.perf_counter)
 
     def add(self, stats: dict[str, torch.Tensor]) -> None:
-        for name, value in stats.items():
-            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        names, values = tuple(stats), torch.stack(list(stats.values()))
+        if names in self.sums:
+            self.sums[names] += values
+        else:
+            self.sums[names] = values
         self.count += 1
 
     def flush(self) -> tuple[dict[str, torch.Tensor], float]:
-        means = {name: total / self.count for name, total in self.sums.items()}
+        totals: dict[str, torch.Tensor] = {}
+        for names, values in self.sums.items():
+            for name, value in zip(names, values.unbind()):
+                totals[name] = totals[name] + value if name in totals else value
+        means = {name: total / self.count for name, total in totals.items()}
         seconds = time.perf_counter() - self.since
         self.sums, self.count, self.since = {}, 0, time.perf_counter()
         return means, seconds
