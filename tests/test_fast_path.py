@@ -99,3 +99,19 @@ def test_buffers_are_broadcast_in_the_modules_order(first, monkeypatch):
     monkeypatch.setattr("gan_dist.runtime.dist.broadcast", lambda t, src: sent.append(t.dtype))
     Runtime(_Accelerator()).sync_buffers(module)
     assert sent[0] == first and len(sent) == 2
+
+
+def test_a_run_started_before_new_keys_existed_resumes(tmp_path):
+    from gan_dist.driver import check_resume
+
+    cfg = resolve("ring8", ["run.name=old"])
+    old = cfg.to_dict()
+    for key in ("fused_adam", "channels_last", "compile", "prefetch", "ddp_bucket_cap_mb", "gradient_as_bucket_view"):
+        del old["train"][key]
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert check_resume(cfg, tmp_path) == 0  # no checkpoint yet: resumes at step 0, no error
+    cfg.train.fused_adam = False
+    with pytest.raises(ConfigError, match="train.fused_adam"):
+        check_resume(cfg, tmp_path)
