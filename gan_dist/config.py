@@ -147,12 +147,17 @@ class OptimConfig:
 class ScheduleConfig:
     # D steps (each on a fresh real batch) per G step; one training step is one G step.
     n_critic: int = 1
+    # The G step reuses the D step's fakes (one G forward a step, as the classic DCGAN loop
+    # does) instead of drawing new noise; n_critic 1 only.
+    reuse_fake: bool = False
     # G_ema half-life in G steps, ramped up over the first steps (see schedule.ema_beta).
     ema_halflife_steps: float = 500.0
     ema_rampup: float = 0.05
 
     def validate(self) -> None:
         _require(self.n_critic >= 1, "schedule.n_critic", f"must be >= 1, got {self.n_critic}")
+        _require(not self.reuse_fake or self.n_critic == 1, "schedule.reuse_fake",
+                 f"needs schedule.n_critic 1, got {self.n_critic}")
         _require(self.ema_halflife_steps >= 0, "schedule.ema_halflife_steps",
                  f"must be >= 0, got {self.ema_halflife_steps}")
         _require(self.ema_rampup >= 0, "schedule.ema_rampup", f"must be >= 0, got {self.ema_rampup}")

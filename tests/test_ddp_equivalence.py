@@ -37,6 +37,7 @@ CASES = {
                                     "loss.gp_weight=10"]),
     "srgan": (IMAGES, ["model.arch=srgan", "model.channels=8", "model.sr_blocks=1", "model.sync_batchnorm=true",
                        "loss.adversarial_weight=0.01"]),
+    "reuse_fake": (POINTS, ["schedule.reuse_fake=true"]),
 }
 
 

@@ -48,6 +48,7 @@ class StepContext:
     perceptual_weight: float = 0.0
     perceptual: nn.Module | None = None  # frozen feature extractor for the perceptual loss
     skip_nonfinite: bool = True
+    reuse_fake: bool = False  # the G step trains on the D step's fakes
 
 
 def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
@@ -68,7 +69,7 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
         r1_interval=cfg.loss.r1_interval, augment=cfg.loss.augment_policy, sr_scale=cfg.model.sr_scale,
         content_weight=cfg.loss.content_weight, adversarial_weight=cfg.loss.adversarial_weight,
         perceptual_weight=cfg.loss.perceptual_weight, perceptual=perceptual,
-        skip_nonfinite=cfg.train.skip_nonfinite)
+        skip_nonfinite=cfg.train.skip_nonfinite, reuse_fake=cfg.schedule.reuse_fake)
 
 
 class StepRng:
@@ -154,16 +155,22 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
         group["lr"] = lr_at(ctx.lr_g, st.step)
     for group in st.opt_D.param_groups:
         group["lr"] = lr_at(ctx.lr_d, st.step)
-    real = y = None
+    real = y = fake_for_g = None
     rng = make_rng(st, rt.device)
 
     for phase in ctx.schedule.phases_at(st.step):
         if phase.name == "Dmain":
-            # Update D. G runs unwrapped without grad: the D step never touches G.
+            # Update D. G runs unwrapped without grad: the D step never touches G. Or, reusing
+            # the fakes, G runs once for both updates and D learns from them detached.
             batch = next_real()
             real, y = batch["x"], batch.get("y")
-            with torch.no_grad(), rt.autocast():
-                fake = st.G(*g_inputs(rng, ctx, real, y)).to(real.dtype)
+            if ctx.reuse_fake:
+                with rt.autocast():
+                    fake_for_g = st.G_ddp(*g_inputs(rng, ctx, real, y))
+                fake = fake_for_g.detach().to(real.dtype)
+            else:
+                with torch.no_grad(), rt.autocast():
+                    fake = st.G(*g_inputs(rng, ctx, real, y)).to(real.dtype)
             real_a, fake_a = augment(rng, ctx, real), augment(rng, ctx, fake)
             with rt.autocast():
                 real_logits = st.D_ddp(real_a, y).float()
@@ -195,7 +202,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             # to G, but D gets none, so the G step all-reduces only G's gradients.
             st.D.requires_grad_(False)
             with rt.autocast():
-                fake = st.G_ddp(*g_inputs(rng, ctx, real, y))
+                fake = fake_for_g if fake_for_g is not None else st.G_ddp(*g_inputs(rng, ctx, real, y))
                 fake_logits = st.D(augment(rng, ctx, fake), y).float()
             loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
             if ctx.task == "super_resolution":
