@@ -354,14 +354,31 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
     with sink.latest() as folder:
         if folder is not None:
             w.restore(Path(folder))
-    st, train = w.st, cfg.train
+    st = w.st
     if w.rt.is_main_process:
         reporter.started(w.rt.world_size, st.step)
-    start_step, samples_start = st.step, w.stream.samples_seen
+    start_step, samples_start = st.step, w.data_state()["samples_seen"]
+    t0 = time.perf_counter()
+    preempted = train_steps(w, cfg.train.max_steps)
+    w.commit_pending()
+    train_seconds = time.perf_counter() - t0
+    result = w.finish(start_step, samples_start, train_seconds)
+    if result:
+        result["preempted"] = preempted
+    if w.rt.is_main_process:
+        reporter.finished(result)
+    w.stream.close()
+    return result
+
+
+def train_steps(w: Worker, until: int) -> bool:
+    """Step to `until` with the interval hooks; True if a preemption stopped it (after a save).
+    Collective: every rank calls it with the same `until`. Benchmarks drive it in segments."""
+    st, train, reporter = w.st, w.cfg.train, w.reporter
+    start_step = st.step
     meter = Meter()
     preempted = False
-    t0 = time.perf_counter()
-    while st.step < train.max_steps:
+    while st.step < until:
         # Collective, overlapping the step: did any rank get a SIGTERM, is any rank
         # still writing the pending checkpoint?
         vote = w.rt.any_async(preempt.requested(), w.pending is not None and w.pending.busy)
@@ -383,12 +400,4 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
         if preempted:
             w.rt.print0(f"preempted: saved at step {st.step}, stopping")
             break
-    w.commit_pending()
-    train_seconds = time.perf_counter() - t0
-    result = w.finish(start_step, samples_start, train_seconds)
-    if result:
-        result["preempted"] = preempted
-    if w.rt.is_main_process:
-        reporter.finished(result)
-    w.stream.close()
-    return result
+    return preempted
