@@ -15,6 +15,7 @@ from pathlib import Path
 from gan_dist import __version__, submit
 from gan_dist.checkpoint import CheckpointError, LocalSink
 from gan_dist.config import Config, ConfigError, recipe_names, resolve
+from gan_dist.bench import cli as bench_cli
 from gan_dist.data import cli as data_cli
 from gan_dist.data.sources import DataError, resolve_source
 from gan_dist.driver import (ProgressDisplay, build_summary, check_resume, local_resources, place, run_directory,
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cli.register(commands)
     submit.register(commands)
+    bench_cli.register(commands)
     return parser
 
 

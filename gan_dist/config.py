@@ -147,12 +147,17 @@ class OptimConfig:
 class ScheduleConfig:
     # D steps (each on a fresh real batch) per G step; one training step is one G step.
     n_critic: int = 1
+    # The G step reuses the D step's fakes (one G forward a step, as the classic DCGAN loop
+    # does) instead of drawing new noise; n_critic 1 only.
+    reuse_fake: bool = False
     # G_ema half-life in G steps, ramped up over the first steps (see schedule.ema_beta).
     ema_halflife_steps: float = 500.0
     ema_rampup: float = 0.05
 
     def validate(self) -> None:
         _require(self.n_critic >= 1, "schedule.n_critic", f"must be >= 1, got {self.n_critic}")
+        _require(not self.reuse_fake or self.n_critic == 1, "schedule.reuse_fake",
+                 f"needs schedule.n_critic 1, got {self.n_critic}")
         _require(self.ema_halflife_steps >= 0, "schedule.ema_halflife_steps",
                  f"must be >= 0, got {self.ema_halflife_steps}")
         _require(self.ema_rampup >= 0, "schedule.ema_rampup", f"must be >= 0, got {self.ema_rampup}")
@@ -176,10 +181,26 @@ class TrainConfig:
     async_checkpoint: bool = True
     # Threads per worker for torch on CPU; 0 leaves torch's default.
     torch_threads: int = 1
-    # "no", "bf16" (CPU and GPU) or "fp16" (GPU, with a gradient scaler).
+    # "no", "bf16" (CPU and GPU), "fp16" (GPU, with a gradient scaler), or "auto": bf16 on
+    # GPUs that have it, else no.
     mixed_precision: str = "no"
     # Skip an update whose loss or gradients are not finite (on every rank alike) and count it.
     skip_nonfinite: bool = True
+    # Fast paths; the defaults are right on CPU and GPU.
+    # Adam's fused kernel: one kernel for all weights, and a non-finite update is skipped on
+    # the device (no host sync in the step); false: torch's default Adam.
+    fused_adam: bool = True
+    # Conv nets in channels_last (NHWC) memory format: cuDNN's Tensor Core kernels want it,
+    # and oneDNN on CPU is faster with it too.
+    channels_last: bool = True
+    # torch.compile G and D: faster steps after a slower start; not with gradient penalties
+    # (loss.gp_weight, loss.r1_gamma), whose double backward compiled graphs do not support.
+    compile: bool = False
+    # On GPUs, read the next batch during the step and copy it from pinned memory without waiting.
+    prefetch: bool = True
+    # DDP: gradient bucket size, and gradients kept as views into the buckets (no copy, less memory).
+    ddp_bucket_cap_mb: float = 25.0
+    gradient_as_bucket_view: bool = True
 
     def validate(self) -> None:
         _require(self.max_steps > 0, "train.max_steps", f"must be > 0, got {self.max_steps}")
@@ -189,8 +210,9 @@ class TrainConfig:
         _require(self.torch_threads >= 0, "train.torch_threads", f"must be >= 0, got {self.torch_threads}")
         _require(self.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes",
                  f"must be >= 0, got {self.checkpoint_every_minutes}")
-        _require(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision",
-                 f"must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        _require(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision",
+                 f"must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
+        _require(self.ddp_bucket_cap_mb > 0, "train.ddp_bucket_cap_mb", f"must be > 0, got {self.ddp_bucket_cap_mb}")
         _require(self.keep_best_mode in ("min", "max"), "train.keep_best_mode",
                  f"must be min or max, got {self.keep_best_mode!r}")
 
@@ -326,6 +348,9 @@ class Config:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
+        _require(not (self.train.compile and (self.loss.gp_weight or self.loss.r1_gamma)), "train.compile",
+                 "cannot be used with gradient penalties (loss.gp_weight, loss.r1_gamma): compiled graphs "
+                 "have no double backward")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,10 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from gan_dist import checkpoint as ckpt
-from gan_dist.config import Config, ConfigError
+from gan_dist.config import Config, ConfigError, load_yaml_config
 from gan_dist.plan import PlanError
 from gan_dist.trainer.loop import last_logged, write_atomic
 
@@ -87,7 +85,8 @@ def check_resume(cfg: Config, run_dir: Path) -> int | None:
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return None
-    old = _flatten(yaml.safe_load(saved.read_text()) or {})
+    # Through the config classes: keys added since the run started take their defaults.
+    old = _flatten(load_yaml_config(saved.read_text()).to_dict())
     new = _flatten(cfg.to_dict())
     for key in sorted(set(old) | set(new)):
         if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):

@@ -9,9 +9,11 @@ it. Without Ray the same calls make a single process its own world.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -20,6 +22,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import DistributedDataParallelKwargs
 
 
 @dataclass
@@ -28,19 +32,20 @@ class Runtime:
     # A gloo group for small control decisions, so they never sync a GPU stream.
     control_group: object = None
 
-    @property
+    # Fixed for the process's life; cached because Accelerate's lookups cost microseconds per call.
+    @cached_property
     def rank(self) -> int:
         return self.accelerator.process_index
 
-    @property
+    @cached_property
     def world_size(self) -> int:
         return self.accelerator.num_processes
 
-    @property
+    @cached_property
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    @property
+    @cached_property
     def is_main_process(self) -> bool:
         return self.accelerator.is_main_process
 
@@ -49,11 +54,21 @@ class Runtime:
             print(*args, flush=True, **kwargs)
 
     def prepare(self, *objects):
-        return self.accelerator.prepare(*objects)
+        """Models wrapped in DDP (world size > 1). Optimizers stay torch's own unless fp16's
+        gradient scaler needs Accelerate's wrapper, which otherwise only costs time on every
+        call (package look-ups, signature inspection)."""
+        prepared = self.accelerator.prepare(*objects)
+        prepared = list(prepared) if len(objects) > 1 else [prepared]
+        if self.accelerator.scaler is None:
+            prepared = [p.optimizer if isinstance(p, AcceleratedOptimizer) else p for p in prepared]
+        return prepared if len(objects) > 1 else prepared[0]
 
     def backward(self, loss: torch.Tensor) -> None:
         # Collective under DDP: gradients of the wrapped model are all-reduced in buckets.
-        self.accelerator.backward(loss)
+        if self.accelerator.scaler is None:
+            loss.backward()  # Accelerate's would divide by its accumulation steps (1): a kernel for nothing
+        else:
+            self.accelerator.backward(loss)
 
     def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         # Collective: every rank must call it with the same shape.
@@ -101,8 +116,21 @@ class Runtime:
 
         return wait
 
+    def step_unless(self, opt, nonfinite: torch.Tensor) -> None:
+        """`opt.step()` unless `nonfinite` (a bool tensor on the device) is set."""
+        inner = getattr(opt, "optimizer", opt)  # Accelerate's wrapper holds the torch optimizer
+        if inner.defaults.get("fused"):
+            # Decided on the device: the fused kernel skips the whole update (weights, moments
+            # and step count) when found_inf is 1. No host sync.
+            inner.found_inf = nonfinite.float()
+            opt.step()
+        elif not nonfinite.item():  # host sync: an unfused optimizer cannot skip on the device
+            opt.step()
+
     def autocast(self):
         """bf16/fp16 autocast as configured (a no-op context in fp32)."""
+        if self.accelerator.mixed_precision == "no":
+            return contextlib.nullcontext()
         return self.accelerator.autocast()
 
     def sync_buffers(self, *modules) -> None:
@@ -113,8 +141,10 @@ class Runtime:
         buffers = [b for module in modules for b in module.buffers()]
         if not buffers:
             return
-        # One broadcast of all buffers flattened (by dtype), not one per buffer.
-        for dtype in {b.dtype for b in buffers}:
+        # One broadcast of all buffers flattened (by dtype), not one per buffer. The dtypes in
+        # order of first appearance, the same on every rank (a set's order follows the dtype
+        # objects' addresses, which differ by process: ranks broadcast different buffers).
+        for dtype in dict.fromkeys(b.dtype for b in buffers):
             same = [b for b in buffers if b.dtype == dtype]
             flat = torch.cat([b.reshape(-1) for b in same])
             dist.broadcast(flat, src=0)
@@ -169,12 +199,19 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     return module
 
 
-def init_runtime(torch_threads: int = 0, mixed_precision: str = "no") -> Runtime:
+def init_runtime(torch_threads: int = 0, mixed_precision: str = "no", bucket_cap_mb: float = 25.0,
+                 gradient_as_bucket_view: bool = True) -> Runtime:
     """Create the Accelerator for this process (inside the Ray worker, never before)."""
-    if torch_threads > 0 and not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if torch_threads > 0 and not cuda:
         torch.set_num_threads(torch_threads)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    ddp = DistributedDataParallelKwargs(bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=gradient_as_bucket_view)
     # cpu=True is what makes Accelerate adopt a gloo process group on CPU workers.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed_precision, kwargs_handlers=[ddp])
     control_group = None
     if dist.is_initialized() and dist.get_backend() != "gloo":
         control_group = dist.new_group(backend="gloo")  # collective: every rank creates it

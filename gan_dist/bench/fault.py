@@ -25,11 +25,14 @@ from pathlib import Path
 import psutil
 
 
-def _train(address: str, storage: Path, name: str, recipe: str, steps: int, every: int, *extra: str) -> dict:
+def train(address: str, storage: Path, name: str, recipe: str, steps: int, every: int, *extra: str,
+          workers: int = 2) -> dict:
+    """A run through `gan-dist train` on the cluster, logged and checkpointed every `every` steps;
+    its summary."""
     from gan_dist.cli import main
 
     code = main(["train", recipe, "--address", address, "--storage", str(storage), "--name", name,
-                 "--workers", "2", "--max-steps", str(steps), "--set", f"train.checkpoint_every={every}",
+                 "--workers", str(workers), "--max-steps", str(steps), "--set", f"train.checkpoint_every={every}",
                  "--set", f"train.log_every={every}", "--set", f"train.sample_every={steps}", *extra])
     summary = json.loads((storage / name / "summary.json").read_text())
     if code != 0:
@@ -51,27 +54,38 @@ def _kill_a_worker_after(run_dir: Path, step: int, killed_at: list) -> threading
     return thread
 
 
+SYNC = ("--set", "train.async_checkpoint=false")
+
+
+def stall_fraction(blocked: dict, full: dict) -> dict:
+    """The checkpoint stall from the summaries of the same run with asynchronous (`blocked`)
+    and synchronous (`full`) checkpoints."""
+    # The final save also waits for pending uploads; compare the periodic ones.
+    async_s = blocked["checkpoints"]["blocked_seconds"][:-1]
+    sync = full["checkpoints"]
+    full_s = [b + w for b, w in zip(sync["blocked_seconds"][:-1], sync["write_seconds"][:-1])]
+    return {
+        "world_size": blocked["world_size"], "checkpoints": len(async_s),
+        "blocked_seconds": statistics.median(async_s),
+        "full_save_seconds": statistics.median(full_s),
+        "checkpoint_stall_fraction": statistics.median(async_s) / statistics.median(full_s),
+    }
+
+
 def run(recipe: str = "dcgan-digits", steps: int = 120, every: int = 20, extra: tuple[str, ...] = ()) -> dict:
     from gan_dist.integrations.ray import local_cluster
 
     storage = Path(tempfile.mkdtemp(prefix="gan-dist-bench-"))
     with local_cluster(nodes=3) as address:
-        blocked = _train(address, storage, "async", recipe, steps, every, *extra)
-        full = _train(address, storage, "sync", recipe, steps, every, *extra, "--set", "train.async_checkpoint=false")
+        blocked = train(address, storage, "async", recipe, steps, every, *extra)
+        full = train(address, storage, "sync", recipe, steps, every, *extra, *SYNC)
         killed_at: list[float] = []
         watcher = _kill_a_worker_after(storage / "killed", 2 * every, killed_at)
-        killed = _train(address, storage, "killed", recipe, steps, every, *extra)
+        killed = train(address, storage, "killed", recipe, steps, every, *extra)
         watcher.join(1)
-    # The final save also waits for pending uploads; compare the periodic ones.
-    async_s = blocked["checkpoints"]["blocked_seconds"][:-1]
-    sync = full["checkpoints"]
-    full_s = [b + w for b, w in zip(sync["blocked_seconds"][:-1], sync["write_seconds"][:-1])]
     restarted = [s for s in killed["sessions"] if s["started_at"] > killed_at[0]] if killed_at else []
     return {
-        "recipe": recipe, "world_size": 2, "checkpoints": len(async_s),
-        "blocked_seconds": statistics.median(async_s),
-        "full_save_seconds": statistics.median(full_s),
-        "checkpoint_stall_fraction": statistics.median(async_s) / statistics.median(full_s),
+        "recipe": recipe, **stall_fraction(blocked, full),
         "restarts": killed["restarts"],
         "restart_to_first_step_seconds": restarted[0]["first_step_at"] - killed_at[0] if restarted else None,
         "restore_seconds": restarted[0]["started_at"] - killed_at[0] if restarted else None,

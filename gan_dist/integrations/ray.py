@@ -154,12 +154,13 @@ def _train_fn(config: dict) -> None:
 
 
 @contextmanager
-def local_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[str]:
-    """A multi-node Ray cluster on this machine (a head without CPUs, `nodes` raylets), for
-    rehearsals and benchmarks; yields its address and shuts it down afterwards."""
+def local_cluster(nodes: int, cpus_per_node: int = 1, head_cpus: int = 0) -> Iterator[str]:
+    """A Ray cluster on this machine (a head with `head_cpus` CPUs, by default none, and
+    `nodes` more raylets), for rehearsals and benchmarks; yields its address and shuts it
+    down afterwards."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
     try:
         for _ in range(nodes):
             cluster.add_node(num_cpus=cpus_per_node)

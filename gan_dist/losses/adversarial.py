@@ -72,12 +72,13 @@ ADVERSARIAL_LOSSES: dict[str, AdversarialLoss] = {
 @torch.no_grad()
 def d_stats(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
     """Cheap per-step signals of the game's balance (no host sync: tensors stay on device)."""
+    d_real, d_fake = real_logits.mean(), fake_logits.mean()
     return {
-        "d_real": real_logits.mean(),
-        "d_fake": fake_logits.mean(),
+        "d_real": d_real,
+        "d_fake": d_fake,
         # The decision threshold is 0 for the logit losses and the critics, 0.5 for least squares;
         # 0 is used throughout so the metric means the same across losses.
-        "d_acc_real": (real_logits > 0).float().mean(),
-        "d_acc_fake": (fake_logits < 0).float().mean(),
-        "d_output_gap": real_logits.mean() - fake_logits.mean(),
+        "d_acc_real": (real_logits > 0).mean(dtype=torch.float32),
+        "d_acc_fake": (fake_logits < 0).mean(dtype=torch.float32),
+        "d_output_gap": d_real - d_fake,
     }

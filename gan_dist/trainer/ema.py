@@ -9,8 +9,6 @@ from torch import nn
 @torch.no_grad()
 def ema_update(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
     """G_ema <- beta * G_ema + (1 - beta) * G; buffers are copied."""
-    ema_params = [p for p in G_ema.parameters()]
-    params = [p.detach() for p in G.parameters()]
-    torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - beta)
     for b_ema, b in zip(G_ema.buffers(), G.buffers()):
         b_ema.copy_(b)

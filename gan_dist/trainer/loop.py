@@ -31,6 +31,7 @@ from gan_dist.monitor.monitor import Action, build_monitor
 from gan_dist.plan import data_shape, make_plan
 from gan_dist.runtime import Runtime, init_runtime, rng_state, set_rng_state
 from gan_dist.trainer import preempt
+from gan_dist.trainer.prefetch import DevicePrefetcher, to_device
 from gan_dist.trainer.state import TrainState, build_state, fingerprint
 from gan_dist.trainer.step import build_step_context, downsample, train_step
 from gan_dist.visualize import image_grid_png, scatter_png
@@ -59,17 +60,25 @@ class Reporter(Protocol):
 class Meter:
     """Sums per-step statistics on the device; read once per interval."""
 
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    # A step's statistics stacked into one tensor, summed per set of names (one kernel a step).
+    sums: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
     count: int = 0
     since: float = field(default_factory=time.perf_counter)
 
     def add(self, stats: dict[str, torch.Tensor]) -> None:
-        for name, value in stats.items():
-            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        names, values = tuple(stats), torch.stack(list(stats.values()))
+        if names in self.sums:
+            self.sums[names] += values
+        else:
+            self.sums[names] = values
         self.count += 1
 
     def flush(self) -> tuple[dict[str, torch.Tensor], float]:
-        means = {name: total / self.count for name, total in self.sums.items()}
+        totals: dict[str, torch.Tensor] = {}
+        for names, values in self.sums.items():
+            for name, value in zip(names, values.unbind()):
+                totals[name] = totals[name] + value if name in totals else value
+        means = {name: total / self.count for name, total in totals.items()}
         seconds = time.perf_counter() - self.since
         self.sums, self.count, self.since = {}, 0, time.perf_counter()
         return means, seconds
@@ -137,13 +146,16 @@ class Worker:
 
     def __init__(self, cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter):
         self.cfg, self.run_dir, self.sink, self.reporter = cfg, run_dir, sink, reporter
-        self.rt = init_runtime(cfg.train.torch_threads, cfg.train.mixed_precision)
+        self.rt = init_runtime(cfg.train.torch_threads, cfg.train.mixed_precision, cfg.train.ddp_bucket_cap_mb,
+                               cfg.train.gradient_as_bucket_view)
         self.index = resolve_source(cfg.data.source, cfg.data.cache_dir)
         self.plan = make_plan(cfg, self.index, self.rt.world_size)
         self.stream = RankStream(self.index, self.rt.rank, self.rt.world_size, self.plan.batch_per_rank,
                                  cfg.seed, cfg.data.shuffle_window, num_workers=cfg.data.num_workers,
                                  max_corrupt_fraction=cfg.data.max_corrupt_fraction,
                                  verify=cfg.data.verify_checksums)
+        self.prefetch = (DevicePrefetcher(self.stream, self.rt.device)
+                         if cfg.train.prefetch and self.rt.device.type == "cuda" else None)
         self.shape = data_shape(self.index.meta, cfg.model)
         self.st: TrainState = build_state(cfg, self.shape, self.rt)
         self.ctx = build_step_context(cfg, self.plan.batch_per_rank, self.rt.device)
@@ -162,12 +174,16 @@ class Worker:
     # Data -----------------------------------------------------------------------
 
     def next_real(self) -> dict[str, torch.Tensor]:
-        batch = self.stream.next_batch()
-        self.last_real = torch.from_numpy(batch["x"]).to(self.rt.device, non_blocking=True)
-        labels = None
-        if self.shape.num_classes and "y" in batch:
-            labels = torch.from_numpy(batch["y"]).to(self.rt.device, non_blocking=True)
-        return {"x": self.last_real, "y": labels}
+        if self.prefetch is not None:
+            batch = self.prefetch.next_batch()
+        else:
+            batch = to_device(self.stream.next_batch(), self.rt.device)
+        self.last_real = batch["x"]
+        return {"x": self.last_real, "y": batch.get("y") if self.shape.num_classes else None}
+
+    def data_state(self) -> dict:
+        """The data cursor and counts as of the batches trained on (a prefetched one is not)."""
+        return self.prefetch.state_dict() if self.prefetch is not None else self.stream.state_dict()
 
     # Restore --------------------------------------------------------------------
 
@@ -186,6 +202,8 @@ class Worker:
                            f"{self.rt.world_size}: data streams restart at a new epoch")
             epoch = ckpt.load_rank(folder, 0)["data"]["cursor"]["epoch"] + 1
             self.stream.cursor.epoch = epoch
+        if self.prefetch is not None:
+            self.prefetch.reset()
         self.rt.print0(f"resumed from {folder.name} at step {self.st.step}")
 
     # Hooks ----------------------------------------------------------------------
@@ -290,7 +308,7 @@ class Worker:
         t0 = time.perf_counter()
         st, rt, main = self.st, self.rt, self.rt.is_main_process
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
-        rank_state = cpu_copy({"rng": rng_state(), "noise": st.noise.get_state(), "data": self.stream.state_dict()})
+        rank_state = cpu_copy({"rng": rng_state(), "noise": st.noise.get_state(), "data": self.data_state()})
         shared = cpu_copy({**st.shared_state_dict(), "data_meta": self.index.meta,
                            "monitor": self.monitor.state_dict()}) if main else None
         # healthy: no detector's condition held when it was taken (a rollback target; kept by pruning).
@@ -361,8 +379,9 @@ class Worker:
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
         # Collective: every rank's fingerprint and sample counts, so rank 0 can check
         # that the replicas agree and count the data.
-        gathered = rt.all_gather_object((fingerprint(st.G, st.D, st.G_ema), self.stream.samples_seen,
-                                         session_samples_start, self.stream.corrupt_samples))
+        data = self.data_state()
+        gathered = rt.all_gather_object((fingerprint(st.G, st.D, st.G_ema), data["samples_seen"],
+                                         session_samples_start, data["corrupt_samples"]))
         if not rt.is_main_process:
             return {}
         result: dict[str, Any] = {
@@ -397,14 +416,33 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
     with sink.latest() as folder:
         if folder is not None:
             w.restore(Path(folder))
-    st, train = w.st, cfg.train
+    st = w.st
     if w.rt.is_main_process:
         reporter.started(w.rt.world_size, st.step)
-    start_step, samples_start = st.step, w.stream.samples_seen
+    start_step, samples_start = st.step, w.data_state()["samples_seen"]
+    t0 = time.perf_counter()
+    preempted, stopped_by = train_steps(w, cfg.train.max_steps)
+    w.commit_pending()
+    train_seconds = time.perf_counter() - t0
+    result = w.finish(start_step, samples_start, train_seconds)
+    if result:
+        result["preempted"] = preempted
+        result["stopped_by"] = stopped_by
+    if w.rt.is_main_process:
+        reporter.finished(result)
+    w.stream.close()
+    return result
+
+
+def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
+    """Step to `until` with the interval hooks; whether a preemption stopped it (after a save),
+    and the event of a detector that stopped it (after a save), if one did. Collective: every
+    rank calls it with the same `until`. Benchmarks drive it in segments."""
+    st, train, reporter = w.st, w.cfg.train, w.reporter
+    start_step = st.step
     meter = Meter()
     preempted, stopped_by = False, None
-    t0 = time.perf_counter()
-    while st.step < train.max_steps:
+    while st.step < until:
         # Collective, overlapping the step: did any rank get a SIGTERM, is any rank
         # still writing the pending checkpoint?
         vote = w.rt.any_async(preempt.requested(), w.pending is not None and w.pending.busy)
@@ -440,16 +478,7 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
         if stopped_by:
             w.rt.print0(f"stopped by the {stopped_by['kind']} detector: saved at step {st.step}")
             break
-    w.commit_pending()
-    train_seconds = time.perf_counter() - t0
-    result = w.finish(start_step, samples_start, train_seconds)
-    if result:
-        result["preempted"] = preempted
-        result["stopped_by"] = stopped_by
-    if w.rt.is_main_process:
-        reporter.finished(result)
-    w.stream.close()
-    return result
+    return preempted, stopped_by
 
 
 def _evidence(evidence: dict) -> str:

@@ -24,10 +24,16 @@ class TrainState:
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
     noise: torch.Generator  # this rank's z stream, checkpointed with the rank
+    # Updates skipped because a loss or gradient was not finite: counted on the device, so
+    # the step never waits for it; read when logged or saved.
+    nonfinite: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
     step: int = 0
-    nonfinite_steps: int = 0  # updates skipped because a loss or gradient was not finite
     lr_scale: float = 1.0  # both learning rates' factor, lowered by each rollback
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def nonfinite_steps(self) -> int:
+        return int(self.nonfinite.item())  # host sync
 
     def shared_state_dict(self) -> dict:
         """What every rank holds identically: saved once, by rank 0."""
@@ -50,7 +56,7 @@ class TrainState:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.step = int(state["step"])
-        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.nonfinite.fill_(int(state.get("nonfinite_steps", 0)))
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.history = list(state["history"])
 
@@ -62,16 +68,29 @@ def build_state(cfg, shape: DataShape, rt: Runtime) -> TrainState:
     if cfg.model.sync_batchnorm:
         G, D = convert_sync_batchnorm(G, rt.device), convert_sync_batchnorm(D, rt.device)
     G, D = G.to(rt.device), D.to(rt.device)
+    if cfg.train.channels_last and is_conv_net(G, D):
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    fused = cfg.train.fused_adam
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused)
     c = d_lazy_ratio(cfg)
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d * c, betas=(cfg.optim.beta1 ** c, cfg.optim.beta2 ** c))
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d * c, betas=(cfg.optim.beta1 ** c, cfg.optim.beta2 ** c),
+                             fused=fused)
+    if cfg.train.compile:
+        # In place: the modules keep their names (and state-dict keys); DDP wraps the compiled ones.
+        G.compile()
+        D.compile()
     G_ddp, D_ddp, opt_G, opt_D = rt.prepare(G, D, opt_G, opt_D)
     # From here on, randomness differs by rank (seeds offset by rank).
     seed_everything(cfg.seed + rt.rank)
     noise = torch.Generator(device=rt.device)
     noise.manual_seed(cfg.seed * 1_000_003 + rt.rank)
-    return TrainState(G=G, D=D, G_ddp=G_ddp, D_ddp=D_ddp, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, noise=noise)
+    return TrainState(G=G, D=D, G_ddp=G_ddp, D_ddp=D_ddp, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, noise=noise,
+                      nonfinite=torch.zeros((), dtype=torch.int64, device=rt.device))
+
+
+def is_conv_net(*modules: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for module in modules for m in module.modules())
 
 
 def d_lazy_ratio(cfg) -> float:

@@ -48,6 +48,7 @@ class StepContext:
     perceptual_weight: float = 0.0
     perceptual: nn.Module | None = None  # frozen feature extractor for the perceptual loss
     skip_nonfinite: bool = True
+    reuse_fake: bool = False  # the G step trains on the D step's fakes
 
 
 def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
@@ -68,7 +69,7 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
         r1_interval=cfg.loss.r1_interval, augment=cfg.loss.augment_policy, sr_scale=cfg.model.sr_scale,
         content_weight=cfg.loss.content_weight, adversarial_weight=cfg.loss.adversarial_weight,
         perceptual_weight=cfg.loss.perceptual_weight, perceptual=perceptual,
-        skip_nonfinite=cfg.train.skip_nonfinite)
+        skip_nonfinite=cfg.train.skip_nonfinite, reuse_fake=cfg.schedule.reuse_fake)
 
 
 class StepRng:
@@ -108,8 +109,9 @@ def augment(rng: StepRng, ctx: StepContext, x: Tensor) -> Tensor:
     return diff_augment(x, ctx.augment, rng) if ctx.augment else x
 
 
-def grad_norm(params) -> Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
+def grad_norm(opt) -> Tensor:
+    """The norm of the gradients of the weights `opt` updates (its own list: no module walk)."""
+    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
@@ -123,21 +125,21 @@ def perceptual_features(net: nn.Module, x: Tensor) -> Tensor:
     return net((x - mean) / std)
 
 
-def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, params, loss: Tensor, stats: dict,
-                 net: str) -> None:
+def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, loss: Tensor, stats: dict, net: str) -> None:
     """Backward, gradient norm, and the optimizer step unless the update is not finite."""
     opt.zero_grad(set_to_none=True)
     rt.backward(loss)  # collective: DDP all-reduces this network's gradients
-    norm = grad_norm(params)
+    norm = grad_norm(opt)
     stats[f"grad_norm_{net}"] = norm
-    # After the all-reduce every rank holds the same gradients, so every rank reaches the
-    # same decision here without further communication. Host sync (fp16's scaler makes
-    # its own decision about overflow).
-    if ctx.skip_nonfinite and rt.accelerator.scaler is None and not torch.isfinite(norm).item():
-        opt.zero_grad(set_to_none=True)
-        st.nonfinite_steps += 1
+    if not ctx.skip_nonfinite or rt.accelerator.scaler is not None:
+        opt.step()  # (fp16's scaler makes its own decision about overflow)
         return
-    opt.step()
+    # After the all-reduce every rank holds the same gradients, so every rank reaches the
+    # same decision here without further communication. Decided and counted on the device
+    # (with the fused Adam; an unfused one needs a host sync).
+    nonfinite = ~torch.isfinite(norm)
+    st.nonfinite += nonfinite
+    rt.step_unless(opt, nonfinite)
 
 
 def penalty_scale(rt: Runtime):
@@ -153,16 +155,22 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
         group["lr"] = lr_at(ctx.lr_g, st.step) * st.lr_scale
     for group in st.opt_D.param_groups:
         group["lr"] = lr_at(ctx.lr_d, st.step) * st.lr_scale
-    real = y = None
+    real = y = fake_for_g = None
     rng = make_rng(st, rt.device)
 
     for phase in ctx.schedule.phases_at(st.step):
         if phase.name == "Dmain":
-            # Update D. G runs unwrapped without grad: the D step never touches G.
+            # Update D. G runs unwrapped without grad: the D step never touches G. Or, reusing
+            # the fakes, G runs once for both updates and D learns from them detached.
             batch = next_real()
             real, y = batch["x"], batch.get("y")
-            with torch.no_grad(), rt.autocast():
-                fake = st.G(*g_inputs(rng, ctx, real, y)).to(real.dtype)
+            if ctx.reuse_fake:
+                with rt.autocast():
+                    fake_for_g = st.G_ddp(*g_inputs(rng, ctx, real, y))
+                fake = fake_for_g.detach().to(real.dtype)
+            else:
+                with torch.no_grad(), rt.autocast():
+                    fake = st.G(*g_inputs(rng, ctx, real, y)).to(real.dtype)
             real_a, fake_a = augment(rng, ctx, real), augment(rng, ctx, fake)
             with rt.autocast():
                 real_logits = st.D_ddp(real_a, y).float()
@@ -175,7 +183,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 gp = gradient_penalty(hat_logits, x_hat, penalty_scale(rt))
                 loss_D = loss_D + ctx.gp_weight * gp
                 stats["gradient_penalty"] = gp.detach()
-            apply_update(st, rt, ctx, st.opt_D, st.D.parameters(), loss_D, stats, "d")
+            apply_update(st, rt, ctx, st.opt_D, loss_D, stats, "d")
             stats["loss_d"] = loss_D.detach()
             stats.update(d_stats(real_logits.detach(), fake_logits.detach()))
 
@@ -186,7 +194,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 logits = st.D_ddp(augment(rng, ctx, x), y).float()
             r1 = r1_penalty(logits, x, penalty_scale(rt))
             loss_Dreg = r1 * (ctx.r1_gamma / 2) * ctx.r1_interval + 0 * logits.sum()
-            apply_update(st, rt, ctx, st.opt_D, st.D.parameters(), loss_Dreg, {}, "d")
+            apply_update(st, rt, ctx, st.opt_D, loss_Dreg, {}, "d")
             stats["r1_penalty"] = r1.detach()
 
         elif phase.name == "Gmain":
@@ -194,7 +202,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             # to G, but D gets none, so the G step all-reduces only G's gradients.
             st.D.requires_grad_(False)
             with rt.autocast():
-                fake = st.G_ddp(*g_inputs(rng, ctx, real, y))
+                fake = fake_for_g if fake_for_g is not None else st.G_ddp(*g_inputs(rng, ctx, real, y))
                 fake_logits = st.D(augment(rng, ctx, fake), y).float()
             loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
             if ctx.task == "super_resolution":
@@ -207,7 +215,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                                                 perceptual_features(ctx.perceptual, real).float())
                     loss_G = loss_G + ctx.perceptual_weight * perceptual
                     stats["perceptual_loss"] = perceptual.detach()
-            apply_update(st, rt, ctx, st.opt_G, st.G.parameters(), loss_G, stats, "g")
+            apply_update(st, rt, ctx, st.opt_G, loss_G, stats, "g")
             st.D.requires_grad_(True)
             stats["loss_g"] = loss_G.detach()
         else:

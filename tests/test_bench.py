@@ -1,0 +1,59 @@
+"""`gan-dist bench`: the quick mode as a smoke test (every figure a finite number; no
+thresholds, these are benchmarks), the GPU comparison's code path on a CPU without Ray,
+and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from conftest import REPO
+from gan_dist.bench.cli import GOALS, GPU_GOALS
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@pytest.mark.ray
+def test_quick_bench_reports_every_figure(cli, tmp_path):
+    out = tmp_path / "bench.json"
+    res = cli("bench", "--quick", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in GOALS:
+        assert finite(result[key]), (key, result.get(key))
+        assert isinstance(result["pass"][key], bool) and key in res.stdout  # and in the table
+    assert result["mode"] == "quick" and result["machine"]["cores"] >= 1 and result["machine"]["torch"]
+    assert result["details"]["ray"]["samples_per_second"]["2w"]
+
+
+def test_gpu_comparison_runs_on_cpu_without_ray(cli, tmp_path):
+    """The --gpu path (trainer and classic baseline side by side) must not import Ray: a
+    `ray` package that fails to import shadows the installed one."""
+    hidden = tmp_path / "no-ray" / "ray"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('ray is not installed on this machine')\n")
+    path = os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", ""), str(REPO)])
+    out = tmp_path / "gpu.json"
+    res = cli("bench", "--gpu", "--device", "cpu", "--quick", "--set", "model.channels=8",
+              "--set", "data.batch_size=16", "--set", "data.num_workers=0", "--out", str(out),
+              env={"PYTHONPATH": path})
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in (*GPU_GOALS, "images_per_second", "images_per_second_per_gpu", "baseline_images_per_second"):
+        assert finite(result[key]) and result[key] > 0, key
+    assert result["details"]["device"] == "cpu" and result["details"]["batch"] == 16
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpu"], "--gpu needs a CUDA GPU"),
+    (["--set", "model.channels=8"], "--set and --device apply to --gpu only"),
+    (["--out", "/nonexistent-folder/bench.json"], "does not exist"),
+])
+def test_bad_input_is_one_line_exit_2(cli, args, message):
+    res = cli("bench", *args)
+    assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr

@@ -1,0 +1,117 @@
+"""The fast path: device-side skip of non-finite updates, fused Adam, channels_last, the
+GPU prefetcher's checkpoint semantics, and rank-symmetric buffer broadcasts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gan_dist.config import ConfigError, resolve
+from gan_dist.data.sources import resolve_source
+from gan_dist.data.stream import RankStream
+from gan_dist.models import DataShape
+from gan_dist.runtime import Runtime, init_runtime
+from gan_dist.trainer.prefetch import DevicePrefetcher
+from gan_dist.trainer.state import build_state, fingerprint
+from gan_dist.trainer.step import build_step_context, train_step
+
+POINTS = DataShape("points", (2,))
+
+
+def ring8_state(*overrides: str):
+    cfg = resolve("ring8", ["model.hidden=16", "data.batch_size=32", *overrides])
+    rt = init_runtime(0, cfg.train.mixed_precision)
+    return build_state(cfg, POINTS, rt), rt, build_step_context(cfg, 32, rt.device)
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """Inside the `with`, any read of a tensor's value on the host raises."""
+    class Guard:
+        def __enter__(self):
+            def sync(*args, **kwargs):
+                raise AssertionError("host-device sync inside the step")
+            for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+                monkeypatch.setattr(torch.Tensor, name, sync)
+
+        def __exit__(self, *exc):
+            monkeypatch.undo()
+    return Guard()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_nonfinite_update_is_skipped_and_counted(fused, no_host_sync):
+    st, rt, ctx = ring8_state(f"train.fused_adam={str(fused).lower()}")
+    real = {"x": torch.rand(32, 2), "y": None}
+    train_step(st, rt, ctx, lambda: real)
+    d_before, opt_before = fingerprint(st.D), [v.clone() for v in st.opt_D.state[st.D.net[0].weight].values()]
+    poisoned = {"x": real["x"] * float("nan"), "y": None}
+    if fused:  # decided on the device: no host sync anywhere in the step
+        with no_host_sync:
+            train_step(st, rt, ctx, lambda: poisoned)
+    else:
+        train_step(st, rt, ctx, lambda: poisoned)
+    assert st.nonfinite_steps == 1
+    assert fingerprint(st.D) == d_before  # weights, and Adam's moments and step count, untouched
+    assert all(torch.equal(a, b) for a, b in zip(opt_before, st.opt_D.state[st.D.net[0].weight].values()))
+    train_step(st, rt, ctx, lambda: real)
+    assert fingerprint(st.D) != d_before and st.nonfinite_steps == 1
+
+
+def test_fast_defaults_on_cpu():
+    cfg = resolve("dcgan-digits", ["model.channels=8"])
+    rt = init_runtime(0, "auto")
+    assert rt.accelerator.mixed_precision == "no"  # auto: bf16 only on GPUs that have it
+    st = build_state(cfg, DataShape("image", (1, 32, 32)), rt)
+    conv = next(m for m in st.D.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert st.opt_G.defaults["fused"] and st.opt_D.defaults["fused"]
+    with pytest.raises(ConfigError, match="train.compile"):
+        resolve("dcgan-digits-wgangp", ["train.compile=true"])
+
+
+def test_prefetcher_checkpoints_the_cursor_of_the_batches_trained_on(cache_dir):
+    index = resolve_source("builtin:ring8")
+    plain = RankStream(index, 0, 1, 512, seed=0, window=8)
+    ahead = DevicePrefetcher(RankStream(index, 0, 1, 512, seed=0, window=8), torch.device("cpu"))
+    for _ in range(5):
+        assert np.array_equal(ahead.next_batch()["x"].numpy(), plain.next_batch()["x"])
+    assert ahead.state_dict() == plain.state_dict()  # the batch in flight is not counted
+    resumed = RankStream(index, 0, 1, 512, seed=0, window=8)
+    resumed.load_state_dict(ahead.state_dict())
+    assert np.array_equal(resumed.next_batch()["x"], ahead.next_batch()["x"].numpy())
+
+
+class _Accelerator:
+    num_processes, process_index, is_main_process = 2, 0, True
+
+
+@pytest.mark.parametrize("first", [torch.float32, torch.int64])
+def test_buffers_are_broadcast_in_the_modules_order(first, monkeypatch):
+    """Every rank must broadcast the same buffers at the same turn: the dtype order is the
+    modules' order, not a set's (which follows object addresses, different per process)."""
+    module = nn.Module()
+    for i, dtype in enumerate((first, torch.float32 if first == torch.int64 else torch.int64)):
+        module.register_buffer(f"b{i}", torch.zeros(3, dtype=dtype))
+    sent = []
+    monkeypatch.setattr("gan_dist.runtime.dist.broadcast", lambda t, src: sent.append(t.dtype))
+    Runtime(_Accelerator()).sync_buffers(module)
+    assert sent[0] == first and len(sent) == 2
+
+
+def test_a_run_started_before_new_keys_existed_resumes(tmp_path):
+    from gan_dist.driver import check_resume
+
+    cfg = resolve("ring8", ["run.name=old"])
+    old = cfg.to_dict()
+    for key in ("fused_adam", "channels_last", "compile", "prefetch", "ddp_bucket_cap_mb", "gradient_as_bucket_view"):
+        del old["train"][key]
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert check_resume(cfg, tmp_path) == 0  # no checkpoint yet: resumes at step 0, no error
+    cfg.train.fused_adam = False
+    with pytest.raises(ConfigError, match="train.fused_adam"):
+        check_resume(cfg, tmp_path)
