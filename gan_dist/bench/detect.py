@@ -40,11 +40,12 @@ SUITE = {
     "ring8 strong D (lr_d 10x, 5 D steps)": ("ring8", True, 6000, {"optim.lr_d": 3e-3, "schedule.n_critic": 5}),
     "grid25 strong D (lr_d 10x, 5 D steps)": ("grid25", True, 6000, {"optim.lr_d": 3e-3, "schedule.n_critic": 5}),
 }
-# The diverging run again, with the rollback policy: back to the last checkpoint before the
-# onset with a tenth of the learning rates.
-ROLLBACK = ("ring8 lr 0.05, rollback policy", "ring8", 6000,
-            {**SUITE["ring8 lr 0.05 (diverges)"][3], "monitor.collapse": "rollback", "monitor.rollback_lr_factor": 0.1,
-             "train.checkpoint_every": 250, "train.keep_checkpoints": 8})
+# The rollback demonstration: a healthy ring8 run whose learning rates someone turns up 100x
+# at step SPIKE_STEP (a scripted fault); with the rollback policy and a factor of 0.01 the
+# run goes back to its last checkpoint from before the divergence, at the old rates.
+SPIKE_STEP, SPIKE = 3000, 100.0
+ROLLBACK_OVERRIDES = {"monitor.collapse": "rollback", "monitor.divergence": "rollback",
+                      "monitor.rollback_lr_factor": 1 / SPIKE, "train.checkpoint_every": 500}
 
 
 def ground_truth_onset(rows: list[dict], warmup: int) -> int | None:
@@ -104,8 +105,7 @@ def run(quick: bool = False, only: str = "") -> dict:
     failing = [r for r in results if r["failed"]]
     healthy = [r for r in results if not r["failed"]]
     delays = [max(r["delay_fraction"], 0.0) for r in failing if r["delay_fraction"] is not None]
-    name, recipe, steps, overrides = ROLLBACK
-    summary, _ = train(storage, "rollback", recipe, 3000 if quick else steps, overrides)
+    rollback = rollback_demo(storage, 4000 if quick else 10000)
     report = {
         "runs": results,
         "recall": sum(r["alarm_step"] is not None for r in failing) / len(failing) if failing else None,
@@ -113,13 +113,36 @@ def run(quick: bool = False, only: str = "") -> dict:
         "healthy_runs": len(healthy),
         "median_delay_fraction": statistics.median(delays) if delays else None,
         "ground_truth_matches_script": all(r["failed"] == r["expected_to_fail"] for r in results),
-        "rollback": {"run": name, "rollbacks": summary.get("rollbacks"), "status": summary["status"],
-                     "steps": summary["steps"], "eval": summary["eval"], "alerts": summary["alerts"]},
+        "rollback": rollback,
         "storage": str(storage),
     }
-    print(f"rollback run: {summary.get('rollbacks')} rollback(s), {summary['status']} at step {summary['steps']}, "
-          f"eval {summary['eval']}", flush=True)
     return report
+
+
+def rollback_demo(storage: Path, steps: int) -> dict:
+    """ring8 trained to SPIKE_STEP, its learning rates then multiplied by SPIKE, and trained on
+    to `steps` with the rollback policy: the modes before the spike, without a rollback (a second
+    run, for comparison) and with one."""
+    from gan_dist.bench.overhead import bench_config, build_worker
+    from gan_dist.trainer.loop import train_steps
+
+    out = {}
+    for policy in ("warn", "rollback"):
+        overrides = [f"{k}={v}" for k, v in ROLLBACK_OVERRIDES.items()] if policy == "rollback" else []
+        w = build_worker(bench_config("ring8", "metrics.port=0", f"train.max_steps={steps}", *overrides), storage)
+        train_steps(w, SPIKE_STEP)
+        before = w.evaluate()
+        w.st.lr_scale *= SPIKE  # the fault
+        _, stopped_by = train_steps(w, steps)
+        w.commit_pending()
+        out[policy] = {"before_spike": before, "end": w.evaluate(), "step": w.st.step, "rollbacks": w.monitor.rollbacks,
+                       "lr_scale": w.st.lr_scale, "stopped_by": stopped_by,
+                       "alerts": [(a["step"], a["kind"], a["action"]) for a in w.monitor.events]}
+        w.stream.close()
+        print(f"lr x{SPIKE:g} at step {SPIKE_STEP}, policy {policy}: modes {before['modes_covered']}/8 before, "
+              f"{out[policy]['end']['modes_covered']}/8 (high quality {out[policy]['end']['high_quality_fraction']:.3f}) "
+              f"at step {w.st.step}, {w.monitor.rollbacks} rollback(s), alerts {out[policy]['alerts']}", flush=True)
+    return out
 
 
 def _line(r: dict) -> str:
