@@ -23,7 +23,7 @@ from gan_dist.driver import (ProgressDisplay, build_summary, check_resume, local
 from gan_dist.monitor.hub import RunHub
 from gan_dist.monitor.metrics import TARGETS_FILE
 from gan_dist.plan import PlanError, make_plan
-from gan_dist.trainer.loop import write_atomic
+from gan_dist.trainer.loop import describe, write_atomic
 
 BAD_INPUT = (ConfigError, DataError, PlanError, CheckpointError)
 
@@ -203,8 +203,7 @@ def run(cfg: Config, run_dir: Path, placement, session) -> int:
           f"{summary['images_per_second']:,.0f} samples/s, world size {summary['world_size']}, "
           f"restarts {summary['restarts']}, alerts {len(summary['alerts'])}, rollbacks {summary['rollbacks']}")
     if summary["eval"]:
-        print("eval: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in summary["eval"].items()))
+        print("eval: " + describe(summary["eval"]))
     if push_error:
         print(f"gan-dist: warning: {push_error}", file=sys.stderr)
     if error:

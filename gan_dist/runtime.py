@@ -88,11 +88,7 @@ class Runtime:
 
     def broadcast_flag(self, flag: bool) -> bool:
         """True on every rank if any rank says True (collective), so all take the same branch."""
-        if self.world_size == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return bool(self.reduce_max_int(int(flag)))
 
     def reduce_max_int(self, value: int) -> int:
         """The largest of the ranks' values, on every rank (collective)."""

@@ -32,7 +32,7 @@ from gan_dist.plan import data_shape, make_plan
 from gan_dist.runtime import Runtime, init_runtime, rng_state, set_rng_state
 from gan_dist.trainer import preempt
 from gan_dist.trainer.prefetch import DevicePrefetcher, to_device
-from gan_dist.trainer.state import TrainState, build_state, fingerprint
+from gan_dist.trainer.state import TrainState, build_state, fingerprint, noise_seed
 from gan_dist.trainer.step import build_step_context, downsample, train_step
 from gan_dist.visualize import image_grid_png, scatter_png
 
@@ -169,7 +169,6 @@ class Worker:
         # A fixed noise set, the same on every rank, for the collapse signals and sample grids.
         self.z_probe = torch.randn(max(self.monitor.probe_size, 64), cfg.model.z_dim,
                                    generator=torch.Generator().manual_seed(cfg.seed)).to(self.rt.device)
-        self.last_checkpoint = {"checkpoint_blocked_seconds": 0.0, "checkpoint_write_seconds": 0.0}
 
     # Data -----------------------------------------------------------------------
 
@@ -225,7 +224,8 @@ class Worker:
         row["data_wait_fraction"], row["data_wait_seconds"], row["corrupt_samples"] = values[-3:]
         row["samples_per_second"] = self.plan.global_batch * self.plan.n_critic * steps / max(seconds, 1e-9)
         row["nonfinite_steps"] = self.st.nonfinite_steps
-        row.update(self.last_checkpoint)
+        row["checkpoint_blocked_seconds"] = self.checkpoint_seconds[-1] if self.checkpoint_seconds else 0.0
+        row["checkpoint_write_seconds"] = self.checkpoint_write_seconds[-1] if self.checkpoint_write_seconds else 0.0
         action, events = self.monitor.judge(row)
         # Collective: the detectors saw the same row on every rank; agree on the action anyway.
         action = Action(code) if (code := self.rt.reduce_max_int(int(action or 0))) else None
@@ -243,7 +243,7 @@ class Worker:
         for event in events:
             note = f"; {event.note}" if event.note else ""
             print(f"alert at step {event.step}: {event.kind} since step {event.onset_step}, action {event.action} "
-                  f"({_evidence(event.evidence)}){note}", flush=True)
+                  f"({describe(event.evidence)}){note}", flush=True)
             self.reporter.alert(event.to_dict())
 
     @torch.no_grad()
@@ -346,8 +346,6 @@ class Worker:
             self.sink.commit(self.rt, pending.step, pending.folder, pending.metrics)
         self.checkpoint_seconds.append(pending.blocked + time.perf_counter() - t0)
         self.checkpoint_write_seconds.append(pending.write_seconds)
-        self.last_checkpoint = {"checkpoint_blocked_seconds": self.checkpoint_seconds[-1],
-                                "checkpoint_write_seconds": pending.write_seconds}
 
     # Policies -------------------------------------------------------------------
 
@@ -365,7 +363,7 @@ class Worker:
         self.restore(Path(target))
         self.monitor.rolled_back(kept)
         st.lr_scale = lr_scale * self.cfg.monitor.rollback_lr_factor
-        st.noise.manual_seed(self.cfg.seed * 1_000_003 + rt.rank + 7919 * self.monitor.rollbacks)
+        st.noise.manual_seed(noise_seed(self.cfg.seed, rt.rank, draw=self.monitor.rollbacks))
         if rt.is_main_process:
             # The abandoned branch's checkpoints must not be resumed from after a crash.
             ckpt.set_aside_after(self.run_dir, st.step, f"rollback-{self.monitor.rollbacks}")
@@ -481,5 +479,6 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
     return preempted, stopped_by
 
 
-def _evidence(evidence: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in evidence.items())
+def describe(values: dict) -> str:
+    """`name value, ...` with floats to 4 significant digits: alert evidence, the eval line."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())

@@ -84,13 +84,18 @@ def build_state(cfg, shape: DataShape, rt: Runtime) -> TrainState:
     # From here on, randomness differs by rank (seeds offset by rank).
     seed_everything(cfg.seed + rt.rank)
     noise = torch.Generator(device=rt.device)
-    noise.manual_seed(cfg.seed * 1_000_003 + rt.rank)
+    noise.manual_seed(noise_seed(cfg.seed, rt.rank))
     return TrainState(G=G, D=D, G_ddp=G_ddp, D_ddp=D_ddp, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, noise=noise,
                       nonfinite=torch.zeros((), dtype=torch.int64, device=rt.device))
 
 
 def is_conv_net(*modules: nn.Module) -> bool:
     return any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for module in modules for m in module.modules())
+
+
+def noise_seed(seed: int, rank: int, draw: int = 0) -> int:
+    """The seed of a rank's z stream; `draw` > 0 gives a fresh stream (after a rollback)."""
+    return seed * 1_000_003 + rank + 7919 * draw
 
 
 def d_lazy_ratio(cfg) -> float:
