@@ -280,6 +280,9 @@ class MonitorConfig:
     gradients: str = "warn"
     divergence: str = "warn"
     nonfinite: str = "warn"
+    # Labelled images: class coverage under the eval's classifier of the real data (trained at
+    # the start, once per data set, and cached) joins the collapse score.
+    class_coverage: bool = True
     # No detector counts a log interval before this step (the game is still settling).
     warmup_steps: int = 1000
     # Consecutive log intervals a condition must hold before it fires (non-finite: at once).

@@ -21,13 +21,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mode_metrics(samples: np.ndarray, means: np.ndarray, std: float) -> dict:
+def high_quality_counts(samples: np.ndarray, means: np.ndarray, std: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each mode's number of high-quality samples (within 3 std of their nearest mode), and
+    which samples are of high quality."""
     samples = np.asarray(samples, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
     dist = np.linalg.norm(samples[:, None, :] - means[None, :, :], axis=2)
     nearest = dist.argmin(axis=1)
     high_quality = dist[np.arange(len(samples)), nearest] < 3 * std
-    counts = np.bincount(nearest[high_quality], minlength=len(means))
+    return np.bincount(nearest[high_quality], minlength=len(means)), high_quality
+
+
+def mode_metrics(samples: np.ndarray, means: np.ndarray, std: float) -> dict:
+    counts, high_quality = high_quality_counts(samples, means, std)
     num_modes = len(means)
     if counts.sum() == 0:
         kl = math.log(num_modes)
@@ -194,6 +200,15 @@ def generate_images(G, n: int, z_dim: int, seed: int, device, num_classes: int =
     return np.concatenate(out), np.concatenate(labels)
 
 
+# A class counts as generated when it gets at least this fraction of its fair share of samples.
+COVERED_SHARE = 0.1
+
+
+def covered_classes(counts, n: int):
+    """Which classes a histogram of n samples covers (NumPy or torch counts, one per class)."""
+    return counts >= max(1.0, COVERED_SHARE * n / len(counts))
+
+
 def evaluate_classes(G, cfg, index, device, conditional: bool) -> dict:
     meta, n = index.meta, cfg.eval.num_samples
     K = meta["num_classes"]
@@ -206,8 +221,7 @@ def evaluate_classes(G, cfg, index, device, conditional: bool) -> dict:
     data_counts = np.asarray(np.sum([s.class_counts for s in index.shards], axis=0), dtype=np.float64)
     p, q = (counts + 1e-6) / (counts + 1e-6).sum(), (data_counts + 1e-6) / (data_counts + 1e-6).sum()
     result = {
-        # A class counts as generated when it gets at least a tenth of its fair share of samples.
-        "class_coverage": float((counts >= max(1.0, 0.1 * n / K)).mean()),
+        "class_coverage": float(covered_classes(counts, n).mean()),
         "class_kl": float(np.sum(p * np.log(p / q))),
         "fid_domain": frechet_distance(feat_real, feat_fake),
         "kid_domain": kernel_inception_distance(feat_real, feat_fake),

@@ -9,6 +9,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,7 +21,7 @@ from gan_dist.config import MonitorConfig
 from gan_dist.monitor.detectors import Detectors
 from gan_dist.monitor.hub import RunHub
 from gan_dist.monitor.metrics import CATALOG, TARGETS_FILE
-from gan_dist.monitor.signals import collapse_score, duplicate_rate
+from gan_dist.monitor.signals import class_signals, collapse_score, duplicate_rate
 
 HEALTHY = {"loss_d": 1.30, "loss_g": 0.75, "d_acc_real": 0.7, "d_acc_fake": 0.6, "grad_norm_d": 0.5,
            "grad_norm_g": 1.0, "collapse_score": 0.05, "nonfinite_steps": 0}
@@ -140,6 +141,92 @@ def test_collapse_signals():
     assert collapse_score({"mode_coverage_ratio": 0.25, "duplicate_rate": 0.1, "diversity_ratio": 1.0}) == 0.75
     assert collapse_score({"duplicate_rate": 0.1, "diversity_ratio": 0.2}) == pytest.approx(0.8)
     assert collapse_score({"diversity_ratio": float("nan")}) == 1.0
+    # 2-D mixtures: samples drawn tighter than the data's are not duplicates of a collapse.
+    sharp = {"mode_coverage_ratio": 1.0, "duplicate_rate": 0.7, "diversity_ratio": 1.0}
+    assert collapse_score(sharp) > 0.6 and collapse_score(sharp, duplicates=False) == 0.0
+
+
+def test_mode_coverage_counts_a_mode_with_a_tenth_of_its_fair_share_of_good_samples():
+    from gan_dist.data.builtin import grid25
+    from gan_dist.evaluate import mode_metrics
+    from gan_dist.monitor.signals import mode_signals
+
+    mixture = grid25()
+    means, std = np.asarray(mixture.means), mixture.std
+    meta = {"means": mixture.means, "std": std}
+    rng = np.random.default_rng(0)
+    good, _ = mixture.sample(2500, rng)
+    assert mode_signals(good, meta) == pytest.approx({"mode_coverage_ratio": 1.0, "high_quality_fraction": 1.0},
+                                                     abs=0.01)
+    # Smeared over the plane: a few good samples near every mode pass the eval's one-sample rule.
+    smeared = rng.uniform(-5, 5, (2500, 2))
+    assert mode_metrics(smeared, means, std)["modes_covered"] >= 15
+    assert mode_signals(smeared, meta)["mode_coverage_ratio"] == 0
+    # Three modes hold nearly everything: the others' single samples do not count.
+    few = np.concatenate([np.repeat(means[:3], 800, axis=0), means[3:]]) + rng.normal(0, std / 2, (2422, 2))
+    assert mode_signals(few, meta)["mode_coverage_ratio"] == pytest.approx(3 / 25)
+
+
+class Quadrants(torch.nn.Module):
+    """A classifier of 4 classes: which quadrant of the image is brightest."""
+
+    def forward(self, x):
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        return torch.stack([x[..., :h, :w].mean((1, 2, 3)), x[..., :h, w:].mean((1, 2, 3)),
+                            x[..., h:, :w].mean((1, 2, 3)), x[..., h:, w:].mean((1, 2, 3))], 1)
+
+
+def quadrant_images(labels, size: int = 16, seed: int = 0) -> np.ndarray:
+    """Images in [-1, 1] (N, 1, size, size): noise, with the quadrant of each label bright."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, -0.4, (len(labels), 1, size, size)).astype(np.float32)
+    h = size // 2
+    for i, k in enumerate(labels):
+        x[i, 0, (k // 2) * h:(k // 2 + 1) * h, (k % 2) * h:(k % 2 + 1) * h] += 1.2
+    return x
+
+
+def test_class_coverage_under_a_classifier_joins_the_collapse_score():
+    every = torch.from_numpy(quadrant_images(np.arange(256) % 4))
+    assert float(class_signals(every, Quadrants(), 4)["mode_coverage_ratio"]) == 1.0
+    one = torch.from_numpy(quadrant_images(np.full(256, 2)))
+    found = class_signals(one, Quadrants(), 4)
+    assert float(found["mode_coverage_ratio"]) == 0.25
+    assert collapse_score({**{k: float(v) for k, v in found.items()}, "diversity_ratio": 1.0}) == 0.75
+    # A class with a few samples, under a tenth of its fair share (256 / 4 / 10), is not covered.
+    few = torch.from_numpy(quadrant_images(np.r_[np.zeros(250, int), np.ones(6, int)]))
+    assert float(class_signals(few, Quadrants(), 4)["mode_coverage_ratio"]) == 0.25
+
+
+def test_labelled_images_get_live_class_coverage_and_the_image_eval(tmp_path, cache_dir):
+    """A short run on labelled images: the eval's classifier, trained at the start, gives the
+    history's class coverage while the run goes, and the eval's class metrics at the end."""
+    from gan_dist.data.pack import PackOptions, pack
+    from gan_dist.evaluate import domain_classifier
+
+    labels = np.arange(512) % 4
+    np.savez(tmp_path / "quadrants.npz", images=((quadrant_images(labels) + 1) * 127.5).astype(np.uint8),
+             labels=labels)
+    index = pack(str(tmp_path / "quadrants.npz"), tmp_path / "data", PackOptions(shard_samples=128, encode="png"))
+    # The run trains the classifier when the cache lacks it (1500 steps); a shorter training,
+    # cached under the same key, keeps the test quick (the task is easy).
+    domain_classifier(index, torch.device("cpu"), steps=100)
+    argv = ["train", "--no-ray", "--storage", str(tmp_path), "--name", "img", "--max-steps", "30",
+            "--set", f"data.source={tmp_path / 'data'}", "--set", "model.arch=dcgan", "--set", "model.channels=8",
+            "--set", "model.z_dim=16", "--set", "data.batch_size=32", "--set", "train.log_every=10",
+            "--set", "metrics.port=0", "--set", "eval.num_samples=256"]
+    assert main(argv) == 0
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "img" / "history.parquet").to_pylist()
+    assert len(rows) == 3
+    for row in rows:
+        assert 0 <= row["mode_coverage_ratio"] <= 1
+        assert row["collapse_score"] >= 1 - row["mode_coverage_ratio"] - 1e-6
+    found = json.loads((tmp_path / "img" / "summary.json").read_text())["eval"]
+    assert found["classifier_accuracy"] > 0.9
+    assert 0 <= found["class_coverage"] <= 1 and found["class_kl"] >= 0
+    assert np.isfinite(found["fid_domain"]) and np.isfinite(found["kid_domain"])
 
 
 # DESIGN.md, "Metrics": the names tests and dashboards rely on.

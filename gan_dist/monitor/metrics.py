@@ -27,7 +27,7 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "gan_grad_norm": ("gauge", "Mean gradient norm per update over the last log interval.", ("net",)),
     "gan_diversity_ratio": ("gauge", "Mean pairwise distance of G's probe samples over that of a real batch.", ()),
     "gan_duplicate_rate": ("gauge", "Fraction of G's probe samples with a near-duplicate among them.", ()),
-    "gan_mode_coverage_ratio": ("gauge", "Fraction of the data's modes G covers (when the modes are known).", ()),
+    "gan_mode_coverage_ratio": ("gauge", "Fraction of the data's modes or classes (when known) that get at least a tenth of their fair share of G's samples.", ()),
     "gan_collapse_score": ("gauge", "Mode-collapse score in [0, 1] from coverage, duplicates and diversity.", ()),
     "gan_alert_active": ("gauge", "1 while the run's detector of this kind is firing.", ("kind",)),
     "gan_instability_events_total": ("counter", "Detector events.", ("kind",)),

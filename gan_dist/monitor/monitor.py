@@ -12,22 +12,32 @@ import torch
 from torch import Tensor
 
 from gan_dist.config import Config
+from gan_dist.evaluate import classifier_cache_path, domain_classifier
+from gan_dist.models import TASKS
 from gan_dist.monitor.detectors import KINDS, Action, Detectors, Event
-from gan_dist.monitor.signals import collapse_score, mode_signals, probe_signals
+from gan_dist.monitor.signals import class_signals, collapse_score, mode_signals, probe_signals
 
-# Probe sizes: pairwise statistics on a batch-sized probe; mode coverage as the eval counts it.
+# Probe sizes: pairwise statistics on a batch-sized probe; mode coverage as the eval counts it;
+# class coverage with this many samples expected per class (at least PROBE_SAMPLES in all).
 PROBE_SAMPLES = 256
 COVERAGE_SAMPLES = 2500
+SAMPLES_PER_CLASS = 25
 
 
 class Monitor:
-    def __init__(self, cfg: Config, data_meta: dict):
+    def __init__(self, cfg: Config, data_meta: dict, classifier=None):
         self.detectors = Detectors(cfg.monitor)
         self.mixture = data_meta.get("mixture") if data_meta.get("kind") == "points" else None
+        self.classifier = classifier
+        self.num_classes = data_meta.get("num_classes", 0)
 
     @property
     def probe_size(self) -> int:
-        return COVERAGE_SAMPLES if self.mixture is not None else PROBE_SAMPLES
+        if self.mixture is not None:
+            return COVERAGE_SAMPLES
+        if self.classifier is not None:
+            return max(PROBE_SAMPLES, SAMPLES_PER_CLASS * self.num_classes)
+        return PROBE_SAMPLES
 
     def signals(self, fake: Tensor, real: Tensor) -> dict[str, Tensor]:
         """This rank's collapse signals, as tensors to reduce with the interval's statistics."""
@@ -38,12 +48,14 @@ class Monitor:
             # Host sync, once per log interval.
             found = mode_signals(fake.float().cpu().numpy(), self.mixture)
             out.update({name: torch.tensor(value, device=fake.device) for name, value in found.items()})
+        if self.classifier is not None:
+            out.update(class_signals(fake, self.classifier, self.num_classes))
         return out
 
     def judge(self, row: dict) -> tuple[Action | None, list[Event]]:
         """Add the collapse score and alert flags to a reduced row; the events that fire and the
         strongest action among them (identical on every rank: the row is)."""
-        row["collapse_score"] = collapse_score(row)
+        row["collapse_score"] = collapse_score(row, duplicates=self.mixture is None)
         events = self.detectors.update(row)
         row.update({f"alert_{kind}": flag for kind, flag in self.detectors.alert_flags().items()})
         row["rollbacks"] = self.detectors.rollbacks
@@ -102,8 +114,28 @@ class NullMonitor:
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def build_monitor(cfg: Config, data_meta: dict) -> Monitor | NullMonitor:
-    return Monitor(cfg, data_meta) if cfg.metrics.enabled else NullMonitor()
+def build_monitor(cfg: Config, index, rt) -> Monitor | NullMonitor:
+    if not cfg.metrics.enabled:
+        return NullMonitor()
+    return Monitor(cfg, index.meta, class_judge(cfg, index, rt))
+
+
+def class_judge(cfg: Config, index, rt):
+    """The eval's classifier of the real data, for live class coverage, when the data is
+    labelled images and G generates them (`monitor.class_coverage`). Rank 0 trains it first
+    (once per data set, then cached for the run's eval and later runs); the other ranks then
+    load it, or train the same one on a node without the cache. Collective."""
+    meta = index.meta
+    if not (cfg.monitor.class_coverage and meta["kind"] == "image" and meta.get("num_classes", 0) >= 2
+            and TASKS[cfg.model.arch] != "super_resolution"):
+        return None
+    if rt.rank == 0:
+        if not classifier_cache_path(index).exists():
+            print("training the data's classifier for class coverage (once per data set, cached)", flush=True)
+        domain_classifier(index, rt.device)
+    rt.barrier()
+    net, _ = domain_classifier(index, rt.device)
+    return net.requires_grad_(False)
 
 
 __all__ = ["KINDS", "Action", "Monitor", "NullMonitor", "build_monitor"]

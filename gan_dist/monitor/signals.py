@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gan_dist.evaluate import mode_metrics
+from gan_dist.evaluate import covered_classes, high_quality_counts
 
 # Fraction of real samples whose nearest neighbour is closer than the duplicate radius (by its
 # definition as this quantile): a G as spread as the data has about this duplicate rate too.
@@ -48,21 +48,32 @@ def probe_signals(fake: Tensor, real: Tensor) -> dict[str, Tensor]:
 
 
 def mode_signals(samples: np.ndarray, mixture: dict) -> dict[str, float]:
-    """The eval's mode metrics on G's samples of a 2-D mixture: the fraction of modes covered,
-    and the fraction of high-quality samples (the detection benchmark's ground truth)."""
-    found = mode_metrics(samples, np.asarray(mixture["means"]), mixture["std"])
-    return {"mode_coverage_ratio": found["modes_covered"] / found["num_modes"],
-            "high_quality_fraction": found["high_quality_fraction"]}
+    """Mode coverage of G's samples of a 2-D mixture, by the rule class coverage follows (the
+    modes that get at least a tenth of their fair share of high-quality samples: stricter than
+    the eval's one high-quality sample, which a G smeared over the plane passes), and the
+    fraction of high-quality samples."""
+    counts, high_quality = high_quality_counts(samples, np.asarray(mixture["means"]), mixture["std"])
+    return {"mode_coverage_ratio": float(covered_classes(counts, len(samples)).mean()),
+            "high_quality_fraction": float(high_quality.mean())}
 
 
-def collapse_score(row: dict) -> float:
+def class_signals(fake: Tensor, classifier, num_classes: int) -> dict[str, Tensor]:
+    """Class coverage of G's samples of labelled images under the eval's classifier of the real
+    data (the classes that get at least a tenth of their fair share), as the eval counts it."""
+    preds = classifier(fake.float()).argmax(1)
+    counts = torch.bincount(preds, minlength=num_classes)
+    return {"mode_coverage_ratio": covered_classes(counts, len(fake)).float().mean()}
+
+
+def collapse_score(row: dict, duplicates: bool = True) -> float:
     """One number in [0, 1] for how collapsed G looks: the worst of the coverage deficit (when
-    the modes are known), the excess of near-duplicates over the data's own rate, and the
-    diversity deficit."""
+    the modes or classes are known), the excess of near-duplicates over the data's own rate, and
+    the diversity deficit. 2-D mixtures leave the duplicates out (`duplicates=False`): there a G
+    that draws each mode tighter than the data does is a good one, not a collapsed one."""
     parts = []
     if "mode_coverage_ratio" in row:
         parts.append(1.0 - row["mode_coverage_ratio"])
-    if "duplicate_rate" in row:
+    if duplicates and "duplicate_rate" in row:
         excess = (row["duplicate_rate"] - DUPLICATE_QUANTILE) / (1 - DUPLICATE_QUANTILE)
         parts.append(excess)
     if "diversity_ratio" in row:

@@ -165,7 +165,7 @@ class Worker:
         self.checkpoint_write_seconds: list[float] = []  # background serialization and writing per save
         self.pending: PendingSave | None = None
         self.config_yaml = cfg.to_yaml().encode()  # stored in every checkpoint
-        self.monitor = build_monitor(cfg, self.index.meta)
+        self.monitor = build_monitor(cfg, self.index, self.rt)
         # A fixed noise set, the same on every rank, for the collapse signals and sample grids.
         self.z_probe = torch.randn(max(self.monitor.probe_size, 64), cfg.model.z_dim,
                                    generator=torch.Generator().manual_seed(cfg.seed)).to(self.rt.device)
