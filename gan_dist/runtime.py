@@ -70,6 +70,15 @@ class Runtime:
         else:
             self.accelerator.backward(loss)
 
+    def loss_scale(self) -> torch.Tensor | float:
+        """fp16's current loss scale as a device tensor (no host sync), or 1.0 without a scaler.
+        Through `scaler.scale`, which creates the scale on first use: before the first
+        scaled backward the scaler holds none yet (its `_get_scale_async()` is None)."""
+        scaler = self.accelerator.scaler
+        if scaler is None:
+            return 1.0
+        return scaler.scale(torch.ones((), device=self.device))
+
     def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         # Collective: every rank must call it with the same shape.
         if self.world_size == 1:

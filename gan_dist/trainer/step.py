@@ -142,12 +142,6 @@ def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, loss: Tenso
     rt.step_unless(opt, nonfinite)
 
 
-def penalty_scale(rt: Runtime):
-    """The fp16 loss scale (a tensor, read without a host sync), or 1."""
-    scaler = rt.accelerator.scaler
-    return scaler._get_scale_async() if scaler is not None else 1.0
-
-
 def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict[str, Tensor]:
     """Run the phases of step `st.step`; `next_real()` returns this rank's next real batch."""
     stats: dict[str, Tensor] = {}
@@ -180,7 +174,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 x_hat = interpolate(real_a, fake_a, rng)
                 with rt.autocast():
                     hat_logits = st.D_ddp(x_hat, y).float()
-                gp = gradient_penalty(hat_logits, x_hat, penalty_scale(rt))
+                gp = gradient_penalty(hat_logits, x_hat, rt.loss_scale())
                 loss_D = loss_D + ctx.gp_weight * gp
                 stats["gradient_penalty"] = gp.detach()
             apply_update(st, rt, ctx, st.opt_D, loss_D, stats, "d")
@@ -192,7 +186,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             x = real.detach().requires_grad_(True)
             with rt.autocast():
                 logits = st.D_ddp(augment(rng, ctx, x), y).float()
-            r1 = r1_penalty(logits, x, penalty_scale(rt))
+            r1 = r1_penalty(logits, x, rt.loss_scale())
             loss_Dreg = r1 * (ctx.r1_gamma / 2) * ctx.r1_interval + 0 * logits.sum()
             apply_update(st, rt, ctx, st.opt_D, loss_Dreg, {}, "d")
             stats["r1_penalty"] = r1.detach()
