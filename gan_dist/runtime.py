@@ -79,6 +79,17 @@ class Runtime:
             return 1.0
         return scaler.scale(torch.ones((), device=self.device))
 
+    def unscale_gradients(self, opt) -> torch.Tensor | None:
+        """fp16: divide `opt`'s gradients by the loss scale in place and return the scaler's
+        verdict, a bool device tensor set if any gradient is not finite (no host sync); the
+        scaler's step then skips that update. None without a scaler."""
+        scaler = self.accelerator.scaler
+        if scaler is None:
+            return None
+        inner = getattr(opt, "optimizer", opt)  # the scaler keys its state by the torch optimizer
+        scaler.unscale_(inner)  # its step sees the UNSCALED stage and does not unscale again
+        return torch.stack(list(scaler._found_inf_per_device(inner).values())).sum() > 0
+
     def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         # Collective: every rank must call it with the same shape.
         if self.world_size == 1:

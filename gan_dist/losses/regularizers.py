@@ -14,19 +14,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def input_gradients(logits: Tensor, inputs: Tensor, scale: float = 1.0) -> Tensor:
+def input_gradients(logits: Tensor, inputs: Tensor, scale: Tensor | float = 1.0) -> Tensor:
     """d(sum of logits)/d(inputs), kept in the graph for a second backward."""
     (grads,) = torch.autograd.grad(outputs=logits.sum() * scale, inputs=inputs, create_graph=True)
     return grads / scale
 
 
-def gradient_penalty(logits: Tensor, interpolates: Tensor, scale: float = 1.0) -> Tensor:
+def gradient_penalty(logits: Tensor, interpolates: Tensor, scale: Tensor | float = 1.0) -> Tensor:
     """WGAN-GP (Gulrajani et al. 2017): E[(||grad D(x_hat)|| - 1)^2] on random interpolates."""
     grads = input_gradients(logits, interpolates, scale).flatten(1).float()
     return ((grads.norm(2, dim=1) - 1) ** 2).mean()
 
 
-def r1_penalty(logits: Tensor, reals: Tensor, scale: float = 1.0) -> Tensor:
+def r1_penalty(logits: Tensor, reals: Tensor, scale: Tensor | float = 1.0) -> Tensor:
     """R1 (Mescheder et al. 2018): E[||grad D(x)||^2] on real data; the caller weights it by gamma/2."""
     grads = input_gradients(logits, reals, scale).flatten(1).float()
     return grads.square().sum(dim=1).mean()

@@ -129,10 +129,19 @@ def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, loss: Tenso
     """Backward, gradient norm, and the optimizer step unless the update is not finite."""
     opt.zero_grad(set_to_none=True)
     rt.backward(loss)  # collective: DDP all-reduces this network's gradients
+    # fp16: the true gradients from here on (the norm must not carry the loss scale), and
+    # the scaler's verdict on them. None without a scaler.
+    overflow = rt.unscale_gradients(opt)
     norm = grad_norm(opt)
     stats[f"grad_norm_{net}"] = norm
-    if not ctx.skip_nonfinite or rt.accelerator.scaler is not None:
-        opt.step()  # (fp16's scaler makes its own decision about overflow)
+    if overflow is not None:
+        # The scaler's step skips the update (and halves the scale) on its own; every rank
+        # holds the same all-reduced gradients, so every rank skips. Counted on the device.
+        st.nonfinite += overflow
+        opt.step()
+        return
+    if not ctx.skip_nonfinite:
+        opt.step()
         return
     # After the all-reduce every rank holds the same gradients, so every rank reaches the
     # same decision here without further communication. Decided and counted on the device
