@@ -111,6 +111,10 @@ def cmd_train(args) -> int:
             resources = local_resources()
         placement = place(cfg.run, resources)
         cfg.run.workers, cfg.run.gpus_per_worker = placement.workers, placement.gpus_per_worker
+        on_gpu = placement.gpus_per_worker > 0 if cfg.run.use_ray else resources.get("GPU", 0) >= 1
+        if cfg.train.mixed_precision == "fp16" and not on_gpu:
+            raise PlanError("train.mixed_precision=fp16 needs GPU workers (its gradient scaler is a GPU feature; "
+                            "Accelerate would train in fp32): use bf16 or no on CPU")
         plan = make_plan(cfg, index, placement.workers)
         run_dir = run_directory(cfg)
         resume_step = check_resume(cfg, run_dir)

@@ -90,6 +90,16 @@ class Runtime:
         scaler.unscale_(inner)  # its step sees the UNSCALED stage and does not unscale again
         return torch.stack(list(scaler._found_inf_per_device(inner).values())).sum() > 0
 
+    def scaler_state(self) -> dict:
+        """fp16's loss scale and growth tracker, for checkpoints ({} without a scaler): a resumed
+        run goes on at the scale it had instead of skipping updates to find it again."""
+        scaler = self.accelerator.scaler
+        return scaler.state_dict() if scaler is not None else {}
+
+    def load_scaler_state(self, state: dict) -> None:
+        if self.accelerator.scaler is not None and state:
+            self.accelerator.scaler.load_state_dict(state)
+
     def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         # Collective: every rank must call it with the same shape.
         if self.world_size == 1:

@@ -174,3 +174,26 @@ def test_scaled_step_with_fused_adam_has_no_host_sync(case, monkeypatch):
     run(st, rt, ctx, 2)
     monkeypatch.undo()
     assert st.nonfinite_steps == 0
+
+
+def test_the_loss_scale_is_checkpointed_and_restored():
+    st, rt, ctx = build("plain", scale=2.0 ** 12)
+    run(st, rt, ctx, 1, poison=lambda x: x * float("nan"))  # one overflow halves the scale
+    saved = rt.scaler_state()
+    assert saved["scale"] == 2.0 ** 11
+    _, fresh, _ = build("plain", scale=2.0 ** 16)
+    fresh.load_scaler_state(saved)
+    assert float(fresh.loss_scale()) == 2.0 ** 11
+    _, plain, _ = build("plain")
+    assert plain.scaler_state() == {}
+
+
+def test_fp16_without_a_gpu_is_refused(tmp_path, capsys, cache_dir):
+    from gan_dist.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: fp16 is allowed")
+    assert main(["train", "--no-ray", "--storage", str(tmp_path), "--set", "train.mixed_precision=fp16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.mixed_precision=fp16 needs GPU workers" in err[0]
+    assert not any(tmp_path.iterdir())  # nothing written

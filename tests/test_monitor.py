@@ -77,6 +77,17 @@ def test_nothing_counts_during_warmup_except_nonfinite_values():
     assert [e.kind for e in feed(det, rows(1, start=2300, nonfinite_steps=4))] == ["nonfinite"]
 
 
+def test_under_fp16_scaling_skipped_updates_count_only_when_they_persist():
+    det = Detectors(cfg(), scaled=True)
+    skips = [0, 5, 5, 6, 6, 6, 6, 7, 7]  # the scaler finding its scale, then a skip now and then
+    assert feed(det, rows(9, nonfinite_steps=lambda i: skips[i])) == []
+    fired = feed(det, rows(3, start=900, nonfinite_steps=lambda i: 10 + 50 * i))  # every step skipped
+    assert [e.kind for e in fired] == ["nonfinite"] and fired[0].onset_step == 1000
+    assert [e.kind for e in feed(det, rows(1, start=1200, loss_d=float("nan")))] == []  # still active
+    det = Detectors(cfg(), scaled=True)
+    assert [e.kind for e in feed(det, rows(1, loss_d=float("inf")))] == ["nonfinite"]  # a value: at once
+
+
 def test_d_overpowering_needs_a_climbing_g_loss():
     flat = Detectors(cfg())
     feed(flat, rows(10))

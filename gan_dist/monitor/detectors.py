@@ -58,8 +58,11 @@ class Event:
 
 
 class Detectors:
-    def __init__(self, cfg: MonitorConfig):
+    def __init__(self, cfg: MonitorConfig, scaled: bool = False):
         self.cfg = cfg
+        # fp16's gradient scaler skips an update now and then by design (it finds its scale by
+        # overflowing): skipped updates then count only in `patience` intervals in a row.
+        self.scaled = scaled
         self.kinds = [kind for kind, key in KINDS.items() if getattr(cfg, key) != "off"]
         self.reset_windows()
         self.events: list[dict] = []
@@ -143,7 +146,9 @@ class Detectors:
                 if kind == "d_overpowering":
                     self.onset_loss_g = row["loss_g"]
             self.streak[kind] += 1
-            needed = 1 if kind == "nonfinite" else cfg.patience
+            needed = cfg.patience
+            if kind == "nonfinite" and (evidence["nonfinite_values"] or not self.scaled):
+                needed = 1
             # D overpowering also needs G's loss to have climbed since the streak began.
             climbing = kind != "d_overpowering" or row["loss_g"] > self.onset_loss_g or needed == 1
             if self.streak[kind] >= needed and climbing and not self.active[kind]:

@@ -26,7 +26,7 @@ SAMPLES_PER_CLASS = 25
 
 class Monitor:
     def __init__(self, cfg: Config, data_meta: dict, classifier=None):
-        self.detectors = Detectors(cfg.monitor)
+        self.detectors = Detectors(cfg.monitor, scaled=cfg.train.mixed_precision == "fp16")
         self.mixture = data_meta.get("mixture") if data_meta.get("kind") == "points" else None
         self.classifier = classifier
         self.num_classes = data_meta.get("num_classes", 0)

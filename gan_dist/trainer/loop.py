@@ -191,6 +191,7 @@ class Worker:
         shared = ckpt.load_shared(folder)
         self.st.load_shared_state_dict(shared)
         self.monitor.load_state_dict(shared.get("monitor", {}))
+        self.rt.load_scaler_state(shared.get("scaler", {}))
         if head["world_size"] == self.rt.world_size:
             rank_state = ckpt.load_rank(folder, self.rt.rank)
             set_rng_state(rank_state["rng"])
@@ -310,7 +311,7 @@ class Worker:
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
         rank_state = cpu_copy({"rng": rng_state(), "noise": st.noise.get_state(), "data": self.data_state()})
         shared = cpu_copy({**st.shared_state_dict(), "data_meta": self.index.meta,
-                           "monitor": self.monitor.state_dict()}) if main else None
+                           "monitor": self.monitor.state_dict(), "scaler": rt.scaler_state()}) if main else None
         # healthy: no detector's condition held when it was taken (a rollback target; kept by pruning).
         metrics: dict[str, Any] = {"step": st.step, "healthy": int(not self.monitor.raised())}
         if main:
