@@ -12,7 +12,7 @@ import torch
 
 from gan_dist.config import ScheduleConfig
 from gan_dist.data.builtin import grid25, ring8
-from gan_dist.evaluate import mode_metrics
+from gan_dist.evaluate import domain_kid, mode_metrics
 from gan_dist.losses import ADVERSARIAL_LOSSES
 from gan_dist.schedule import build_schedule
 
@@ -99,3 +99,10 @@ def test_only_one_module_imports_ray():
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ray" and node.level == 0:
                 users.add(path.relative_to(root).as_posix())
     assert users == {"integrations/ray.py"}
+
+
+def test_domain_kid_does_not_depend_on_the_features_scale():
+    rng = np.random.default_rng(0)
+    real, same, other = rng.normal(0, 1, (600, 16)), rng.normal(0, 1, (600, 16)), rng.normal(0.5, 1, (600, 16))
+    assert abs(domain_kid(real, same)) < 0.05 < domain_kid(real, other) < 5
+    assert domain_kid(1000 * real, 1000 * other) == pytest.approx(domain_kid(real, other))
