@@ -283,8 +283,10 @@ class MonitorConfig:
     # Labelled images: class coverage under the eval's classifier of the real data (trained at
     # the start, once per data set, and cached) joins the collapse score.
     class_coverage: bool = True
-    # No detector counts a log interval before this step (the game is still settling).
-    warmup_steps: int = 1000
+    # No detector but nonfinite counts a log interval before this step (the game is still
+    # settling: a grid25 run with a strong D covered under half the modes until step 2000, then
+    # all 25).
+    warmup_steps: int = 2500
     # Consecutive log intervals a condition must hold before it fires (non-finite: at once).
     patience: int = 3
     # Log intervals in the moving windows (gradient norm reference, loss variance).
