@@ -103,13 +103,17 @@ class LossConfig:
     perceptual_weight: float = 0.0
     # A local file with torchvision-layout VGG19 weights for the perceptual loss.
     perceptual_weights: str = ""
+    # Conditional models: cross-entropy of D's projection scores over all classes, on real
+    # images for D and on G's images (for the class asked) for G; 0 turns it off.
+    class_weight: float = 0.0
 
     def validate(self) -> None:
         from gan_dist.losses import ADVERSARIAL_LOSSES, AUGMENTATIONS
 
         _require(self.kind in ADVERSARIAL_LOSSES, "loss.kind",
                  f"unknown loss {self.kind!r} (known: {', '.join(sorted(ADVERSARIAL_LOSSES))})")
-        for key in ("gp_weight", "r1_gamma", "content_weight", "adversarial_weight", "perceptual_weight"):
+        for key in ("gp_weight", "r1_gamma", "content_weight", "adversarial_weight", "perceptual_weight",
+                    "class_weight"):
             value = getattr(self, key)
             _require(value >= 0, f"loss.{key}", f"must be >= 0, got {value}")
         _require(self.r1_interval >= 1, "loss.r1_interval", f"must be >= 1, got {self.r1_interval}")
@@ -356,6 +360,8 @@ class Config:
         _require(not (self.train.compile and (self.loss.gp_weight or self.loss.r1_gamma)), "train.compile",
                  "cannot be used with gradient penalties (loss.gp_weight, loss.r1_gamma): compiled graphs "
                  "have no double backward")
+        _require(not self.loss.class_weight or self.model.arch == "cgan", "loss.class_weight",
+                 f"needs a conditional model (model.arch cgan), not {self.model.arch}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -38,6 +38,8 @@ CASES = {
     "srgan": (IMAGES, ["model.arch=srgan", "model.channels=8", "model.sr_blocks=1", "model.sync_batchnorm=true",
                        "loss.adversarial_weight=0.01"]),
     "reuse_fake": (POINTS, ["schedule.reuse_fake=true"]),
+    "cgan_classes_r1": (IMAGES, ["model.arch=cgan", *IMAGE_MODEL, "loss.class_weight=1", "loss.r1_gamma=1",
+                                 "loss.r1_interval=2"]),
 }
 
 

@@ -15,6 +15,9 @@ from gan_dist.config import resolve
 from gan_dist.data.index import DatasetIndex, ShardInfo
 from gan_dist.models import DataShape, build_models
 from gan_dist.plan import PlanError, make_plan
+from gan_dist.runtime import init_runtime
+from gan_dist.trainer.state import build_state
+from gan_dist.trainer.step import build_step_context, train_step
 
 
 def image_index(size: int, channels: int = 3, classes: int = 10) -> DatasetIndex:
@@ -47,6 +50,46 @@ def test_model_shapes_follow_the_data():
     cfg = resolve("ring8", ["model.arch=srgan", "model.channels=8", "model.sr_blocks=2"])
     G, D = build_models(cfg.model, DataShape("image", (1, 32, 32), 0))
     assert G(torch.randn(2, 1, 8, 8)).shape == (2, 1, 32, 32) and D(torch.randn(2, 1, 32, 32)).shape == (2,)
+
+
+def test_conditional_models_follow_the_label():
+    cfg = resolve("cgan-digits", ["model.channels=8", "model.z_dim=16"])
+    G, D = build_models(cfg.model, DataShape("image", (1, 32, 32), 10))
+    z, x = torch.randn(4, 16), torch.rand(4, 1, 32, 32) * 2 - 1
+    # D: the projection term makes the logit depend on the label from the start, and the
+    # class scores are that term for every class.
+    logits = torch.stack([D(x, torch.full((4,), c)) for c in range(10)], 1)
+    assert (logits.std(1) > 1e-4).all()
+    logit, scores = D(x, torch.arange(4), classes=True)
+    assert scores.shape == (4, 10)
+    assert torch.allclose(scores - scores[:, :1], logits - logits[:, :1], atol=1e-5)
+    # G: conditional BatchNorm starts the same for every class; once its rows differ, so do
+    # the images of one z under different labels.
+    for name, p in G.named_parameters():
+        if "gain" in name or "bias" in name:
+            torch.nn.init.normal_(p, float("gain" in name), 0.2)
+    assert (G(z, torch.zeros(4)) - G(z, torch.ones(4))).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+
+
+@pytest.mark.parametrize("class_weight", [0, 1])
+def test_a_conditional_step_trains_the_classes_of_the_batch(class_weight):
+    """G's conditional BatchNorm rows and D's class embedding move for the labels of the real
+    batch (which the step also gives G), and only for those; the classification loss's
+    softmax moves every class's embedding."""
+    cfg = resolve("cgan-digits", ["model.channels=8", "model.z_dim=16", "data.batch_size=8",
+                                  f"loss.class_weight={class_weight}"])
+    rt = init_runtime(0, cfg.train.mixed_precision)
+    st = build_state(cfg, DataShape("image", (1, 16, 16), 10), rt)
+    ctx = build_step_context(cfg, 8, rt.device)
+    rows = lambda: {n: p.detach().clone() for n, p in [*st.G.named_parameters(), *st.D.named_parameters()]  # noqa: E731
+                    if "gain" in n or "bias.weight" in n or "embed" in n}
+    before = rows()
+    batch = {"x": torch.rand(8, 1, 16, 16) * 2 - 1, "y": torch.tensor([3, 5] * 4)}
+    stats = train_step(st, rt, ctx, lambda: batch)
+    assert ("class_loss_d" in stats and "class_loss_g" in stats) == bool(class_weight)
+    for name, old in before.items():
+        moved = (rows()[name] != old).any(dim=1).nonzero().flatten().tolist()
+        assert moved == (list(range(10)) if class_weight and name == "embed.weight" else [3, 5]), name
 
 
 def test_conditional_recipe_on_unlabelled_data_is_refused():

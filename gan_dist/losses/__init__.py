@@ -4,7 +4,8 @@ They never step an optimizer or ask for a rank; the trainer schedules them.
 """
 
 from gan_dist.losses.adversarial import ADVERSARIAL_LOSSES, AdversarialLoss, d_stats
+from gan_dist.losses.auxiliary import class_loss
 from gan_dist.losses.regularizers import AUGMENTATIONS, diff_augment, gradient_penalty, interpolate, r1_penalty
 
-__all__ = ["ADVERSARIAL_LOSSES", "AUGMENTATIONS", "AdversarialLoss", "d_stats", "diff_augment",
+__all__ = ["ADVERSARIAL_LOSSES", "AUGMENTATIONS", "AdversarialLoss", "class_loss", "d_stats", "diff_augment",
            "gradient_penalty", "interpolate", "r1_penalty"]

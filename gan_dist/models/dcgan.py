@@ -63,12 +63,17 @@ class DCGANDiscriminator(nn.Module):
         if spectral:
             apply_spectral_norm(self)
 
-    def forward(self, x, y=None):
+    def forward(self, x, y=None, classes: bool = False):
+        """One logit per sample; with `classes`, also every class's projection score
+        [N, num_classes] (the logits of the auxiliary classification loss)."""
         h = self.features(x)
         logit = self.head(h).flatten(1).squeeze(1)
         if self.num_classes:
             # Projection: inner product of the class embedding with the pooled features.
-            logit = logit + (self.embed(to_labels(y, self.num_classes)) * h.sum(dim=(2, 3))).sum(dim=1)
+            pooled = h.sum(dim=(2, 3))
+            logit = logit + (self.embed(to_labels(y, self.num_classes)) * pooled).sum(dim=1)
+            if classes:
+                return logit, pooled @ self.embed.weight.t()
         return logit
 
 

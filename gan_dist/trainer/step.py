@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_dist.losses import AdversarialLoss, d_stats, diff_augment, gradient_penalty, interpolate, r1_penalty
+from gan_dist.losses import (AdversarialLoss, class_loss, d_stats, diff_augment, gradient_penalty, interpolate,
+                             r1_penalty)
 from gan_dist.runtime import Runtime
 from gan_dist.schedule import Schedule, lr_at
 from gan_dist.trainer.ema import ema_update
@@ -49,6 +50,7 @@ class StepContext:
     perceptual: nn.Module | None = None  # frozen feature extractor for the perceptual loss
     skip_nonfinite: bool = True
     reuse_fake: bool = False  # the G step trains on the D step's fakes
+    class_weight: float = 0.0  # auxiliary classification on a projection D's class scores
 
 
 def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
@@ -69,7 +71,8 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
         r1_interval=cfg.loss.r1_interval, augment=cfg.loss.augment_policy, sr_scale=cfg.model.sr_scale,
         content_weight=cfg.loss.content_weight, adversarial_weight=cfg.loss.adversarial_weight,
         perceptual_weight=cfg.loss.perceptual_weight, perceptual=perceptual,
-        skip_nonfinite=cfg.train.skip_nonfinite, reuse_fake=cfg.schedule.reuse_fake)
+        skip_nonfinite=cfg.train.skip_nonfinite, reuse_fake=cfg.schedule.reuse_fake,
+        class_weight=cfg.loss.class_weight)
 
 
 class StepRng:
@@ -107,6 +110,12 @@ def g_inputs(rng: StepRng, ctx: StepContext, real: Tensor, y: Tensor | None) -> 
 
 def augment(rng: StepRng, ctx: StepContext, x: Tensor) -> Tensor:
     return diff_augment(x, ctx.augment, rng) if ctx.augment else x
+
+
+def d_logits(D: nn.Module, x: Tensor, y: Tensor | None, classes: bool) -> tuple[Tensor, Tensor | None]:
+    """D's logits in float and, when the classification loss needs them, its class scores."""
+    logits, scores = D(x, y, classes=True) if classes else (D(x, y), None)
+    return logits.float(), scores
 
 
 def grad_norm(opt) -> Tensor:
@@ -176,9 +185,14 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                     fake = st.G(*g_inputs(rng, ctx, real, y)).to(real.dtype)
             real_a, fake_a = augment(rng, ctx, real), augment(rng, ctx, fake)
             with rt.autocast():
-                real_logits = st.D_ddp(real_a, y).float()
+                real_logits, real_classes = d_logits(st.D_ddp, real_a, y, classes=bool(ctx.class_weight))
                 fake_logits = st.D_ddp(fake_a, y).float()
             loss_D = ctx.loss.d_loss(real_logits, fake_logits)
+            if ctx.class_weight:
+                # D learns the class scores as a classifier of real images only.
+                cls_d = class_loss(real_classes, y)
+                loss_D = loss_D + ctx.class_weight * cls_d
+                stats["class_loss_d"] = cls_d.detach()
             if ctx.gp_weight:
                 x_hat = interpolate(real_a, fake_a, rng)
                 with rt.autocast():
@@ -206,8 +220,14 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             st.D.requires_grad_(False)
             with rt.autocast():
                 fake = fake_for_g if fake_for_g is not None else st.G_ddp(*g_inputs(rng, ctx, real, y))
-                fake_logits = st.D(augment(rng, ctx, fake), y).float()
+                fake_logits, fake_classes = d_logits(st.D, augment(rng, ctx, fake), y,
+                                                     classes=bool(ctx.class_weight))
             loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
+            if ctx.class_weight:
+                # G is pulled towards images that D classifies as the class asked for.
+                cls_g = class_loss(fake_classes, y)
+                loss_G = loss_G + ctx.class_weight * cls_g
+                stats["class_loss_g"] = cls_g.detach()
             if ctx.task == "super_resolution":
                 content = F.mse_loss(fake.float(), real.float())
                 loss_G = loss_G + ctx.content_weight * content
