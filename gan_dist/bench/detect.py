@@ -44,7 +44,8 @@ SUITE = {
     "ring8 strong D (lr_d 10x, 5 D steps)": ("ring8", True, 6000, {"optim.lr_d": 3e-3, "schedule.n_critic": 5}),
     # Meant to fail, but it covers all 25 modes by step 4000: a slow starter (under half the
     # modes until step 2000), the case the warm-up is for.
-    "grid25 strong D (lr_d 10x, 5 D steps)": ("grid25", False, 6000, {"optim.lr_d": 3e-3, "schedule.n_critic": 5}),
+    "grid25 strong D (lr_d 10x, 5 D steps)": ("grid25", False, 6000, {"optim.lr_g": 1e-3, "optim.lr_d": 3e-3,
+                                                                          "schedule.n_critic": 5}),
 }
 # The rollback demonstration: a healthy ring8 run whose learning rates someone turns up 100x
 # at step SPIKE_STEP (a scripted fault); with the rollback policy and a factor of 0.01 the
