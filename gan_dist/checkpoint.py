@@ -171,23 +171,19 @@ def prune(run_dir: Path, keep_last: int, best_metric: str = "", best_mode: str =
     """Delete checkpoints other than the newest `keep_last`, the best by `best_metric`, and the
     newest healthy one (taken while no detector's condition held: what a rollback restores)."""
     folders = step_dirs(run_dir)
-    keep = set(folders[:keep_last])
+    metrics = {}  # rank 0's manifest metrics of each readable folder, newest first
     for folder in folders:
         try:
-            if _read_manifest(folder, 0)["metrics"].get("healthy", 1):
-                keep.add(folder)
-                break
+            metrics[folder] = _read_manifest(folder, 0)["metrics"]
         except CheckpointError:
             continue
+    keep = set(folders[:keep_last])
+    healthy = next((folder for folder, m in metrics.items() if m.get("healthy", 1)), None)
+    if healthy is not None:
+        keep.add(healthy)
     if best_metric:
-        scored = []
-        for folder in folders:
-            try:
-                value = _read_manifest(folder, 0)["metrics"].get(best_metric)
-            except CheckpointError:
-                continue
-            if isinstance(value, (int, float)):
-                scored.append((value if best_mode == "max" else -value, folder))
+        scored = [(value if best_mode == "max" else -value, folder) for folder, m in metrics.items()
+                  if isinstance(value := m.get(best_metric), (int, float))]
         if scored:
             keep.add(max(scored, key=lambda s: s[0])[1])
     removed = [f for f in folders if f not in keep]

@@ -129,12 +129,14 @@ def class_judge(cfg: Config, index, rt):
     if not (cfg.monitor.class_coverage and meta["kind"] == "image" and meta.get("num_classes", 0) >= 2
             and TASKS[cfg.model.arch] != "super_resolution"):
         return None
+    net = None
     if rt.rank == 0:
         if not classifier_cache_path(index).exists():
             print("training the data's classifier for class coverage (once per data set, cached)", flush=True)
-        domain_classifier(index, rt.device)
+        net, _ = domain_classifier(index, rt.device)
     rt.barrier()
-    net, _ = domain_classifier(index, rt.device)
+    if net is None:
+        net, _ = domain_classifier(index, rt.device)
     return net.requires_grad_(False)
 
 
