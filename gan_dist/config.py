@@ -19,6 +19,9 @@ from typing import Any
 import yaml
 
 
+LR_DECAYS = ("none", "linear", "cosine")
+
+
 class ConfigError(ValueError):
     """Bad user input: a config key, a value, a recipe or a file."""
 
@@ -137,11 +140,18 @@ class OptimConfig:
     lr_d: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    # Both lrs fall from their value to 0 at train.max_steps, starting at this fraction of
+    # it: "none" (constant), "linear" or "cosine".
+    lr_decay: str = "none"
+    lr_decay_start: float = 0.0
 
     def validate(self) -> None:
         for key in ("lr_g", "lr_d"):
             value = getattr(self, key)
             _require(value > 0, f"optim.{key}", f"must be > 0, got {value}")
+        _require(self.lr_decay in LR_DECAYS, "optim.lr_decay",
+                 f"must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
+        _require(0 <= self.lr_decay_start < 1, "optim.lr_decay_start", f"must be in [0, 1), got {self.lr_decay_start}")
         for key in ("beta1", "beta2"):
             value = getattr(self, key)
             _require(0 <= value < 1, f"optim.{key}", f"must be in [0, 1), got {value}")
@@ -202,6 +212,9 @@ class TrainConfig:
     compile: bool = False
     # On GPUs, read the next batch during the step and copy it from pinned memory without waiting.
     prefetch: bool = True
+    # On GPUs, read each log interval's statistics one step later, so the host never waits
+    # for the GPU; the detectors then act one step after the interval they judge.
+    async_stats: bool = True
     # DDP: gradient bucket size, and gradients kept as views into the buckets (no copy, less memory).
     ddp_bucket_cap_mb: float = 25.0
     gradient_as_bucket_view: bool = True

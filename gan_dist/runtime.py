@@ -124,8 +124,9 @@ class Runtime:
         """The largest of the ranks' values, on every rank (collective)."""
         if self.world_size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        # On the control group's CPU tensors: agreeing never waits for a GPU stream.
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control_group)
         return int(t.item())
 
     def any_async(self, *flags: bool) -> Callable[[], list[bool]]:

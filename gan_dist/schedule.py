@@ -8,6 +8,7 @@ one G update preceded by `n_critic` D updates, each on a fresh real batch
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -71,9 +72,15 @@ def lazy_regularization(interval: int) -> float:
     return interval / (interval + 1) if interval > 1 else 1.0
 
 
-def lr_at(base_lr: float, step: int) -> float:
-    """Learning rate at `step`: constant for now, a pure function of the step by contract."""
-    return base_lr
+def lr_at(base_lr: float, step: int, decay: str = "none", start: int = 0, end: int = 0) -> float:
+    """Learning rate at `step`, a pure function of the step: `base_lr` until `start`, then
+    falling to 0 at `end` along `decay` ("none": constant, "linear", "cosine")."""
+    if decay == "none" or step <= start:
+        return base_lr
+    t = min(1.0, (step - start) / max(1, end - start))
+    if decay == "linear":
+        return base_lr * (1.0 - t)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def describe(schedule: Schedule, steps: int = 3) -> list[str]:

@@ -46,6 +46,8 @@ def test_round_trip_through_yaml():
     (["loss.kind=magic"], "loss.kind"),
     (["train.max_steps=1.5"], "train.max_steps"),
     (["schedule.n_critic=0"], "schedule.n_critic"),
+    (["optim.lr_decay=step"], "optim.lr_decay"),
+    (["optim.lr_decay_start=1"], "optim.lr_decay_start"),
     (["run.name=has space"], "run.name"),
     (["nonsense=1"], "nonsense"),
     (["optim=3"], "optim"),

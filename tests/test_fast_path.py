@@ -115,3 +115,15 @@ def test_a_run_started_before_new_keys_existed_resumes(tmp_path):
     cfg.train.fused_adam = False
     with pytest.raises(ConfigError, match="train.fused_adam"):
         check_resume(cfg, tmp_path)
+
+
+def test_the_step_sets_the_decayed_learning_rates():
+    st, rt, ctx = ring8_state("optim.lr_decay=linear", "optim.lr_decay_start=0.5", "train.max_steps=8",
+                              "optim.lr_g=0.004", "optim.lr_d=0.002")
+    real = {"x": torch.rand(32, 2), "y": None}
+    seen = []
+    for _ in range(8):
+        train_step(st, rt, ctx, lambda: real)
+        seen += [st.opt_G.param_groups[0]["lr"], st.opt_D.param_groups[0]["lr"]]
+    # Steps 0-4 at the full rates, then down by a quarter a step towards 0 at step 8.
+    assert seen == pytest.approx([0.004, 0.002] * 5 + [0.003, 0.0015, 0.002, 0.001, 0.001, 0.0005])

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -22,6 +23,7 @@ from gan_dist.monitor.detectors import Detectors
 from gan_dist.monitor.hub import RunHub
 from gan_dist.monitor.metrics import CATALOG, TARGETS_FILE
 from gan_dist.monitor.signals import class_signals, collapse_score, duplicate_rate
+from gan_dist.trainer import loop
 
 HEALTHY = {"loss_d": 1.30, "loss_g": 0.75, "d_acc_real": 0.7, "d_acc_fake": 0.6, "grad_norm_d": 0.5,
            "grad_norm_g": 1.0, "collapse_score": 0.05, "nonfinite_steps": 0}
@@ -368,6 +370,38 @@ def test_warn_policy_records_alerts_and_monitoring_off_records_nothing(tmp_path,
     code, summary = _train(tmp_path, "off", 500, metrics__enabled="false")
     assert code == 0 and summary["alerts"] == []
     assert "collapse_score" not in summary["final"] and not (tmp_path / "off" / TARGETS_FILE).exists()
+
+
+TIMINGS = {"time", "samples_per_second", "data_wait_fraction", "data_wait_seconds",
+           "checkpoint_blocked_seconds", "checkpoint_write_seconds"}
+
+
+def test_rows_read_one_step_late_match_and_still_act(tmp_path, cache_dir, monkeypatch):
+    """On a GPU a log interval's row is read one step later, so the host never waits for the
+    stream (`train.async_stats`). Forced on here: the rows and the weights are the same as when
+    read at once, and the detectors still act (from the row's step; a stop saves one step on)."""
+    code, sync = _train(tmp_path, "sync", 300)
+    monkeypatch.setattr(loop, "reads_stats_late", lambda cfg, device: True)
+    read_at, finish_log = [], loop.Worker.finish_log
+
+    def spy(worker, row):
+        read_at.append((row.host["step"], worker.st.step))
+        return finish_log(worker, row)
+    monkeypatch.setattr(loop.Worker, "finish_log", spy)
+    code_late, late = _train(tmp_path, "late", 300)
+    # Rows at a checkpoint (every 100 steps) and at the end are read at once, the others late.
+    assert read_at == [(50, 51), (100, 100), (150, 151), (200, 200), (250, 251), (300, 300)]
+    assert code == code_late == 0 and late["fingerprint"] == sync["fingerprint"]
+    rows = [pq.read_table(tmp_path / name / "history.parquet").to_pylist() for name in ("sync", "late")]
+    strip = [[{k: v for k, v in r.items() if k not in TIMINGS} for r in rs] for rs in rows]
+    assert len(strip[0]) == 300 // 50 and strip[0] == strip[1]
+    assert [(a["kind"], a["step"]) for a in late["alerts"]] == [(a["kind"], a["step"]) for a in sync["alerts"]]
+
+    code, summary = _train(tmp_path, "rb", 1000, monitor__collapse="rollback", monitor__max_rollbacks=1,
+                           monitor__d_overpower="off")
+    assert code == 1 and summary["rollbacks"] == 1
+    assert [a["action"] for a in summary["alerts"]] == ["rollback", "stop"]
+    assert summary["steps"] in (summary["alerts"][-1]["step"], summary["alerts"][-1]["step"] + 1)
 
 
 def test_bad_monitor_config_is_one_line_exit_2(cli):

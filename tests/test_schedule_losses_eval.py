@@ -14,7 +14,7 @@ from gan_dist.config import ScheduleConfig
 from gan_dist.data.builtin import grid25, ring8
 from gan_dist.evaluate import domain_kid, mode_metrics
 from gan_dist.losses import ADVERSARIAL_LOSSES
-from gan_dist.schedule import build_schedule
+from gan_dist.schedule import build_schedule, lr_at
 
 
 def test_n_critic_d_steps_then_one_g_step():
@@ -31,6 +31,14 @@ def test_ema_beta_is_a_ramped_pure_function_of_the_step():
     assert all(b1 <= b2 for b1, b2 in zip(betas, betas[1:]))  # ramps up, then holds
     assert schedule.ema_beta(10**6) == pytest.approx(0.5 ** (1 / 500))
     assert build_schedule(ScheduleConfig(ema_halflife_steps=0)).ema_beta(100) == 0.0
+
+
+def test_lr_decays_to_zero_at_the_end_from_its_start():
+    assert [lr_at(2.0, s) for s in (0, 10**6)] == [2.0, 2.0]  # constant by default
+    assert [lr_at(2.0, s, "linear", 100, 300) for s in (0, 100, 200, 300, 400)] == [2.0, 2.0, 1.0, 0.0, 0.0]
+    cosine = [lr_at(2.0, s, "cosine", 0, 300) for s in range(0, 301, 50)]
+    assert cosine[0] == 2.0 and cosine[3] == pytest.approx(1.0) and cosine[-1] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(cosine, cosine[1:]))
 
 
 def test_bce_losses_on_hand_checked_values():

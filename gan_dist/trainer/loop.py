@@ -84,6 +84,33 @@ class Meter:
         return means, seconds
 
 
+class PendingRow:
+    """A log interval's reduced statistics on their way to the host. On a GPU the copy goes to
+    pinned memory without blocking and an event marks its end; reading waits for that event
+    only, by which time the GPU is already running the next step."""
+
+    def __init__(self, names: list[str], values: torch.Tensor, host: dict):
+        self.names, self.host = names, host
+        self.ready = None
+        if values.device.type == "cuda":
+            self.values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.values.copy_(values, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.values = values
+
+    def read(self) -> list[float]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.values.tolist()
+
+
+def reads_stats_late(cfg: Config, device: torch.device) -> bool:
+    """Whether a log interval's row is read one step later (`train.async_stats`, on GPUs)."""
+    return cfg.train.async_stats and device.type == "cuda"
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -211,22 +238,40 @@ class Worker:
     def log(self, meter: Meter) -> tuple[Action | None, list]:
         """Reduce this interval's statistics across ranks, record one history row and run the
         detectors on it; the action they call for (the same on every rank) and their events."""
+        return self.finish_log(self.start_log(meter))
+
+    def start_log(self, meter: Meter) -> PendingRow:
+        """Start reducing this interval's statistics across ranks (collective) and copying them
+        to the host; on a GPU neither waits for the stream, so the step loop can run on and
+        read the row one step later (`finish_log`)."""
         steps = meter.count
         means, seconds = meter.flush()
         means.update(self.monitor.signals(self.probe(self.monitor.probe_size), self.last_real))
         names = sorted(means)
+        device = self.rt.device
         local = torch.stack([means[n].float() for n in names] + [
-            torch.tensor(self.stream.wait_seconds / max(seconds, 1e-9), device=self.rt.device),
-            torch.tensor(self.stream.wait_seconds / max(steps, 1), device=self.rt.device),
-            torch.tensor(float(self.stream.corrupt_samples) * self.rt.world_size, device=self.rt.device)])
-        values = self.rt.reduce_mean(local).tolist()  # collective; host sync once per interval
+            torch.tensor(self.stream.wait_seconds / max(seconds, 1e-9), device=device),
+            torch.tensor(self.stream.wait_seconds / max(steps, 1), device=device),
+            torch.tensor(float(self.stream.corrupt_samples) * self.rt.world_size, device=device),
+            self.st.nonfinite.float()])  # the same on every rank: decided after the all-reduce
         self.stream.wait_seconds = 0.0
-        row = {"step": self.st.step, **dict(zip(names, values))}
-        row["data_wait_fraction"], row["data_wait_seconds"], row["corrupt_samples"] = values[-3:]
-        row["samples_per_second"] = self.plan.global_batch * self.plan.n_critic * steps / max(seconds, 1e-9)
-        row["nonfinite_steps"] = self.st.nonfinite_steps
-        row["checkpoint_blocked_seconds"] = self.checkpoint_seconds[-1] if self.checkpoint_seconds else 0.0
-        row["checkpoint_write_seconds"] = self.checkpoint_write_seconds[-1] if self.checkpoint_write_seconds else 0.0
+        host = {
+            "step": self.st.step,
+            "samples_per_second": self.plan.global_batch * self.plan.n_critic * steps / max(seconds, 1e-9),
+            "checkpoint_blocked_seconds": self.checkpoint_seconds[-1] if self.checkpoint_seconds else 0.0,
+            "checkpoint_write_seconds": self.checkpoint_write_seconds[-1] if self.checkpoint_write_seconds else 0.0,
+        }
+        return PendingRow(names, self.rt.reduce_mean(local), host)
+
+    def finish_log(self, pending: PendingRow) -> tuple[Action | None, list]:
+        """The row of `start_log`: waits for its values, records it and runs the detectors."""
+        values = pending.read()
+        row = {"step": pending.host["step"], **dict(zip(pending.names, values))}
+        row["data_wait_fraction"], row["data_wait_seconds"], row["corrupt_samples"] = values[-4:-1]
+        row["samples_per_second"] = pending.host["samples_per_second"]
+        row["nonfinite_steps"] = int(values[-1])
+        row["checkpoint_blocked_seconds"] = pending.host["checkpoint_blocked_seconds"]
+        row["checkpoint_write_seconds"] = pending.host["checkpoint_write_seconds"]
         action, events = self.monitor.judge(row)
         # Collective: the detectors saw the same row on every rank; agree on the action anyway.
         action = Action(code) if (code := self.rt.reduce_max_int(int(action or 0))) else None
@@ -440,6 +485,8 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
     st, train, reporter = w.st, w.cfg.train, w.reporter
     start_step = st.step
     meter = Meter()
+    late = reads_stats_late(w.cfg, w.rt.device)
+    row: PendingRow | None = None  # the last interval's row, read one step later
     preempted, stopped_by = False, None
     while st.step < until:
         # Collective, overlapping the step: did any rank get a SIGTERM, is any rank
@@ -453,13 +500,25 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
             reporter.first_step()
         last = st.step == train.max_steps
         logged = st.step % train.log_every == 0 or last or preempted
-        action, events = w.log(meter) if logged else (None, [])
+        save = (st.step % train.checkpoint_every == 0 or last or preempted
+                or (logged and w.checkpoint_overdue()))
+        action, events = w.finish_log(row) if row is not None else (None, [])
+        row = None
+        if logged:
+            row = w.start_log(meter)
+            # Read now when acting or saving (a checkpoint holds the history up to its step),
+            # at the end of this call, or when not reading late at all.
+            if not late or save or action or st.step + 1 >= until:
+                now_action, now_events = w.finish_log(row)
+                row, events = None, events + now_events
+                action = max(action or 0, now_action or 0) or None
+                action = Action(action) if action else None
         if action == Action.ROLLBACK:
             event = next(e for e in events if e.action == "rollback")
             if w.rollback(event):
                 w.report(events)
                 w.rt.print0(f"rolled back to step {st.step} (lr x{st.lr_scale:g}, fresh noise)")
-                meter = Meter()
+                meter, row = Meter(), None
                 continue
             event.action, action = "stop", Action.STOP
             event.note = f"no checkpoint from before step {event.onset_step} to roll back to"
@@ -468,8 +527,7 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
             stopped_by = next(e for e in events if e.action == "stop").to_dict()
         if st.step % train.sample_every == 0 or last:
             w.write_samples()
-        if (st.step % train.checkpoint_every == 0 or last or preempted or stopped_by
-                or (logged and w.checkpoint_overdue())):
+        if save or stopped_by:
             w.save_checkpoint()
         if preempted:
             w.rt.print0(f"preempted: saved at step {st.step}, stopping")

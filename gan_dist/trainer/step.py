@@ -51,6 +51,7 @@ class StepContext:
     skip_nonfinite: bool = True
     reuse_fake: bool = False  # the G step trains on the D step's fakes
     class_weight: float = 0.0  # auxiliary classification on a projection D's class scores
+    lr_decay: tuple[str, int, int] = ("none", 0, 0)  # kind, first and last step (schedule.lr_at)
 
 
 def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
@@ -72,7 +73,8 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
         content_weight=cfg.loss.content_weight, adversarial_weight=cfg.loss.adversarial_weight,
         perceptual_weight=cfg.loss.perceptual_weight, perceptual=perceptual,
         skip_nonfinite=cfg.train.skip_nonfinite, reuse_fake=cfg.schedule.reuse_fake,
-        class_weight=cfg.loss.class_weight)
+        class_weight=cfg.loss.class_weight,
+        lr_decay=(cfg.optim.lr_decay, int(cfg.optim.lr_decay_start * cfg.train.max_steps), cfg.train.max_steps))
 
 
 class StepRng:
@@ -164,9 +166,9 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
     """Run the phases of step `st.step`; `next_real()` returns this rank's next real batch."""
     stats: dict[str, Tensor] = {}
     for group in st.opt_G.param_groups:
-        group["lr"] = lr_at(ctx.lr_g, st.step) * st.lr_scale
+        group["lr"] = lr_at(ctx.lr_g, st.step, *ctx.lr_decay) * st.lr_scale
     for group in st.opt_D.param_groups:
-        group["lr"] = lr_at(ctx.lr_d, st.step) * st.lr_scale
+        group["lr"] = lr_at(ctx.lr_d, st.step, *ctx.lr_decay) * st.lr_scale
     real = y = fake_for_g = None
     rng = make_rng(st, rt.device)
 
