@@ -133,6 +133,13 @@ def find_latest(run_dir: Path, exclude: Path | None = None, before: int | None =
     return None
 
 
+def newest_valid(run_dir: Path) -> tuple[Path | None, bool]:
+    """The run's newest valid checkpoint, and whether a newer, invalid one was skipped."""
+    newest = step_dirs(run_dir)[:1]
+    found = find_latest(run_dir)
+    return found, bool(newest) and found != newest[0]
+
+
 def set_aside_after(run_dir: Path, step: int, tag: str, settle_seconds: float = 60.0) -> list[Path]:
     """Rename the checkpoints newer than `step` to `abandoned-<tag>-step-NNNNNN`, so neither a
     resume nor pruning takes them for the run's own. The newest may still be uploading (Ray's
@@ -208,9 +215,8 @@ class LocalSink:
 
     @contextmanager
     def latest(self) -> Iterator[Path | None]:
-        newest = step_dirs(self.run_dir)[:1]
-        found = find_latest(self.run_dir)
-        self.fallbacks += int(bool(newest) and found != newest[0])
+        found, skipped = newest_valid(self.run_dir)
+        self.fallbacks += skipped
         yield found
 
     def stage(self, rt, step: int) -> Path:

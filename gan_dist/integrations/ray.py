@@ -24,10 +24,12 @@ import ray
 import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
 from ray.train.v2.api.report_config import CheckpointUploadMode
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from gan_dist.checkpoint import CheckpointError, find_latest, prune, step_dir_name, verify, write_rank_files
+from gan_dist.checkpoint import (CheckpointError, find_latest, newest_valid, prune, step_dir_name, verify,
+                                 write_rank_files)
 from gan_dist.config import Config
 from gan_dist.monitor.hub import RunHub
 from gan_dist.trainer import preempt
@@ -53,12 +55,12 @@ class RaySink:
     @contextmanager
     def latest(self) -> Iterator[Path | None]:
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            yield None
-            return
-        if not Path(checkpoint.path).exists():
-            # Set aside by a rollback (the run went back to an older one): the run's newest is ours.
-            yield find_latest(self.run_dir)
+        if checkpoint is None or not Path(checkpoint.path).exists():
+            # A new command on the run (Ray's record starts empty: see RayBackend.fit), or Ray's
+            # latest set aside by a rollback: the run directory's newest valid checkpoint.
+            found, skipped = newest_valid(self.run_dir)
+            self.fallbacks += skipped
+            yield found
             return
         with checkpoint.as_directory() as folder:
             try:
@@ -201,6 +203,12 @@ class RaySession:
         return ray.get(getattr(hub, method).remote(*args), timeout=30)
 
     def fit(self, cfg: Config, run_dir: Path, placement, hub) -> dict:
+        # Ray Train records the checkpoints reported to it and, on the next command with this
+        # name, refuses to start once one of them is gone. Retention is ours (checkpoint.prune;
+        # rollbacks set checkpoints aside), so that record goes stale in any run longer than
+        # `keep_checkpoints` saves. The run directory is the record: forget Ray's, and the
+        # workers resume from the newest valid checkpoint there (RaySink.latest).
+        (run_dir / RAY_CHECKPOINT_RECORD).unlink(missing_ok=True)
         trainer = TorchTrainer(
             _train_fn,
             train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "hub": hub},
