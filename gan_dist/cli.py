@@ -185,8 +185,8 @@ def run(cfg: Config, run_dir: Path, placement, session) -> int:
                 from gan_dist.trainer import preempt
                 from gan_dist.trainer.loop import train_worker
 
-                preempt.install_sigterm_handler()
-                result = train_worker(cfg, run_dir, LocalSink(run_dir, cfg.train), hub)
+                with preempt.sigterm_requests_stop():
+                    result = train_worker(cfg, run_dir, LocalSink(run_dir, cfg.train), hub)
         status, error = outcome(cfg, result)
     except KeyboardInterrupt:
         status, error = "stopped", "interrupted by the user"

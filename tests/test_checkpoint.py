@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +87,31 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, cache_dir
     # The resolved config is stored in every checkpoint and in the run directory.
     for folder in ckpt.step_dirs(tmp_path / "resumed"):
         assert yaml.safe_load((folder / "config.yaml").read_text())["run"]["name"] == "resumed"
+
+
+def test_sigterm_stops_an_in_process_run_which_resumes_in_the_same_process(tmp_path, cache_dir):
+    """Without Ray a SIGTERM saves and stops the run; the flag does not outlive the run (the
+    next run in the process resumes and completes), nor does the handler."""
+    reference = _train(tmp_path, "straight", 400)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "term" / "step-000020").is_dir():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    argv = ["train", "--no-ray", "--storage", str(tmp_path), "--name", "term", "--max-steps", "400"]
+    for key, value in TRAIN_DEFAULTS.items():
+        argv += ["--set", f"{key}={value}"]
+    assert main(argv) == 1
+    killer.join()
+    stopped = yaml.safe_load((tmp_path / "term" / "summary.json").read_text())
+    assert stopped["status"] == "stopped" and "preempted" in stopped["reason"] and 20 <= stopped["steps"] < 400
+    assert signal.getsignal(signal.SIGTERM) is before
+    resumed = _train(tmp_path, "term", 400)
+    assert resumed["status"] == "completed" and resumed["fingerprint"] == reference["fingerprint"]
 
 
 def test_prune_keeps_the_last_k_and_the_best(tmp_path):

@@ -7,8 +7,10 @@ step and leaves cleanly; the next start resumes there.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from typing import Iterator
 
 _requested = threading.Event()
 
@@ -25,13 +27,21 @@ def reset() -> None:
     _requested.clear()
 
 
-def install_sigterm_handler() -> bool:
-    """Route SIGTERM to `request` when running in the main thread (runs without Ray).
+@contextlib.contextmanager
+def sigterm_requests_stop() -> Iterator[None]:
+    """While inside, a SIGTERM to this process calls `request` (runs without Ray, in the main
+    thread). The flag starts clear, and the previous handler is back afterwards, so one
+    process can run one in-process run after another (tests, benchmarks).
 
     Under Ray the train function runs in a worker thread; the Ray integration
     hooks the worker's own SIGTERM handling instead.
     """
+    reset()
     if threading.current_thread() is not threading.main_thread():
-        return False
-    signal.signal(signal.SIGTERM, lambda signum, frame: request())
-    return True
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: request())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
