@@ -34,7 +34,11 @@ def test_seeds_run_one_after_another_into_a_table(tmp_path, cache_dir, capsys):
     assert quality.main(["--recipe", "ring8", "--seeds", "2", "--first-seed", "3", "--max-steps", "20",
                          "--set", "model.hidden=16", "--set", "data.batch_size=64", "--set", "train.log_every=10",
                          "--storage", str(tmp_path / "runs"), "--json", str(out)]) == 0
-    runs = json.loads(out.read_text())["runs"]
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert result["pass_mean"] is False and result["pass_seeds"] == [False, False]
+    assert result["mean"]["high_quality_fraction"] == pytest.approx(
+        sum(r["eval"]["high_quality_fraction"] for r in runs) / 2)
     assert [r["seed"] for r in runs] == [3, 4] and all(r["steps"] == 20 for r in runs)
     for r in runs:  # each seed is its own run, trained with that seed
         run_dir = tmp_path / "runs" / f"ring8-seed{r['seed']}"
@@ -42,4 +46,4 @@ def test_seeds_run_one_after_another_into_a_table(tmp_path, cache_dir, capsys):
         assert json.loads((run_dir / "summary.json").read_text())["eval"] == r["eval"]
     table = capsys.readouterr().out
     assert "| 3 |" in table and "| 4 |" in table and "| mean |" in table
-    assert table.count("FAIL") == 2  # 20 steps are far from the bar
+    assert table.count("FAIL") == 3 and "| FAIL (0/2 seeds pass) |" in table  # 20 steps are far from the bar
