@@ -42,6 +42,15 @@ D_REAL_ACCURACY = 0.8  # D overpowering also needs D right on this fraction of r
 GRAD_NORMS = ("grad_norm_d", "grad_norm_g")
 
 
+def spread(values: list[float]) -> float:
+    """The variance of a window of losses without its one value farthest from the median: a
+    single spike (one interval; a healthy run has them) is not divergence, which shows in
+    several intervals."""
+    mid = statistics.median(values)
+    rest = sorted(values, key=lambda v: abs(v - mid))[:-1]
+    return statistics.pvariance(rest)
+
+
 @dataclass
 class Event:
     step: int  # the log interval where it fired
@@ -119,7 +128,7 @@ class Detectors:
             values = [r[name] for r in self.recent if name in r] + [value]
             if len(values) < cfg.window or not all(map(math.isfinite, values)):
                 continue
-            var = statistics.pvariance(values[-cfg.window:])
+            var = spread(values[-cfg.window:])
             usual = self.variances[name]
             if len(usual) >= cfg.window and var > cfg.divergence_factor * max(statistics.median(usual), 1e-12):
                 evidence[f"{name}_variance"] = var
