@@ -56,7 +56,7 @@ class RaySink:
     def latest(self) -> Iterator[Path | None]:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None or not Path(checkpoint.path).exists():
-            # A new command on the run (Ray's record starts empty: see RayBackend.fit), or Ray's
+            # A new command on the run (Ray's record starts empty: see RaySession.fit), or Ray's
             # latest set aside by a rollback: the run directory's newest valid checkpoint.
             found, skipped = newest_valid(self.run_dir)
             self.fallbacks += skipped
