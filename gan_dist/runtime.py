@@ -230,8 +230,6 @@ def init_runtime(torch_threads: int = 0, mixed_precision: str = "no", bucket_cap
                  gradient_as_bucket_view: bool = True) -> Runtime:
     """Create the Accelerator for this process (inside the Ray worker, never before)."""
     cuda = torch.cuda.is_available()
-    if torch_threads > 0 and not cuda:
-        torch.set_num_threads(torch_threads)
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
     if mixed_precision == "auto":
@@ -239,6 +237,10 @@ def init_runtime(torch_threads: int = 0, mixed_precision: str = "no", bucket_cap
     ddp = DistributedDataParallelKwargs(bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=gradient_as_bucket_view)
     # cpu=True is what makes Accelerate adopt a gloo process group on CPU workers.
     accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+    if torch_threads > 0 and not cuda:
+        # After the Accelerator: on CPU ranks with OMP_NUM_THREADS unset it sets its own count
+        # (physical cores over local ranks), which would override the configured one.
+        torch.set_num_threads(torch_threads)
     control_group = None
     if dist.is_initialized() and dist.get_backend() != "gloo":
         control_group = dist.new_group(backend="gloo")  # collective: every rank creates it

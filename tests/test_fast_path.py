@@ -127,3 +127,22 @@ def test_the_step_sets_the_decayed_learning_rates():
         seen += [st.opt_G.param_groups[0]["lr"], st.opt_D.param_groups[0]["lr"]]
     # Steps 0-4 at the full rates, then down by a quarter a step towards 0 at step 8.
     assert seen == pytest.approx([0.004, 0.002] * 5 + [0.003, 0.0015, 0.002, 0.001, 0.001, 0.0005])
+
+
+def test_the_configured_thread_count_holds_on_a_launched_rank(tmp_path):
+    """A rank started with RANK/WORLD_SIZE set and OMP_NUM_THREADS unset (a launcher other
+    than Ray, which sets it): Accelerate sets its own thread count (physical cores over local
+    ranks) when it is created; train.torch_threads must win. In a process of its own."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; from gan_dist.runtime import init_runtime; "
+            "init_runtime(1); print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
