@@ -28,6 +28,8 @@ def test_run_completes(first_run):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "completed: 200 steps" in result.stdout
     assert "step 100/200" in result.stdout  # a progress line per log interval when not on a terminal
+    # The local Ray starts no preemption watcher (Ray logs an error line naming it when it does).
+    assert "PreemptionWatcher" not in result.stdout + result.stderr
 
 
 def test_replicas_identical_on_every_rank(first_run):

@@ -25,6 +25,7 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
+from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from ray.train.v2.api.report_config import CheckpointUploadMode
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -228,13 +229,31 @@ class RaySession:
                 logging_config=LoggingConfig(log_level="WARNING"),
             ),
         )
-        result = trainer.fit()
+        with _preemption_watcher(enabled=bool(self.address)):
+            result = trainer.fit()
         if result.error is not None:
             raise result.error
         return self.call(hub, "snapshot", 0)["result"] or {}
 
     def close(self) -> None:
         ray.shutdown()
+
+
+@contextmanager
+def _preemption_watcher(enabled: bool) -> Iterator[None]:
+    """Ray Train's preemption watcher (an actor polling the node's drain state) on clusters,
+    where nodes are drained, and not on the local Ray a command starts for itself: there it
+    is one more process starting beside the workers on a small machine, and a SIGTERM is
+    ours to handle (trainer.preempt). The controller takes the setting from the driver's
+    environment when `fit` starts it; a value the user set stays."""
+    if enabled or ENABLE_PREEMPTION_WATCHER_ENV_VAR in os.environ:
+        yield
+        return
+    os.environ[ENABLE_PREEMPTION_WATCHER_ENV_VAR] = "0"
+    try:
+        yield
+    finally:
+        del os.environ[ENABLE_PREEMPTION_WATCHER_ENV_VAR]
 
 
 # Job submission ------------------------------------------------------------------
