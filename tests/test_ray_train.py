@@ -75,3 +75,20 @@ def test_same_name_finds_the_run_and_resumes(first_run, cache_dir):
     assert len(set(summary["rank_fingerprints"])) == 1
     history = pq.read_table(storage / "ray2" / "history.parquet").to_pydict()
     assert history["step"] == [50, 100, 150, 200, 250, 300]
+
+
+def test_the_trainer_starts_no_dataset_manager():
+    """Ray Train's datasets callback (a DatasetManager actor importing Ray Data) is left
+    out; every other default callback stays. The runs above show the workers need it not."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from gan_dist.integrations.ray import _Trainer, _train_fn
+
+    def names(cls):
+        trainer = cls(_train_fn, train_loop_config={}, scaling_config=ScalingConfig(num_workers=1))
+        return [type(c).__name__ for c in trainer._create_default_callbacks()]
+
+    ray_default = names(TorchTrainer)
+    assert "DatasetsCallback" in ray_default  # what is left out exists in this Ray
+    assert names(_Trainer) == [n for n in ray_default if n != "DatasetsCallback"]

@@ -24,6 +24,7 @@ import ray
 import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
 from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from ray.train.v2.api.report_config import CheckpointUploadMode
@@ -210,7 +211,7 @@ class RaySession:
         # `keep_checkpoints` saves. The run directory is the record: forget Ray's, and the
         # workers resume from the newest valid checkpoint there (RaySink.latest).
         (run_dir / RAY_CHECKPOINT_RECORD).unlink(missing_ok=True)
-        trainer = TorchTrainer(
+        trainer = _Trainer(
             _train_fn,
             train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "hub": hub},
             scaling_config=ScalingConfig(
@@ -237,6 +238,16 @@ class RaySession:
 
     def close(self) -> None:
         ray.shutdown()
+
+
+class _Trainer(TorchTrainer):
+    """Ray Train's TorchTrainer without its Ray Datasets callback. The callback starts a
+    DatasetManager actor for every worker group, datasets or not: a process that imports
+    Ray Data (pandas, pyarrow) while the workers start. Each rank streams its own shards
+    (gan_dist.data.stream) and passes no datasets."""
+
+    def _create_default_callbacks(self):
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, DatasetsCallback)]
 
 
 @contextmanager
