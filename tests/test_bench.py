@@ -29,6 +29,10 @@ def test_quick_bench_reports_every_figure(cli, tmp_path):
         assert isinstance(result["pass"][key], bool) and key in res.stdout  # and in the table
     assert result["mode"] == "quick" and result["machine"]["cores"] >= 1 and result["machine"]["torch"]
     assert result["details"]["ray"]["samples_per_second"]["2w"]
+    # Start-up: the default command, in a process of its own, to its first step on its local Ray.
+    startup = result["details"]["startup"]
+    assert startup["command"].startswith("gan-dist train ") and startup["world_size"] >= 1
+    assert 0 < result["startup_seconds"] < startup["seconds"]
 
 
 def test_gpu_comparison_runs_on_cpu_without_ray(cli, tmp_path):

@@ -139,44 +139,60 @@ def measure(what: str, run, *args) -> dict:
 
 def cpu_figures(sizes: Sizes) -> tuple[dict, dict, dict]:
     with tempfile.TemporaryDirectory(prefix="gan-dist-bench-") as tmp:
-        # Ray first: startup_seconds counts from this command's start.
-        ray_part = measure("Ray runs: start-up, scaling, checkpoint stall", ray_figures, sizes, Path(tmp))
+        startup = measure("start-up of gan-dist train, in a process of its own", startup_figure, Path(tmp))
+        ray_part = measure("Ray runs: scaling, checkpoint stall", ray_figures, sizes, Path(tmp))
         over = measure("overhead and monitoring, in this process", overhead_figures, sizes, Path(tmp))
         data = measure("data loader against the step", data_figures, sizes, Path(tmp))
     figures = {
         "overhead_ratio": over["overhead_ratio"],
         "scaling_2w": ray_part["scaling_2w"],
-        "startup_seconds": ray_part["startup_seconds"],
+        "startup_seconds": startup["startup_seconds"],
         "data_vs_step_ratio": data["data_vs_step_ratio"],
         "checkpoint_stall_fraction": ray_part["checkpoint_stall"]["checkpoint_stall_fraction"],
         "monitor_overhead": over["monitor_overhead"],
     }
-    return figures, GOALS, {"ray": ray_part, "overhead": over, "data": data, "sizes": asdict(sizes)}
+    return figures, GOALS, {"startup": startup, "ray": ray_part, "overhead": over, "data": data,
+                            "sizes": asdict(sizes)}
+
+
+# The command a user types first, but for its length: the default recipe and workers on the
+# local Ray it starts itself; two steps, a small evaluation.
+STARTUP_COMMAND = ("train", "--max-steps", "2", "--set", "train.log_every=1", "--set", "eval.num_samples=256")
+
+
+def startup_figure(tmp: Path) -> dict:
+    """startup_seconds: from the start of a `gan-dist train` process to its first step (the
+    first rank's, as its run records it): Python and imports, a local Ray, the worker group."""
+    import subprocess
+
+    args = [sys.executable, "-m", "gan_dist", *STARTUP_COMMAND, "--storage", str(tmp), "--name", "startup"]
+    started = time.time()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise RuntimeError(f"the start-up run failed (exit {done.returncode})")
+    summary = json.loads((tmp / "startup" / "summary.json").read_text())
+    return {"startup_seconds": summary["sessions"][0]["first_step_at"] - started,
+            "command": "gan-dist " + " ".join(STARTUP_COMMAND), "world_size": summary["world_size"]}
 
 
 def ray_figures(sizes: Sizes, tmp: Path) -> dict:
     """On one local Ray (a 2-CPU head), through `gan-dist train`: runs of 1 and 2 workers
     with asynchronous checkpoints, taking turns, then one of 2 workers with synchronous
-    ones. startup_seconds is this command's start to the first run's first step;
-    scaling_2w the median per-pair ratio of samples/s (each run's median over its log
-    intervals but the first, which holds the start); the checkpoint stall compares the
+    ones. scaling_2w is the median per-pair ratio of samples/s (each run's median over its
+    log intervals but the first, which holds the start); the checkpoint stall compares the
     first 2-worker run with the synchronous one."""
-    import psutil
-
     from gan_dist.bench import fault
     from gan_dist.integrations.ray import local_cluster
 
-    command_started = psutil.Process().create_time()
     runs: dict[int, list[dict]] = {1: [], 2: []}
     with local_cluster(nodes=0, head_cpus=2) as address:
         for r in range(sizes.ray_repeats):
             for workers in (1, 2) if r % 2 == 0 else (2, 1):
                 runs[workers].append(ray_run(address, tmp, f"async-{workers}w-{r}", workers, sizes))
         full = ray_run(address, tmp, "sync-2w", 2, sizes, *fault.SYNC)
-    first = runs[1][0]["sessions"][0]
     rates = {w: [interval_rate(tmp / run["name"]) for run in group] for w, group in runs.items()}
     return {
-        "startup_seconds": first["first_step_at"] - command_started,
         "scaling_2w": statistics.median(two / one for one, two in zip(rates[1], rates[2])),
         "samples_per_second": {f"{w}w": v for w, v in rates.items()},
         "recipe": f"{' '.join(sizes.ray_recipe)}, {sizes.ray_batch_per_worker} samples per worker and step, "
