@@ -105,7 +105,7 @@ def cmd_train(args) -> int:
     session = None
     try:
         if cfg.run.use_ray and cfg.run.address:
-            session = _ray_session(cfg.run.address, {})
+            session = _ray_session(cfg.run.address, {}, dashboard=False)
             resources = session.resources()
         else:
             resources = local_resources()
@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
             return 0
 
         if cfg.run.use_ray and session is None:
-            session = _ray_session("", resources)
+            session = _ray_session("", resources, dashboard=cfg.run.ray_dashboard)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", cfg.to_yaml().encode())
         return run(cfg, run_dir, placement, session)
@@ -157,10 +157,10 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _ray_session(address: str, resources: dict):
+def _ray_session(address: str, resources: dict, dashboard: bool):
     from gan_dist.integrations.ray import RaySession
 
-    return RaySession(address, resources)
+    return RaySession(address, resources, dashboard)
 
 
 def run(cfg: Config, run_dir: Path, placement, session) -> int:

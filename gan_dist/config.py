@@ -249,6 +249,9 @@ class RunConfig:
     use_ray: bool = True
     # Worker-group restarts Ray Train may make before the run fails.
     max_failures: int = 3
+    # With a local Ray (no address): also start Ray's dashboard, http://127.0.0.1:8265 (a dozen
+    # more processes starting beside the workers).
+    ray_dashboard: bool = False
 
     def validate(self) -> None:
         _require(self.name == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,

@@ -28,8 +28,10 @@ def test_run_completes(first_run):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "completed: 200 steps" in result.stdout
     assert "step 100/200" in result.stdout  # a progress line per log interval when not on a terminal
-    # The local Ray starts no preemption watcher (Ray logs an error line naming it when it does).
-    assert "PreemptionWatcher" not in result.stdout + result.stderr
+    # The local Ray starts no preemption watcher (Ray logs an error line naming it when it does)
+    # and no dashboard (Ray's placement group cleaner would log that it cannot reach it).
+    output = result.stdout + result.stderr
+    assert "PreemptionWatcher" not in output and "PlacementGroupCleaner" not in output
 
 
 def test_replicas_identical_on_every_rank(first_run):
@@ -79,16 +81,19 @@ def test_same_name_finds_the_run_and_resumes(first_run, cache_dir):
 
 def test_the_trainer_starts_no_dataset_manager():
     """Ray Train's datasets callback (a DatasetManager actor importing Ray Data) is left
-    out; every other default callback stays. The runs above show the workers need it not."""
+    out, and on a local Ray the placement group cleaner; every other default callback
+    stays. The runs above show the workers need neither."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from gan_dist.integrations.ray import _Trainer, _train_fn
 
-    def names(cls):
-        trainer = cls(_train_fn, train_loop_config={}, scaling_config=ScalingConfig(num_workers=1))
+    def names(cls, **local):
+        trainer = cls(_train_fn, train_loop_config={}, scaling_config=ScalingConfig(num_workers=1), **local)
         return [type(c).__name__ for c in trainer._create_default_callbacks()]
 
     ray_default = names(TorchTrainer)
-    assert "DatasetsCallback" in ray_default  # what is left out exists in this Ray
-    assert names(_Trainer) == [n for n in ray_default if n != "DatasetsCallback"]
+    left_out = {"DatasetsCallback", "PlacementGroupCleanerCallback"}
+    assert left_out <= set(ray_default)  # what is left out exists in this Ray
+    assert names(_Trainer, local=False) == [n for n in ray_default if n != "DatasetsCallback"]
+    assert names(_Trainer, local=True) == [n for n in ray_default if n not in left_out]

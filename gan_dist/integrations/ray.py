@@ -25,6 +25,7 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
 from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from ray.train.v2.api.report_config import CheckpointUploadMode
@@ -177,7 +178,9 @@ def local_cluster(nodes: int, cpus_per_node: int = 1, head_cpus: int = 0) -> Ite
 class RaySession:
     """A connection to Ray (a local one started here, or a cluster at `address`)."""
 
-    def __init__(self, address: str, local_resources: dict[str, float]):
+    def __init__(self, address: str, local_resources: dict[str, float], dashboard: bool = False):
+        """Join the cluster at `address`, or start a local Ray with `local_resources` (and
+        Ray's dashboard if `dashboard`)."""
         self.address = address
         kwargs = dict(logging_level=logging.WARNING, log_to_driver=True)
         if address:
@@ -188,7 +191,7 @@ class RaySession:
             # address="local": a new Ray here, even if `ray start` left a cluster on this machine
             # (ray.init() with no address would join it, and then reject num_cpus).
             ray.init(address="local", num_cpus=int(local_resources["CPU"]), num_gpus=int(local_resources["GPU"]),
-                     **kwargs)
+                     include_dashboard=dashboard, **kwargs)
 
     def resources(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}
@@ -213,6 +216,7 @@ class RaySession:
         (run_dir / RAY_CHECKPOINT_RECORD).unlink(missing_ok=True)
         trainer = _Trainer(
             _train_fn,
+            local=not self.address,
             train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "hub": hub},
             scaling_config=ScalingConfig(
                 num_workers=placement.workers,
@@ -241,13 +245,22 @@ class RaySession:
 
 
 class _Trainer(TorchTrainer):
-    """Ray Train's TorchTrainer without its Ray Datasets callback. The callback starts a
-    DatasetManager actor for every worker group, datasets or not: a process that imports
-    Ray Data (pandas, pyarrow) while the workers start. Each rank streams its own shards
-    (gan_dist.data.stream) and passes no datasets."""
+    """Ray Train's TorchTrainer without the callbacks that start processes we do not need,
+    each one more Python process importing Ray while the workers start:
+    - the Ray Datasets callback, always: it starts a DatasetManager actor for every worker
+      group, datasets or not, and that imports Ray Data (pandas, pyarrow). Each rank
+      streams its own shards (gan_dist.data.stream) and passes no datasets;
+    - with `local` (the Ray this command started, which ends with it), the placement group
+      cleaner: an actor that removes the worker group's placement group should the
+      controller die without doing so, asking Ray's state API (the dashboard) every second."""
+
+    def __init__(self, *args, local: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.local = local
 
     def _create_default_callbacks(self):
-        return [c for c in super()._create_default_callbacks() if not isinstance(c, DatasetsCallback)]
+        unwanted = (DatasetsCallback, PlacementGroupCleanerCallback) if self.local else (DatasetsCallback,)
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, unwanted)]
 
 
 @contextmanager
