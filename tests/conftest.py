@@ -51,3 +51,18 @@ def join_gloo_group(rank: int, world_size: int, store: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1")
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+
+
+def leave_gloo_group() -> None:
+    """End a spawned rank: leave the group and exit at once, skipping the interpreter's
+    finalization. gloo's worker threads free their finished work objects on their own time,
+    and freeing one takes the GIL (torch's saved thread-local state holds a Python object);
+    during finalization that aborts the process ("terminate called without an active
+    exception", SIGABRT: seen in a core dump, 2026-11-23). Everything a rank reports is
+    written to files before this."""
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -14,7 +14,7 @@ from gan_dist.config import resolve
 
 
 def _worker(rank: int, world_size: int, out: str, cache: str) -> None:
-    from conftest import join_gloo_group
+    from conftest import join_gloo_group, leave_gloo_group
 
     os.environ["GAN_DIST_CACHE"] = cache
     join_gloo_group(rank, world_size, str(Path(out) / "gloo-store"))
@@ -75,7 +75,7 @@ def _worker(rank: int, world_size: int, out: str, cache: str) -> None:
         "z_first": torch.randn(2, generator=st.noise).tolist(),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
-    torch.distributed.destroy_process_group()
+    leave_gloo_group()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_nonfinite_update_is_skipped_on_every_rank_and_counted(gloo_results):
 def _rollback_worker(rank: int, world_size: int, out: str, cache: str) -> None:
     """Both ranks run the whole loop on a run that collapses by construction (lr_g 1e-7) with
     the rollback policy: they must roll back together, twice, then stop together."""
-    from conftest import join_gloo_group
+    from conftest import join_gloo_group, leave_gloo_group
 
     os.environ["GAN_DIST_CACHE"] = cache
     join_gloo_group(rank, world_size, str(Path(out) / "gloo-store"))
@@ -135,7 +135,7 @@ def _rollback_worker(rank: int, world_size: int, out: str, cache: str) -> None:
     if rank == 0:
         Path(out, "result.json").write_text(json.dumps(
             {k: result[k] for k in ("steps", "rollbacks", "stopped_by", "rank_fingerprints", "alerts")}))
-    torch.distributed.destroy_process_group()
+    leave_gloo_group()
 
 
 def test_ranks_roll_back_and_stop_together(tmp_path, cache_dir):
