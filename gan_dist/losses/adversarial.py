@@ -71,7 +71,8 @@ ADVERSARIAL_LOSSES: dict[str, AdversarialLoss] = {
 
 @torch.no_grad()
 def d_stats(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
-    """Cheap per-step signals of the game's balance (no host sync: tensors stay on device)."""
+    """Cheap per-step signals of the game's balance (no host sync: tensors stay on device).
+    `d_output_gap`, d_real - d_fake, is taken from the interval's means (trainer.loop.Meter)."""
     d_real, d_fake = real_logits.mean(), fake_logits.mean()
     return {
         "d_real": d_real,
@@ -80,5 +81,4 @@ def d_stats(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
         # 0 is used throughout so the metric means the same across losses.
         "d_acc_real": (real_logits > 0).mean(dtype=torch.float32),
         "d_acc_fake": (fake_logits < 0).mean(dtype=torch.float32),
-        "d_output_gap": d_real - d_fake,
     }

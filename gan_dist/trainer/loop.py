@@ -56,31 +56,47 @@ class Reporter(Protocol):
     def finished(self, result: dict) -> None: ...
 
 
+FOLD_EVERY = 64  # steps whose statistics the Meter holds before summing them
+
+
 @dataclass
 class Meter:
-    """Sums per-step statistics on the device; read once per interval."""
+    """Sums per-step statistics on the device; read once per interval.
 
-    # A step's statistics stacked into one tensor, summed per set of names (one kernel a step).
-    sums: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
-    count: int = 0
+    A step only hands over its scalars; every `FOLD_EVERY` steps, and at the
+    flush, each statistic's scalars are stacked and summed: a few kernels per
+    64 steps instead of a stack and an add every step (on a CPU each costs
+    about as much as a small layer). A statistic's mean is over the steps that
+    had it (R1 runs on some steps only)."""
+
+    pending: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    count: int = 0  # steps
     since: float = field(default_factory=time.perf_counter)
 
     def add(self, stats: dict[str, torch.Tensor]) -> None:
-        names, values = tuple(stats), torch.stack(list(stats.values()))
-        if names in self.sums:
-            self.sums[names] += values
-        else:
-            self.sums[names] = values
+        self.pending.append(stats)
         self.count += 1
+        if len(self.pending) >= FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        names = dict.fromkeys(name for stats in self.pending for name in stats)
+        for name in names:
+            values = [stats[name] for stats in self.pending if name in stats]
+            total = torch.stack(values).sum(0)
+            self.sums[name] = self.sums[name] + total if name in self.sums else total
+            self.counts[name] = self.counts.get(name, 0) + len(values)
+        self.pending = []
 
     def flush(self) -> tuple[dict[str, torch.Tensor], float]:
-        totals: dict[str, torch.Tensor] = {}
-        for names, values in self.sums.items():
-            for name, value in zip(names, values.unbind()):
-                totals[name] = totals[name] + value if name in totals else value
-        means = {name: total / self.count for name, total in totals.items()}
+        self.fold()
+        means = {name: total / self.counts[name] for name, total in self.sums.items()}
+        if "d_real" in means:  # the mean of a difference is the difference of the means
+            means["d_output_gap"] = means["d_real"] - means["d_fake"]
         seconds = time.perf_counter() - self.since
-        self.sums, self.count, self.since = {}, 0, time.perf_counter()
+        self.sums, self.counts, self.count, self.since = {}, {}, 0, time.perf_counter()
         return means, seconds
 
 
