@@ -49,6 +49,13 @@ class Runtime:
     def is_main_process(self) -> bool:
         return self.accelerator.is_main_process
 
+    @cached_property
+    def host_reads_are_free(self) -> bool:
+        """On a CPU a tensor's value is already on the host: reading it waits for no device queue
+        (and costs less than the kernels that would avoid it). Tests set it False to run the
+        GPU's decisions on a CPU."""
+        return self.device.type == "cpu"
+
     def print0(self, *args, **kwargs) -> None:
         if self.is_main_process:
             print(*args, flush=True, **kwargs)

@@ -41,14 +41,17 @@ def no_host_sync(monkeypatch):
     return Guard()
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_nonfinite_update_is_skipped_and_counted(fused, no_host_sync):
+@pytest.mark.parametrize("fused,on_host", [(True, False), (False, False), (True, True), (False, True)])
+def test_nonfinite_update_is_skipped_and_counted(fused, on_host, no_host_sync):
+    """Decided on the device as on a GPU (on_host False), or by one read on a CPU."""
     st, rt, ctx = ring8_state(f"train.fused_adam={str(fused).lower()}")
+    assert rt.host_reads_are_free
+    rt.host_reads_are_free = on_host
     real = {"x": torch.rand(32, 2), "y": None}
     train_step(st, rt, ctx, lambda: real)
     d_before, opt_before = fingerprint(st.D), [v.clone() for v in st.opt_D.state[st.D.net[0].weight].values()]
     poisoned = {"x": real["x"] * float("nan"), "y": None}
-    if fused:  # decided on the device: no host sync anywhere in the step
+    if fused and not on_host:  # decided on the device: no host sync anywhere in the step
         with no_host_sync:
             train_step(st, rt, ctx, lambda: poisoned)
     else:
@@ -146,3 +149,20 @@ def test_the_configured_thread_count_holds_on_a_launched_rank(tmp_path):
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1"]
+
+
+def test_the_meter_averages_each_statistic_over_the_steps_that_had_it():
+    from gan_dist.trainer.loop import FOLD_EVERY, Meter
+
+    meter = Meter()
+    steps = 2 * FOLD_EVERY + 22  # two folds and a remainder
+    for step in range(steps):
+        stats = {"loss_d": torch.tensor(float(step)), "d_real": torch.tensor(2.0), "d_fake": torch.tensor(0.5)}
+        if step % 4 == 0:  # lazy R1
+            stats["r1_penalty"] = torch.tensor(8.0)
+        meter.add(stats)
+    means, _ = meter.flush()
+    assert means["loss_d"].item() == pytest.approx((steps - 1) / 2)
+    assert means["r1_penalty"].item() == 8.0  # not diluted by the steps without R1
+    assert means["d_output_gap"].item() == 1.5
+    assert meter.count == 0 and not meter.pending and meter.flush()[0] == {}

@@ -14,6 +14,7 @@ so that every D weight joins the all-reduce.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -154,7 +155,15 @@ def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, loss: Tenso
     if not ctx.skip_nonfinite:
         opt.step()
         return
-    # After the all-reduce every rank holds the same gradients, so every rank reaches the
+    if rt.host_reads_are_free:
+        # On a CPU one read decides (every rank reads the same all-reduced norm), and a finite
+        # update, nearly every one, costs nothing more.
+        if math.isfinite(norm.item()):
+            opt.step()
+        else:
+            st.nonfinite += 1
+        return
+    # On a GPU: after the all-reduce every rank holds the same gradients, so every rank reaches the
     # same decision here without further communication. Decided and counted on the device
     # (with the fused Adam; an unfused one needs a host sync).
     nonfinite = ~torch.isfinite(norm)
