@@ -33,6 +33,7 @@ def test_quick_bench_reports_every_figure(cli, tmp_path):
     startup = result["details"]["startup"]
     assert startup["command"].startswith("gan-dist train ") and startup["world_size"] >= 1
     assert 0 < result["startup_seconds"] < startup["seconds"]
+    assert startup["runs"] == [result["startup_seconds"]]  # --quick: one run; the full bench takes 3
 
 
 def test_gpu_comparison_runs_on_cpu_without_ray(cli, tmp_path):

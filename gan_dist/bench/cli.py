@@ -51,6 +51,7 @@ class Sizes:
 
     overhead_blocks: int  # log intervals of each of the three in-process runs
     overhead_log_every: int  # 0: the recipe's (250)
+    startup_repeats: int  # start-up runs; the figure is their median
     ray_steps: int  # per Ray run
     ray_every: int  # log and checkpoint interval of the Ray runs
     ray_repeats: int  # pairs of (1 worker, 2 workers) runs
@@ -65,10 +66,10 @@ class Sizes:
 
 # The Ray runs: DCGAN-digits at 64 channels (1.6 M weights), 16 images per worker and step. The
 # quick runs take ring8 instead, whose evaluation needs no image classifier trained first.
-FULL = Sizes(overhead_blocks=8, overhead_log_every=0, ray_steps=200, ray_every=20, ray_repeats=2,
+FULL = Sizes(overhead_blocks=8, overhead_log_every=0, startup_repeats=3, ray_steps=200, ray_every=20, ray_repeats=2,
              ray_recipe=("dcgan-digits", "model.channels=64"), ray_batch_per_worker=16,
              data_batches=100, data_repeats=5, dcgan_steps=5, gpu_rounds=5, gpu_segment=0)
-QUICK = Sizes(overhead_blocks=3, overhead_log_every=10, ray_steps=30, ray_every=10, ray_repeats=1,
+QUICK = Sizes(overhead_blocks=3, overhead_log_every=10, startup_repeats=1, ray_steps=30, ray_every=10, ray_repeats=1,
               ray_recipe=("ring8",), ray_batch_per_worker=256,
               data_batches=5, data_repeats=1, dcgan_steps=1, gpu_rounds=1, gpu_segment=2)
 
@@ -139,7 +140,7 @@ def measure(what: str, run, *args) -> dict:
 
 def cpu_figures(sizes: Sizes) -> tuple[dict, dict, dict]:
     with tempfile.TemporaryDirectory(prefix="gan-dist-bench-") as tmp:
-        startup = measure("start-up of gan-dist train, in a process of its own", startup_figure, Path(tmp))
+        startup = measure("start-up of gan-dist train, in processes of their own", startup_figure, sizes, Path(tmp))
         ray_part = measure("Ray runs: scaling, checkpoint stall", ray_figures, sizes, Path(tmp))
         over = measure("overhead and monitoring, in this process", overhead_figures, sizes, Path(tmp))
         data = measure("data loader against the step", data_figures, sizes, Path(tmp))
@@ -160,20 +161,27 @@ def cpu_figures(sizes: Sizes) -> tuple[dict, dict, dict]:
 STARTUP_COMMAND = ("train", "--max-steps", "2", "--set", "train.log_every=1", "--set", "eval.num_samples=256")
 
 
-def startup_figure(tmp: Path) -> dict:
+def startup_figure(sizes: Sizes, tmp: Path) -> dict:
     """startup_seconds: from the start of a `gan-dist train` process to its first step (the
-    first rank's, as its run records it): Python and imports, a local Ray, the worker group."""
+    first rank's, as its run records it): Python and imports, a local Ray, the worker group.
+    The median of `sizes.startup_repeats` runs, one after another: one run on this machine
+    varies by seconds."""
     import subprocess
 
-    args = [sys.executable, "-m", "gan_dist", *STARTUP_COMMAND, "--storage", str(tmp), "--name", "startup"]
-    started = time.time()
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-        raise RuntimeError(f"the start-up run failed (exit {done.returncode})")
-    summary = json.loads((tmp / "startup" / "summary.json").read_text())
-    return {"startup_seconds": summary["sessions"][0]["first_step_at"] - started,
-            "command": "gan-dist " + " ".join(STARTUP_COMMAND), "world_size": summary["world_size"]}
+    runs, world_size = [], 0
+    for r in range(sizes.startup_repeats):
+        name = f"startup-{r}"
+        args = [sys.executable, "-m", "gan_dist", *STARTUP_COMMAND, "--storage", str(tmp), "--name", name]
+        started = time.time()
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+            raise RuntimeError(f"the start-up run failed (exit {done.returncode})")
+        summary = json.loads((tmp / name / "summary.json").read_text())
+        runs.append(summary["sessions"][0]["first_step_at"] - started)
+        world_size = summary["world_size"]
+    return {"startup_seconds": statistics.median(runs), "runs": runs,
+            "command": "gan-dist " + " ".join(STARTUP_COMMAND), "world_size": world_size}
 
 
 def ray_figures(sizes: Sizes, tmp: Path) -> dict:
