@@ -72,7 +72,7 @@ ADVERSARIAL_LOSSES: dict[str, AdversarialLoss] = {
 @torch.no_grad()
 def d_stats(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
     """Cheap per-step signals of the game's balance (no host sync: tensors stay on device).
-    `d_output_gap`, d_real - d_fake, is taken from the interval's means (trainer.loop.Meter)."""
+    `d_output_gap` comes from the interval's means (`d_interval_stats`)."""
     d_real, d_fake = real_logits.mean(), fake_logits.mean()
     return {
         "d_real": d_real,
@@ -82,3 +82,9 @@ def d_stats(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
         "d_acc_real": (real_logits > 0).mean(dtype=torch.float32),
         "d_acc_fake": (fake_logits < 0).mean(dtype=torch.float32),
     }
+
+
+def d_interval_stats(means: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What a log interval's means of `d_stats` give without a kernel a step: d_output_gap,
+    d_real - d_fake (the mean of a difference is the difference of the means)."""
+    return {"d_output_gap": means["d_real"] - means["d_fake"]} if "d_real" in means else {}

@@ -27,6 +27,7 @@ from gan_dist.data.builtin import Mixture2D
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 from gan_dist.evaluate import evaluate_generator, generate
+from gan_dist.losses import d_interval_stats
 from gan_dist.monitor.monitor import Action, build_monitor
 from gan_dist.plan import data_shape, make_plan
 from gan_dist.runtime import Runtime, init_runtime, rng_state, set_rng_state
@@ -93,8 +94,6 @@ class Meter:
     def flush(self) -> tuple[dict[str, torch.Tensor], float]:
         self.fold()
         means = {name: total / self.counts[name] for name, total in self.sums.items()}
-        if "d_real" in means:  # the mean of a difference is the difference of the means
-            means["d_output_gap"] = means["d_real"] - means["d_fake"]
         seconds = time.perf_counter() - self.since
         self.sums, self.counts, self.count, self.since = {}, {}, 0, time.perf_counter()
         return means, seconds
@@ -262,6 +261,7 @@ class Worker:
         read the row one step later (`finish_log`)."""
         steps = meter.count
         means, seconds = meter.flush()
+        means.update(d_interval_stats(means))
         means.update(self.monitor.signals(self.probe(self.monitor.probe_size), self.last_real))
         names = sorted(means)
         device = self.rt.device
