@@ -34,10 +34,12 @@ from typing import Iterator
 
 import torch
 
+from gan_dist import __version__
+
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint that is incomplete, corrupt, or unsafe to load."""
 
 
@@ -46,8 +48,6 @@ def step_dir_name(step: int) -> str:
 
 
 def versions() -> dict:
-    from gan_dist import __version__
-
     return {"gan_dist": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -209,8 +209,8 @@ class LocalSink:
     # The commit renames after a barrier of the process group: the training thread's job.
     commits_in_background = False
 
-    def __init__(self, run_dir: Path, train_cfg):
-        self.run_dir, self.train_cfg = run_dir, train_cfg
+    def __init__(self, run_dir: Path, checkpoint_cfg):
+        self.run_dir, self.policy = run_dir, checkpoint_cfg
         self.fallbacks = 0
 
     @contextmanager
@@ -235,6 +235,6 @@ class LocalSink:
             if final.exists():
                 shutil.rmtree(final)
             folder.rename(final)
-            cfg = self.train_cfg
-            prune(self.run_dir, cfg.keep_checkpoints, cfg.keep_best_metric, cfg.keep_best_mode)
+            policy = self.policy
+            prune(self.run_dir, policy.keep, policy.keep_best_metric, policy.keep_best_mode)
         rt.barrier()

@@ -9,12 +9,15 @@ on one line and exit 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
+import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -76,6 +79,7 @@ class ModelConfig:
     num_classes: int = 0
 
     def validate(self) -> None:
+        # Deferred on purpose: the registries import torch, which `gan-dist --help` does not need.
         from gan_dist.models import ARCHITECTURES, ACTIVATIONS
 
         _require(self.arch in ARCHITECTURES, "model.arch",
@@ -111,6 +115,7 @@ class LossConfig:
     class_weight: float = 0.0
 
     def validate(self) -> None:
+        # Deferred on purpose: the registries import torch, which `gan-dist --help` does not need.
         from gan_dist.losses import ADVERSARIAL_LOSSES, AUGMENTATIONS
 
         _require(self.kind in ADVERSARIAL_LOSSES, "loss.kind",
@@ -180,27 +185,58 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 25000
+    # Steps between history rows (the statistics reduced over ranks, the detectors' input).
     log_every: int = 250
+    # Steps between sample grids (samples/step-NNNNNN.png) from G_ema on fixed noise.
     sample_every: int = 5000
-    checkpoint_every: int = 5000
-    # Also save when this many minutes passed since the last save (0: off); checked at log intervals.
-    checkpoint_every_minutes: float = 0.0
-    keep_checkpoints: int = 2
-    # Besides the last `keep_checkpoints`, keep the best checkpoint by this metric (a key of
-    # the checkpoint metrics: eval metrics such as high_quality_fraction, or logged values such
-    # as loss_g); "" keeps only the last ones.
-    keep_best_metric: str = ""
-    keep_best_mode: str = "max"
-    # Upload checkpoints in the background (Ray): the step loop waits only for the snapshot.
-    async_checkpoint: bool = True
-    # Threads per worker for torch on CPU; 0 leaves torch's default.
-    torch_threads: int = 1
     # "no", "bf16" (CPU and GPU), "fp16" (GPU, with a gradient scaler), or "auto": bf16 on
     # GPUs that have it, else no.
     mixed_precision: str = "no"
     # Skip an update whose loss or gradients are not finite (on every rank alike) and count it.
     skip_nonfinite: bool = True
-    # Fast paths; the defaults are right on CPU and GPU.
+
+    def validate(self) -> None:
+        _require(self.max_steps > 0, "train.max_steps", f"must be > 0, got {self.max_steps}")
+        for key in ("log_every", "sample_every"):
+            value = getattr(self, key)
+            _require(value > 0, f"train.{key}", f"must be > 0, got {value}")
+        _require(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision",
+                 f"must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
+
+
+@dataclass
+class CheckpointConfig:
+    # Steps between checkpoints; the last step and a preemption always save.
+    every: int = 5000
+    # Also save when this many minutes passed since the last save (0: off); checked at log intervals.
+    every_minutes: float = 0.0
+    # Checkpoints kept besides the best one and the newest healthy one (see checkpoint.prune).
+    keep: int = 2
+    # Besides the last `keep`, keep the best checkpoint by this metric (a key of the checkpoint
+    # metrics: eval metrics such as high_quality_fraction, or logged values such as loss_g);
+    # "" keeps only the last ones.
+    keep_best_metric: str = ""
+    # Whether the best checkpoint has the highest ("max") or the lowest ("min") value.
+    keep_best_mode: str = "max"
+    # Upload checkpoints in the background (Ray): the step loop waits only for the snapshot.
+    async_upload: bool = True
+
+    def validate(self) -> None:
+        for key in ("every", "keep"):
+            value = getattr(self, key)
+            _require(value > 0, f"checkpoint.{key}", f"must be > 0, got {value}")
+        _require(self.every_minutes >= 0, "checkpoint.every_minutes", f"must be >= 0, got {self.every_minutes}")
+        _require(self.keep_best_mode in ("min", "max"), "checkpoint.keep_best_mode",
+                 f"must be min or max, got {self.keep_best_mode!r}")
+
+
+@dataclass
+class PerfConfig:
+    """Performance switches: none changes what is computed, only how fast (the defaults are
+    right on CPU and GPU)."""
+
+    # Threads per worker for torch on CPU; 0 leaves torch's default.
+    torch_threads: int = 1
     # Adam's fused kernel: one kernel for all weights, and a non-finite update is skipped on
     # the device (no host sync in the step); false: torch's default Adam.
     fused_adam: bool = True
@@ -215,33 +251,28 @@ class TrainConfig:
     # On GPUs, read each log interval's statistics one step later, so the host never waits
     # for the GPU; the detectors then act one step after the interval they judge.
     async_stats: bool = True
-    # DDP: gradient bucket size, and gradients kept as views into the buckets (no copy, less memory).
+    # DDP: gradient bucket size in MiB.
     ddp_bucket_cap_mb: float = 25.0
+    # DDP: gradients kept as views into the buckets (no copy, less memory).
     gradient_as_bucket_view: bool = True
 
     def validate(self) -> None:
-        _require(self.max_steps > 0, "train.max_steps", f"must be > 0, got {self.max_steps}")
-        for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
-            value = getattr(self, key)
-            _require(value > 0, f"train.{key}", f"must be > 0, got {value}")
-        _require(self.torch_threads >= 0, "train.torch_threads", f"must be >= 0, got {self.torch_threads}")
-        _require(self.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes",
-                 f"must be >= 0, got {self.checkpoint_every_minutes}")
-        _require(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision",
-                 f"must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
-        _require(self.ddp_bucket_cap_mb > 0, "train.ddp_bucket_cap_mb", f"must be > 0, got {self.ddp_bucket_cap_mb}")
-        _require(self.keep_best_mode in ("min", "max"), "train.keep_best_mode",
-                 f"must be min or max, got {self.keep_best_mode!r}")
+        _require(self.torch_threads >= 0, "perf.torch_threads", f"must be >= 0, got {self.torch_threads}")
+        _require(self.ddp_bucket_cap_mb > 0, "perf.ddp_bucket_cap_mb", f"must be > 0, got {self.ddp_bucket_cap_mb}")
 
 
 @dataclass
 class RunConfig:
     # Empty: "<recipe>-<UTC timestamp>". The same name and storage resume a run.
     name: str = ""
+    # The folder holding run directories.
     storage: str = "runs"
-    # 0: one worker per GPU when the cluster has GPUs, else 2.
-    workers: int = 0
+    # Data-parallel workers: a count, or "auto" (one per GPU when the cluster has GPUs, else 2;
+    # one without Ray).
+    workers: str = "auto"
+    # Ray resources each worker reserves.
     cpus_per_worker: float = 1.0
+    # 0 trains on CPUs.
     gpus_per_worker: float = 0.0
     # Empty: start a local Ray; otherwise a Ray address ("auto", "ray://...", "HOST:PORT").
     address: str = ""
@@ -254,15 +285,21 @@ class RunConfig:
     ray_dashboard: bool = False
 
     def validate(self) -> None:
-        _require(self.name == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,
-                 "run.name", f"must be letters, digits, '.', '_' or '-', got {self.name!r}")
+        if self.name:
+            check_run_name(self.name, "run.name")
         _require(bool(self.storage.strip()), "run.storage", "must not be empty")
-        _require(self.workers >= 0, "run.workers", f"must be >= 0, got {self.workers}")
-        _require(self.cpus_per_worker >= 0, "run.cpus_per_worker", f"must be >= 0, got {self.cpus_per_worker}")
+        _require(self.workers == "auto" or (self.workers.isdigit() and int(self.workers) >= 1), "run.workers",
+                 f"must be a count >= 1 or auto, got {self.workers!r}")
+        _require(self.cpus_per_worker > 0, "run.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         _require(self.gpus_per_worker >= 0, "run.gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
         _require(self.max_failures >= -1, "run.max_failures", f"must be >= -1, got {self.max_failures}")
-        _require(self.use_ray or self.workers <= 1, "run.workers",
+        _require(self.use_ray or self.worker_count in (None, 1), "run.workers",
                  f"without Ray a run has one worker, got {self.workers}")
+
+    @property
+    def worker_count(self) -> int | None:
+        """The number of workers asked for; None for auto."""
+        return None if self.workers == "auto" else int(self.workers)
 
 
 @dataclass
@@ -362,22 +399,31 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
     run: RunConfig = field(default_factory=RunConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
-        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _require(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
-        _require(not (self.train.compile and (self.loss.gp_weight or self.loss.r1_gamma)), "train.compile",
+        _require(not (self.perf.compile and (self.loss.gp_weight or self.loss.r1_gamma)), "perf.compile",
                  "cannot be used with gradient penalties (loss.gp_weight, loss.r1_gamma): compiled graphs "
                  "have no double backward")
         _require(not self.loss.class_weight or self.model.arch == "cgan", "loss.class_weight",
                  f"needs a conditional model (model.arch cgan), not {self.model.arch}")
+
+    def run_name(self) -> str:
+        """The run's name: `run.name`, else `<recipe>-<UTC time>`, checked either way (a recipe
+        named `../../x` must not place the run outside its storage)."""
+        name = self.run.name or f"{self.recipe}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        check_run_name(name, "run.name" if self.run.name else f"the run name made from recipe {self.recipe!r}")
+        return name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -390,6 +436,18 @@ class Config:
         cfg = _build(cls, raw, prefix="")
         cfg.validate()
         return cfg
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str, what: str) -> None:
+    """A run name is a folder name inside the storage: no separators, no `..`, at most 128
+    characters."""
+    if not RUN_NAME.fullmatch(name) or ".." in name:
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise ConfigError(f"{what} must be 1-128 letters, digits, '.', '_' or '-' (no '..'), starting with a "
+                          f"letter or digit, got {shown!r}")
 
 
 def _require(ok: bool, key: str, problem: str) -> None:
@@ -428,13 +486,18 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             return int(value)
     elif kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            return number
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -443,6 +506,76 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+
+
+# Keys that moved ------------------------------------------------------------
+
+# Old key -> new key. Stored configs (run directories, checkpoints) written before a move
+# load as if written with the new key; a recipe or --set that uses an old key works with a
+# warning naming the new one.
+MOVED_KEYS = {
+    "train.checkpoint_every": "checkpoint.every",
+    "train.checkpoint_every_minutes": "checkpoint.every_minutes",
+    "train.keep_checkpoints": "checkpoint.keep",
+    "train.keep_best_metric": "checkpoint.keep_best_metric",
+    "train.keep_best_mode": "checkpoint.keep_best_mode",
+    "train.async_checkpoint": "checkpoint.async_upload",
+    **{f"train.{key}": f"perf.{key}" for key in ("torch_threads", "fused_adam", "channels_last", "compile",
+                                                 "prefetch", "async_stats", "ddp_bucket_cap_mb",
+                                                 "gradient_as_bucket_view")},
+}
+
+
+def migrate(raw: dict[str, Any], warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Move the keys of MOVED_KEYS to their new places in a raw config mapping (in place)."""
+    for old, new in MOVED_KEYS.items():
+        old_section, old_key = old.split(".")
+        section = raw.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        new_section, new_key = new.split(".")
+        target = raw.setdefault(new_section, {})
+        if isinstance(target, dict):
+            target.setdefault(new_key, value)
+        if warn is not None:
+            warn(f"{old} is now {new}")
+    return raw
+
+
+# Keys that do nothing for some models or losses ------------------------------
+
+# key -> (does it act for this config, what it needs). A non-default value of a key that does
+# not act is a warning naming it: the user meant something that will not happen.
+INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
+    "model.hidden": (lambda c: c.model.arch == "mlp", "model.arch mlp"),
+    "model.depth": (lambda c: c.model.arch == "mlp", "model.arch mlp"),
+    "model.activation": (lambda c: c.model.arch == "mlp", "model.arch mlp"),
+    "model.channels": (lambda c: c.model.arch != "mlp", "a convolutional model.arch"),
+    "model.spectral_norm": (lambda c: c.model.arch != "mlp", "a convolutional model.arch"),
+    "model.d_batchnorm": (lambda c: c.model.arch != "mlp", "a convolutional model.arch"),
+    "model.sync_batchnorm": (lambda c: c.model.arch != "mlp", "a model with BatchNorm"),
+    "model.sr_scale": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "model.sr_blocks": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "loss.content_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "loss.perceptual_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "loss.perceptual_weights": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "loss.r1_interval": (lambda c: c.loss.r1_gamma > 0, "loss.r1_gamma > 0"),
+    "optim.lr_decay_start": (lambda c: c.optim.lr_decay != "none", "optim.lr_decay linear or cosine"),
+    "checkpoint.keep_best_mode": (lambda c: bool(c.checkpoint.keep_best_metric), "checkpoint.keep_best_metric"),
+}
+
+
+def inert_keys(cfg: "Config") -> list[str]:
+    """Warnings for keys set to a non-default value that have no effect in this config."""
+    default = Config()
+    found = []
+    for key, (acts, needs) in INERT_WHEN.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value != getattr(getattr(default, section), name) and not acts(cfg):
+            found.append(f"{key}={value!r} has no effect: it needs {needs}")
+    return found
 
 
 # Recipes ---------------------------------------------------------------------
@@ -476,12 +609,16 @@ def read_recipe(ref: str) -> tuple[str, dict[str, Any]]:
     return name, raw
 
 
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
+def apply_override(raw: dict[str, Any], assignment: str, warn: Callable[[str], None] | None = None) -> None:
     """Apply one `--set a.b.c=value` to a raw config mapping (value parsed as YAML)."""
     key, sep, text = assignment.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise ConfigError(f"--set expects key=value with a dotted key, got {assignment!r}")
+    if key in MOVED_KEYS:
+        if warn is not None:
+            warn(f"{key} is now {MOVED_KEYS[key]}")
+        key = MOVED_KEYS[key]
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -496,15 +633,23 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def resolve(ref: str | None, overrides: list[str] = ()) -> Config:
-    """Recipe (default ring8) + overrides -> a validated Config."""
+def resolve(ref: str | None, overrides: list[str] = (), warn: Callable[[str], None] | None = None) -> Config:
+    """Recipe (default ring8) + overrides -> a validated Config. Moved and inert keys are
+    reported through `warn` (default: Python warnings)."""
+    warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
     name, raw = read_recipe(ref or "ring8")
     raw.setdefault("recipe", name)
+    migrate(raw, warn)
     for assignment in overrides:
-        apply_override(raw, assignment)
-    return Config.from_dict(raw)
+        apply_override(raw, assignment, warn)
+    cfg = Config.from_dict(raw)
+    for message in inert_keys(cfg):
+        warn(message)
+    return cfg
 
 
 def load_yaml_config(text: str) -> Config:
-    """A resolved config as written to a run directory or a checkpoint."""
-    return Config.from_dict(yaml.safe_load(text))
+    """A resolved config as written to a run directory or a checkpoint (keys that moved since
+    it was written are moved silently)."""
+    raw = yaml.safe_load(text)
+    return Config.from_dict(migrate(raw) if isinstance(raw, dict) else raw)

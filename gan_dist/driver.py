@@ -1,28 +1,32 @@
-"""The driver's side of a run: run directory, placement, progress, summary.
-
-`gan-dist train` comes here after the config is resolved. The driver decides
-where the workers run (Ray, or this process), prepares the run directory,
-shows progress from the run's hub, and writes `summary.json` whatever happens.
+"""The driver's side of a run: `gan-dist train` (and `gan_dist.train`) after the config is
+resolved. It decides where the workers run (Ray, or this process), prints the plan,
+prepares the run directory, shows progress from the run's hub, and writes
+`summary.json` whatever happens; a failure's traceback goes to `<run>/error.log`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
+import time
+import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+from tqdm import tqdm
 
 from gan_dist import checkpoint as ckpt
-from gan_dist.config import Config, ConfigError, load_yaml_config
-from gan_dist.plan import PlanError
-from gan_dist.trainer.loop import last_logged, write_atomic
-
-# Keys that may change when a run is resumed: where and how big it runs, and for how long.
-RESUMABLE_CHANGES = ("run.", "train.max_steps", "metrics.")
+from gan_dist.config import Config
+from gan_dist.data.sources import resolve_source
+from gan_dist.monitor.hub import Hub, RunHub
+from gan_dist.monitor.metrics import TARGETS_FILE
+from gan_dist.plan import PlanError, make_plan
+from gan_dist.results import HubSnapshot, RunResult, RunSummary, WorkerResult, describe
+from gan_dist.rundir import CONFIG_FILE, check_resume, run_directory, write_atomic, write_error_log, write_summary
+from gan_dist.trainer import preempt
+from gan_dist.trainer.loop import train_worker
 
 
 @dataclass
@@ -43,11 +47,11 @@ class Placement:
 
 
 def place(run_cfg, resources: dict[str, float]) -> Placement:
-    """Resolve run.workers=0 (auto) and check the request against what the cluster has."""
+    """Resolve run.workers=auto and check the request against what the cluster has."""
     gpus = resources.get("GPU", 0)
     gpus_per_worker = run_cfg.gpus_per_worker
-    workers = run_cfg.workers
-    if workers == 0:
+    workers = run_cfg.worker_count
+    if workers is None:
         if gpus >= 1 and run_cfg.use_ray:
             workers, gpus_per_worker = int(gpus // (gpus_per_worker or 1)), gpus_per_worker or 1.0
         else:
@@ -70,72 +74,132 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
 
 
-# Run directory -------------------------------------------------------------------
+def _ray_session(address: str, resources: dict, dashboard: bool):
+    # Deferred on purpose: Ray loads only for runs that use it (--no-ray runs, e.g. on a GPU
+    # box without Ray, must not need it).
+    from gan_dist.integrations.ray import RaySession
 
-def run_name(cfg: Config) -> str:
-    return cfg.run.name or f"{cfg.recipe}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-
-
-def run_directory(cfg: Config) -> Path:
-    return Path(cfg.run.storage).expanduser().absolute() / cfg.run.name
+    return RaySession(address, resources, dashboard)
 
 
-def check_resume(cfg: Config, run_dir: Path) -> int | None:
-    """The step a resumed run starts from (None for a new run); a changed config is an error."""
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
-        return None
-    # Through the config classes: keys added since the run started take their defaults.
-    old = _flatten(load_yaml_config(saved.read_text()).to_dict())
-    new = _flatten(cfg.to_dict())
-    for key in sorted(set(old) | set(new)):
-        if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
-            continue
-        raise ConfigError(f"run {cfg.run.name} was started with {key}={old.get(key)!r}, not {new.get(key)!r}; "
-                          f"use another --name for a new run")
-    latest = ckpt.find_latest(run_dir)
-    return int(ckpt.verify(latest)["step"]) if latest else 0
+# A run, from resolved config to summary -------------------------------------------
 
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResult | None:
+    """Validate, plan and (unless `dry_run`) train `cfg`, printing the config, the plan and
+    progress. Bad input raises a ValueError (ConfigError, DataError, PlanError) before anything
+    is written; a failure at run time is recorded in summary.json and error.log and returned."""
+    cfg.run.name = cfg.run_name()
+    # Inside a Ray Job (or with RAY_ADDRESS exported) the run joins that cluster.
+    cfg.run.address = cfg.run.address or os.environ.get("RAY_ADDRESS", "")
+    index = resolve_source(cfg.data.source, cfg.data.cache_dir)
+    session = None
+    try:
+        if cfg.run.use_ray and cfg.run.address:
+            session = _ray_session(cfg.run.address, {}, dashboard=False)
+            resources = session.resources()
         else:
-            out[f"{prefix}{key}"] = value
-    return out
+            resources = local_resources()
+        placement = place(cfg.run, resources)
+        cfg.run.workers, cfg.run.gpus_per_worker = str(placement.workers), placement.gpus_per_worker
+        on_gpu = placement.gpus_per_worker > 0 if cfg.run.use_ray else resources.get("GPU", 0) >= 1
+        if cfg.train.mixed_precision == "fp16" and not on_gpu:
+            raise PlanError("train.mixed_precision=fp16 needs GPU workers (its gradient scaler is a GPU feature; "
+                            "Accelerate would train in fp32): use bf16 or no on CPU")
+        plan = make_plan(cfg, index, placement.workers)
+        run_dir = run_directory(cfg)
+        resume_step = check_resume(cfg, run_dir)
+
+        print(cfg.to_yaml(), end="")
+        print(f"--- plan: {placement.describe()}" + (" on Ray" if cfg.run.use_ray else " in this process"))
+        print("\n".join(plan.lines()))
+        where = f"resuming {run_dir} at step {resume_step}" if resume_step is not None else f"new run {run_dir}"
+        print(f"run directory     {where}", flush=True)
+        if dry_run:
+            print("dry run: config and data are valid; nothing was trained")
+            return None
+
+        if cfg.run.use_ray and session is None:
+            session = _ray_session("", resources, dashboard=cfg.run.ray_dashboard)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
+        return run(cfg, run_dir, placement, session, verbose)
+    finally:
+        if session is not None:
+            session.close()
 
 
-def write_summary(run_dir: Path, summary: dict) -> None:
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=float).encode())
-
-
-def build_summary(status: str, result: dict, hub_snapshot: dict, placement: Placement, wall_seconds: float,
-                  error: str | None = None) -> dict[str, Any]:
-    rows = hub_snapshot.get("rows") or []
-    final = result.get("final") or last_logged(rows)
-    summary = {
-        "status": status,
-        "steps": result.get("steps", rows[-1]["step"] if rows else hub_snapshot.get("start_step", 0)),
-        "world_size": result.get("world_size", hub_snapshot.get("world_size") or placement.workers),
-        "restarts": max(hub_snapshot.get("starts", 1) - 1, 0),
-        "images_per_second": result.get("images_per_second", 0.0),
-        "wall_seconds": wall_seconds,
-        "final": final,
-        "eval": result.get("eval", {}),
-        # The hub's record survives worker restarts (and counts a replayed event once).
-        "alerts": hub_snapshot.get("alerts") or result.get("alerts", []),
-        "rollbacks": result.get("rollbacks", (rows[-1].get("rollbacks", 0) if rows else 0)),
-        "data": result.get("data", {"samples_seen": 0, "corrupt_samples": 0}),
-        "fingerprint": result.get("fingerprint"),
-        "rank_fingerprints": result.get("rank_fingerprints", []),
-        "checkpoints": result.get("checkpoints", {}),
-        "sessions": hub_snapshot.get("sessions", []),
-    }
+def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool = False) -> RunResult:
+    """Train, show progress, and write summary.json whatever happens."""
+    t0 = time.perf_counter()
+    hub: Hub = session.start_hub(cfg.train.max_steps, cfg.metrics.enabled) if session is not None \
+        else RunHub(cfg.train.max_steps, cfg.metrics.enabled)
+    target = hub.serve_metrics(metrics_host(cfg), cfg.metrics.port, str(run_dir),
+                               {"run": cfg.run.name, "recipe": cfg.recipe})
+    if target:
+        print(f"metrics           http://{target}/metrics (Prometheus file-SD: {run_dir / TARGETS_FILE})", flush=True)
+    status, result, error, error_log = "failed", None, None, None
+    try:
+        with ProgressDisplay(hub.snapshot, cfg.train.max_steps):
+            if session is not None:
+                result = session.fit(cfg, run_dir, placement, hub)
+            else:
+                with preempt.sigterm_requests_stop():
+                    result = train_worker(cfg, run_dir, ckpt.LocalSink(run_dir, cfg.checkpoint), hub)
+        status, error = outcome(cfg, result)
+    except KeyboardInterrupt:
+        status, error = "stopped", "interrupted by the user"
+    except Exception as exc:  # a failure at run time: recorded, reported, exit 1
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = f"{type(exc).__name__}: {first}"
+        error_log = write_error_log(run_dir, exc)
+        if verbose:
+            traceback.print_exception(exc, file=sys.stderr)
+    finally:
+        try:
+            snap = hub.snapshot(0)
+        except Exception:  # the hub may be gone with a failed run
+            snap = None
+        summary = RunSummary.build(status, result, snap, placement.workers, time.perf_counter() - t0, error)
+        if error_log is not None:
+            summary.error_log = str(error_log)
+        write_summary(run_dir, summary.to_dict())
+        try:
+            push_error = hub.close(cfg.metrics.pushgateway, cfg.run.name)
+        except Exception as exc:
+            push_error = f"metrics hub: {exc}"
+    print(f"{status}: {summary.steps} steps in {summary.wall_seconds:.1f} s, "
+          f"{summary.images_per_second:,.0f} samples/s, world size {summary.world_size}, "
+          f"restarts {summary.restarts}, alerts {len(summary.alerts)}, rollbacks {summary.rollbacks}")
+    if summary.eval:
+        print("eval: " + describe(summary.eval))
+    if push_error:
+        print(f"gan-dist: warning: {push_error}", file=sys.stderr)
     if error:
-        summary["error" if status == "failed" else "reason"] = error
-    return summary
+        where = f" (traceback in {error_log})" if error_log else ""
+        print(f"gan-dist: run {status}: {error}{where}", file=sys.stderr)
+    print(f"run directory: {run_dir}")
+    return RunResult(run_dir, summary)
+
+
+def outcome(cfg: Config, result: WorkerResult | None) -> tuple[str, str | None]:
+    """The status of a run that returned, and why it ended early if it did."""
+    if result is None:
+        return "failed", "the workers ended without a result"
+    if result.preempted:
+        return "stopped", (f"preempted (SIGTERM): saved at step {result.steps}; "
+                           f"run again with --name {cfg.run.name} to resume")
+    if result.stopped_by:
+        event = result.stopped_by
+        note = f" ({event['note']})" if event.get("note") else ""
+        return "stopped", (f"stopped by the {event['kind']} detector at step {event['step']} (since step "
+                           f"{event['onset_step']}){note}; saved at step {result.steps}")
+    return "completed", None
+
+
+def metrics_host(cfg: Config) -> str:
+    """Where the metrics endpoint listens: as configured, else loopback for a local run and all
+    interfaces when the run joins a cluster (Prometheus scrapes it from elsewhere)."""
+    return cfg.metrics.host or ("0.0.0.0" if cfg.run.address else "127.0.0.1")
 
 
 # Progress ------------------------------------------------------------------------
@@ -143,7 +207,7 @@ def build_summary(status: str, result: dict, hub_snapshot: dict, placement: Plac
 class ProgressDisplay:
     """Polls the hub and shows progress: a bar on a terminal, else a line per log interval."""
 
-    def __init__(self, snapshot: Callable[[int], dict], max_steps: int, interactive: bool | None = None):
+    def __init__(self, snapshot: Callable[[int], HubSnapshot], max_steps: int, interactive: bool | None = None):
         self.snapshot, self.max_steps = snapshot, max_steps
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self._seen = 0
@@ -158,7 +222,10 @@ class ProgressDisplay:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.poll()
+        try:
+            self.poll()
+        except Exception:  # the hub may be gone with a failed run
+            pass
         if self._bar is not None:
             self._bar.close()
 
@@ -171,17 +238,15 @@ class ProgressDisplay:
 
     def poll(self) -> None:
         snap = self.snapshot(self._seen)
-        for row in snap["rows"]:
-            self._show(row, snap["start_step"])
-        self._seen += len(snap["rows"])
+        for row in snap.rows:
+            self._show(row, snap.start_step)
+        self._seen += len(snap.rows)
 
     def _show(self, row: dict, start_step: int) -> None:
         step = row["step"]
         losses = f"loss D {row.get('loss_d', float('nan')):.4f} G {row.get('loss_g', float('nan')):.4f}"
         rate = f"{row['samples_per_second']:,.0f} samples/s"
         if self.interactive:
-            from tqdm import tqdm
-
             if self._bar is None:
                 self._bar = tqdm(total=self.max_steps, initial=start_step, unit="step", dynamic_ncols=True)
             self._bar.update(step - self._bar.n)

@@ -20,6 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_dist.data.sources import cache_root
+from gan_dist.data.stream import RankStream
+from gan_dist.models import TASKS
+from gan_dist.models.srgan import downsample
+
 
 def high_quality_counts(samples: np.ndarray, means: np.ndarray, std: float) -> tuple[np.ndarray, np.ndarray]:
     """Each mode's number of high-quality samples (within 3 std of their nearest mode), and
@@ -91,8 +96,6 @@ class DomainClassifier(nn.Module):
 
 def read_real(index, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """n real samples (and labels) from the start of one seeded pass over the data."""
-    from gan_dist.data.stream import RankStream
-
     batch = min(n, 256)
     stream = RankStream(index, 0, 1, batch, seed, window=64)
     xs, ys = [], []
@@ -109,8 +112,6 @@ CLASSIFIER_VERSION = 2
 
 
 def classifier_cache_path(index) -> Path:
-    from gan_dist.data.sources import cache_root
-
     digest = hashlib.sha256("".join(s.sha256 for s in index.shards).encode()).hexdigest()[:16]
     return cache_root("") / "classifiers" / f"{digest}-v{CLASSIFIER_VERSION}.pt"
 
@@ -267,8 +268,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_super_resolution(G, cfg, index, device) -> dict:
-    from gan_dist.trainer.step import downsample
-
     hr, _ = read_real(index, min(cfg.eval.num_samples, 1000), seed=cfg.seed + 2)
     hr = torch.from_numpy(hr).double()
     scores = {"psnr": [], "ssim": [], "psnr_bicubic": []}
@@ -286,8 +285,6 @@ def evaluate_super_resolution(G, cfg, index, device) -> dict:
 
 def evaluate_generator(G, cfg, index, device) -> dict:
     """The quality metrics that fit the data and the task (see DESIGN's summary.json `eval`)."""
-    from gan_dist.models import TASKS
-
     meta, task = index.meta, TASKS[cfg.model.arch]
     was_training = G.training
     G.eval()

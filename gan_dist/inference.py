@@ -17,6 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from gan_dist import checkpoint as ckpt
 from gan_dist.config import Config, load_yaml_config
+from gan_dist.data.builtin import Mixture2D
+from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import evaluate_generator, generate, generate_images
 from gan_dist.models import TASKS, build_models
 from gan_dist.plan import data_shape
@@ -62,8 +64,6 @@ def sample_png(gen: Generator, n: int, class_label: int | None, seed: int) -> by
     if gen.task == "super_resolution":
         raise ValueError("a super-resolution model upscales an image: give --input LR.png")
     if gen.meta["kind"] == "points":
-        from gan_dist.data.builtin import Mixture2D
-
         fake = generate(gen.G_ema, n, gen.cfg.model.z_dim, seed, "cpu")
         mixture = gen.meta.get("mixture")
         real = Mixture2D.from_meta("data", mixture).sample(1000, np.random.default_rng(seed))[0] if mixture else fake
@@ -96,8 +96,6 @@ def upscale_png(gen: Generator, lr_path: str) -> bytes:
 
 def evaluate_checkpoint(path: str, data: str | None) -> dict:
     """The quality metrics of a checkpoint's G_ema on its data (or on `data`)."""
-    from gan_dist.data.sources import resolve_source
-
     gen = load_generator(path)
     index = resolve_source(data or gen.cfg.data.source, gen.cfg.data.cache_dir)
     if data_shape(index.meta) != data_shape(gen.meta):

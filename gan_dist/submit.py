@@ -14,19 +14,18 @@ This module builds the job and talks to the user; the Ray calls are in the
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import secrets
 import shlex
 import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from gan_dist import __version__
-from gan_dist.config import Config, ConfigError, resolve
-from gan_dist.driver import run_name
+from gan_dist.config import Config, resolve
+from gan_dist.jobspec import JobSpec, SubmitError, first_line
+from gan_dist.train_args import add_train_arguments, train_overrides
 
 # Hosts for which a relative --storage can be made absolute here and still be right on the cluster.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", socket.gethostname())
@@ -34,33 +33,16 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", socket.gethostname())
 RUN_KEY, STORAGE_KEY = "gan_dist_run", "gan_dist_storage"
 
 
-class SubmitError(ConfigError):
-    """Bad input for a submission (arguments, address, token): one line, exit 2."""
-
-
-@dataclass
-class JobSpec:
-    """Everything the Job Submission SDK is told; printed by --dry-run."""
-
-    submission_id: str
-    entrypoint: str
-    runtime_env: dict = field(default_factory=dict)
-    metadata: dict = field(default_factory=dict)
-    entrypoint_num_cpus: float = 0.0
-    entrypoint_num_gpus: float = 0.0
-    entrypoint_resources: dict = field(default_factory=dict)
-
-
 def register(subparsers) -> None:
-    """Add `submit`: train's own arguments (copied, so they cannot drift) plus submission options."""
-    train = subparsers.choices["train"]
-    # A deep copy because conflict resolution edits the inherited actions: submit's --address
-    # (the dashboard URL) replaces train's (a Ray address; the job finds its own in RAY_ADDRESS).
+    """Add `submit`: train's own arguments (train_args, so they cannot drift) plus submission options."""
+    # conflict_handler="resolve": submit's --address (the dashboard URL) replaces train's (a Ray
+    # address; the job finds its own in RAY_ADDRESS), and its --dry-run and --no-ray differ too.
     parser = subparsers.add_parser(
-        "submit", parents=[copy.deepcopy(train)], conflict_handler="resolve", add_help=False,
+        "submit", conflict_handler="resolve",
         help="submit a training run to a Ray cluster as a Ray Job",
         description="Submit `gan-dist train [ARGS]` to a Ray cluster through its Job Submission API, "
                     "follow its logs, and exit with its outcome.")
+    add_train_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="validate the config, print the job, submit nothing")
     parser.add_argument("--no-ray", action="store_true", help=argparse.SUPPRESS)  # always Ray on a cluster
     parser.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", ""),
@@ -95,6 +77,7 @@ def cmd_submit(args) -> int:
     token, token_source = find_token(args.token_file)
     check_reachable(address)
 
+    # Deferred on purpose: `gan-dist submit --dry-run` and --help need no Ray.
     from gan_dist.integrations import ray as ray_jobs
 
     client = ray_jobs.job_client(address, token, token_source)
@@ -151,12 +134,10 @@ def job_config(args, address: str) -> tuple[Config, list[str]]:
     """Resolve the run's config here (bad config fails before anything is sent) and the train argv."""
     if args.no_ray:
         raise SubmitError("--no-ray: a submitted run always trains on the cluster's Ray")
-    from gan_dist.cli import train_overrides
-
     # Submit's --address is the dashboard; the job joins its cluster through RAY_ADDRESS.
     overrides = train_overrides(argparse.Namespace(**{**vars(args), "address": None}))
     cfg = resolve(args.recipe, overrides)
-    cfg.run.name = run_name(cfg)
+    cfg.run.name = cfg.run_name()
     cfg.run.storage = cluster_storage(cfg.run.storage, address)
     # The job gets the generated name and the absolute storage in place of the user's.
     kept = [o for o in overrides if not o.replace(" ", "").startswith(("run.name=", "run.storage="))]
@@ -287,33 +268,3 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
         reason = exc.strerror or type(exc).__name__
         raise SubmitError(f"cannot reach the Ray dashboard at {address} ({reason}); is the head up, and is "
                           f"this its dashboard port (8265 by default)?") from None
-
-
-def first_line(text) -> str:
-    lines = str(text).strip().splitlines()
-    return lines[0].strip() if lines else ""
-
-
-# Inside the job --------------------------------------------------------------------
-
-def job_entrypoint(argv: list[str]) -> int:
-    """`gan-dist train ARGV` as a Ray job's entrypoint (launch/ray_job.py, the RayJob in k8s/).
-
-    A job that Ray or Kubernetes may run again must find its checkpoints: it needs a
-    stable --name and storage every node sees. `gan-dist submit` supplies both; a job
-    submitted some other way is refused here, before any training, if it lacks them.
-    """
-    from gan_dist.cli import build_parser, main, train_overrides
-
-    args = build_parser().parse_args(["train", *argv])
-    try:
-        cfg = resolve(args.recipe, train_overrides(args))
-        if not cfg.run.name:
-            raise SubmitError("a Ray job needs a stable run name (--name RUN) so that a retry resumes it")
-        if "://" not in cfg.run.storage and not Path(cfg.run.storage).is_absolute():
-            raise SubmitError(f"run.storage {cfg.run.storage!r} is relative: a Ray job needs shared storage "
-                              f"that every node sees (--storage /mnt/shared/runs)")
-    except ConfigError as exc:
-        print(f"gan-dist: error: {exc}", file=sys.stderr)
-        return 2
-    return main(["train", *argv])

@@ -11,7 +11,7 @@ entrypoint; see launch/submit-example.sh for the plain `ray job submit` route.
 
 import sys
 
-from gan_dist.submit import job_entrypoint
+from gan_dist.cli import job_entrypoint
 
 if __name__ == "__main__":
     sys.exit(job_entrypoint(sys.argv[1:]))

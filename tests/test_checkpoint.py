@@ -59,7 +59,7 @@ def test_incomplete_checkpoint_is_not_a_checkpoint(tmp_path):
 
 
 TRAIN_DEFAULTS = {"model.hidden": 32, "data.batch_size": 64, "train.log_every": 10,
-                  "train.checkpoint_every": 20, "train.sample_every": 1000}
+                  "checkpoint.every": 20, "train.sample_every": 1000}
 
 
 def _train(storage: Path, name: str, steps: int, **overrides) -> dict:

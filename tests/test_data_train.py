@@ -24,7 +24,7 @@ def test_ray_run_on_corrupt_and_truncated_shards_completes_and_counts(tmp_path, 
     truncate(data / "shard-000007.tar", 0.5)
 
     overrides = [f"data.source={data}", "data.max_corrupt_fraction=0.25", "data.num_workers=1",
-                 "train.log_every=100", "train.sample_every=1000", "train.checkpoint_every=1000",
+                 "train.log_every=100", "train.sample_every=1000", "checkpoint.every=1000",
                  "eval.num_samples=500"]
     res = cli("train", "ring8", "--workers", str(WORKERS), "--max-steps", str(STEPS), "--storage",
               str(tmp_path / "runs"), "--name", "bad-data", *[a for o in overrides for a in ("--set", o)])

@@ -24,12 +24,12 @@ def _worker(rank: int, world_size: int, out: str, cache: str) -> None:
     from gan_dist.checkpoint import LocalSink
     from gan_dist.monitor.hub import RunHub
     from gan_dist.schedule import Phase, Schedule
-    from gan_dist.trainer.loop import Worker
+    from gan_dist.trainer.worker import Worker
     from gan_dist.trainer.state import fingerprint
     from gan_dist.trainer.step import train_step
 
     cfg = resolve("ring8", ["model.hidden=32", "data.batch_size=64", "run.name=gloo"])
-    worker = Worker(cfg, Path(out), LocalSink(Path(out), cfg.train), RunHub(10))
+    worker = Worker(cfg, Path(out), LocalSink(Path(out), cfg.checkpoint), RunHub(10))
     st, rt = worker.st, worker.rt
     calls = {"D": 0, "G": 0}
 
@@ -128,13 +128,13 @@ def _rollback_worker(rank: int, world_size: int, out: str, cache: str) -> None:
     from gan_dist.trainer.loop import train_worker
 
     cfg = resolve("ring8", ["model.hidden=32", "data.batch_size=128", "run.name=rb", "train.log_every=50",
-                            "train.checkpoint_every=100", "optim.lr_g=1e-7", "monitor.warmup_steps=200",
+                            "checkpoint.every=100", "optim.lr_g=1e-7", "monitor.warmup_steps=200",
                             "monitor.collapse=rollback", "monitor.d_overpower=off", "train.max_steps=1000"])
     run_dir = Path(out) / "run"
-    result = train_worker(cfg, run_dir, LocalSink(run_dir, cfg.train), RunHub(cfg.train.max_steps, False))
+    result = train_worker(cfg, run_dir, LocalSink(run_dir, cfg.checkpoint), RunHub(cfg.train.max_steps, False))
     if rank == 0:
         Path(out, "result.json").write_text(json.dumps(
-            {k: result[k] for k in ("steps", "rollbacks", "stopped_by", "rank_fingerprints", "alerts")}))
+            {k: getattr(result, k) for k in ("steps", "rollbacks", "stopped_by", "rank_fingerprints", "alerts")}))
     leave_gloo_group()
 
 

@@ -44,7 +44,7 @@ def no_host_sync(monkeypatch):
 @pytest.mark.parametrize("fused,on_host", [(True, False), (False, False), (True, True), (False, True)])
 def test_nonfinite_update_is_skipped_and_counted(fused, on_host, no_host_sync):
     """Decided on the device as on a GPU (on_host False), or by one read on a CPU."""
-    st, rt, ctx = ring8_state(f"train.fused_adam={str(fused).lower()}")
+    st, rt, ctx = ring8_state(f"perf.fused_adam={str(fused).lower()}")
     assert rt.host_reads_are_free
     rt.host_reads_are_free = on_host
     real = {"x": torch.rand(32, 2), "y": None}
@@ -71,8 +71,8 @@ def test_fast_defaults_on_cpu():
     conv = next(m for m in st.D.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert st.opt_G.defaults["fused"] and st.opt_D.defaults["fused"]
-    with pytest.raises(ConfigError, match="train.compile"):
-        resolve("dcgan-digits-wgangp", ["train.compile=true"])
+    with pytest.raises(ConfigError, match="perf.compile"):
+        resolve("dcgan-digits-wgangp", ["perf.compile=true"])
 
 
 def test_prefetcher_checkpoints_the_cursor_of_the_batches_trained_on(cache_dir):
@@ -105,18 +105,21 @@ def test_buffers_are_broadcast_in_the_modules_order(first, monkeypatch):
 
 
 def test_a_run_started_before_new_keys_existed_resumes(tmp_path):
-    from gan_dist.driver import check_resume
+    """A config.yaml written before the perf keys existed, and before the checkpoint and perf
+    sections were split out of train (the keys it had sat under train), still resumes."""
+    from gan_dist.rundir import check_resume
 
     cfg = resolve("ring8", ["run.name=old"])
     old = cfg.to_dict()
-    for key in ("fused_adam", "channels_last", "compile", "prefetch", "ddp_bucket_cap_mb", "gradient_as_bucket_view"):
-        del old["train"][key]
+    old["train"].update(checkpoint_every=old["checkpoint"]["every"], keep_checkpoints=old["checkpoint"]["keep"],
+                        torch_threads=old["perf"]["torch_threads"])
+    del old["checkpoint"], old["perf"]
     import yaml
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     assert check_resume(cfg, tmp_path) == 0  # no checkpoint yet: resumes at step 0, no error
-    cfg.train.fused_adam = False
-    with pytest.raises(ConfigError, match="train.fused_adam"):
+    cfg.perf.fused_adam = False
+    with pytest.raises(ConfigError, match="perf.fused_adam"):
         check_resume(cfg, tmp_path)
 
 
@@ -135,7 +138,7 @@ def test_the_step_sets_the_decayed_learning_rates():
 def test_the_configured_thread_count_holds_on_a_launched_rank(tmp_path):
     """A rank started with RANK/WORLD_SIZE set and OMP_NUM_THREADS unset (a launcher other
     than Ray, which sets it): Accelerate sets its own thread count (physical cores over local
-    ranks) when it is created; train.torch_threads must win. In a process of its own."""
+    ranks) when it is created; perf.torch_threads must win. In a process of its own."""
     import os
     import subprocess
     import sys
@@ -153,7 +156,7 @@ def test_the_configured_thread_count_holds_on_a_launched_rank(tmp_path):
 
 def test_the_meter_averages_each_statistic_over_the_steps_that_had_it():
     from gan_dist.losses import d_interval_stats
-    from gan_dist.trainer.loop import FOLD_EVERY, Meter
+    from gan_dist.trainer.meter import FOLD_EVERY, Meter
 
     meter = Meter()
     steps = 2 * FOLD_EVERY + 22  # two folds and a remainder

@@ -23,7 +23,7 @@ from gan_dist.cli import main
 pytestmark = pytest.mark.ray
 
 ARGS = ["--workers", "2", "--set", "model.hidden=32", "--set", "data.batch_size=64",
-        "--set", "train.log_every=20", "--set", "train.checkpoint_every=60", "--set", "train.sample_every=1000",
+        "--set", "train.log_every=20", "--set", "checkpoint.every=60", "--set", "train.sample_every=1000",
         "--set", "run.max_failures=3"]
 
 

@@ -29,7 +29,7 @@ CASES = {
     "plain": [],
     "wgan_gp": ["loss.kind=wasserstein", "loss.gp_weight=10", "schedule.n_critic=2"],
     "r1_lazy": ["loss.r1_gamma=1", "loss.r1_interval=2"],
-    "plain_unfused_adam": ["train.fused_adam=false"],  # the scaler decides with a host sync
+    "plain_unfused_adam": ["perf.fused_adam=false"],  # the scaler decides with a host sync
 }
 
 

@@ -49,7 +49,7 @@ def machine() -> dict:
 def run_values(cli, tmp_path: Path, name: str) -> dict:
     args = RUNS[name]
     done = cli("train", *args, "--no-ray", "--max-steps", str(STEPS), "--storage", str(tmp_path), "--name", name,
-               "--set", f"train.log_every={EVERY}", "--set", "train.checkpoint_every=100",
+               "--set", f"train.log_every={EVERY}", "--set", "checkpoint.every=100",
                "--set", "train.sample_every=100", "--set", "metrics.port=0")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     run = tmp_path / name

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 import crd_schema
-from gan_dist.cli import build_parser, train_overrides
+from gan_dist.cli import build_parser
+from gan_dist.train_args import train_overrides
 from gan_dist.config import resolve
 from gan_dist.monitor.metrics import CATALOG
 
@@ -169,7 +170,7 @@ def test_gpu_overlay_asks_for_gpus_and_tolerates_their_taint(rendered):
     assert int(limits["nvidia.com/gpu"]) == 1
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in worker["tolerations"]
     args = build_parser().parse_args(["train", *shlex.split(rayjob["spec"]["entrypoint"])[2:]])
-    assert args.workers == group["replicas"] and args.gpus_per_worker == 1
+    assert args.workers == str(group["replicas"]) and args.gpus_per_worker == 1
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
     assert one(rendered["gpu"], "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]

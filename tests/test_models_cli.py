@@ -131,7 +131,7 @@ def test_sample_writes_a_png_from_a_run_directory(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize("argv, expect", [
     (["--class", "1"], "--class needs a conditional model"),
     (["--input", "x.png"], "--input needs a super-resolution model"),
-    (["--n", "0"], "--n must be >= 1"),
+    (["--n", "0"], "--n: must be >= 1"),
 ])
 def test_sample_bad_input(run_dir, tmp_path, capsys, argv, expect):
     out = tmp_path / "x.png"

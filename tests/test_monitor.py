@@ -24,6 +24,7 @@ from gan_dist.monitor.hub import RunHub
 from gan_dist.monitor.metrics import CATALOG, TARGETS_FILE
 from gan_dist.monitor.signals import class_signals, collapse_score, duplicate_rate
 from gan_dist.trainer import loop
+from gan_dist.trainer.worker import Worker
 
 HEALTHY = {"loss_d": 1.30, "loss_g": 0.75, "d_acc_real": 0.7, "d_acc_fake": 0.6, "grad_norm_d": 0.5,
            "grad_norm_g": 1.0, "collapse_score": 0.05, "nonfinite_steps": 0}
@@ -300,7 +301,7 @@ def test_hub_serves_the_catalog_and_counts_replayed_events_once(tmp_path):
         assert got[("gan_nonfinite_steps_total", ())] == 2
         assert got[("gan_worker_restarts_total", ())] == 1
         assert got[("gan_data_corrupt_samples_total", ())] == 3
-        assert len(hub.snapshot()["alerts"]) == 1
+        assert len(hub.snapshot().alerts) == 1
     finally:
         hub.close()
 
@@ -340,7 +341,7 @@ def test_final_values_are_pushed_to_a_pushgateway(tmp_path):
 # G barely learns (lr_g 1e-7), so it covers no mode of ring8: a collapse by construction,
 # seen from the first counted interval on.
 
-COLLAPSING = {"model.hidden": 32, "data.batch_size": 128, "train.log_every": 50, "train.checkpoint_every": 100,
+COLLAPSING = {"model.hidden": 32, "data.batch_size": 128, "train.log_every": 50, "checkpoint.every": 100,
               "train.sample_every": 10_000, "optim.lr_g": 1e-7, "monitor.warmup_steps": 200, "metrics.port": 0}
 
 
@@ -391,16 +392,16 @@ TIMINGS = {"time", "samples_per_second", "data_wait_fraction", "data_wait_second
 
 def test_rows_read_one_step_late_match_and_still_act(tmp_path, cache_dir, monkeypatch):
     """On a GPU a log interval's row is read one step later, so the host never waits for the
-    stream (`train.async_stats`). Forced on here: the rows and the weights are the same as when
+    stream (`perf.async_stats`). Forced on here: the rows and the weights are the same as when
     read at once, and the detectors still act (from the row's step; a stop saves one step on)."""
     code, sync = _train(tmp_path, "sync", 300)
     monkeypatch.setattr(loop, "reads_stats_late", lambda cfg, device: True)
-    read_at, finish_log = [], loop.Worker.finish_log
+    read_at, finish_log = [], Worker.finish_log
 
     def spy(worker, row):
         read_at.append((row.host["step"], worker.st.step))
         return finish_log(worker, row)
-    monkeypatch.setattr(loop.Worker, "finish_log", spy)
+    monkeypatch.setattr(Worker, "finish_log", spy)
     code_late, late = _train(tmp_path, "late", 300)
     # Rows at a checkpoint (every 100 steps) and at the end are read at once, the others late.
     assert read_at == [(50, 51), (100, 100), (150, 151), (200, 200), (250, 251), (300, 300)]

@@ -30,7 +30,7 @@ from gan_dist.cli import main
 pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
-SHORT_RUN = ["--max-steps", "200", "--set", "train.log_every=100", "--set", "train.checkpoint_every=100",
+SHORT_RUN = ["--max-steps", "200", "--set", "train.log_every=100", "--set", "checkpoint.every=100",
              "--workers", "2"]
 SUMMARY_KEYS = {"status", "steps", "world_size", "restarts", "images_per_second", "wall_seconds", "final",
                 "eval", "alerts", "data", "fingerprint"}

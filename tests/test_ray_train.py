@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.ray
 
-SHORT = ["--set", "model.hidden=64", "--set", "train.log_every=50", "--set", "train.checkpoint_every=100",
+SHORT = ["--set", "model.hidden=64", "--set", "train.log_every=50", "--set", "checkpoint.every=100",
          "--set", "train.sample_every=100"]
 
 

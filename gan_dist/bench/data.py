@@ -87,7 +87,7 @@ def plain_batches(paths: list[Path], batches: int) -> None:
 
 def dcgan32_rate(steps: int, repeats: int) -> float:
     """Images per second consumed by a DCGAN-32 step (one D and one G update) at
-    batch 64, on one thread (a trainer's default: train.torch_threads=1)."""
+    batch 64, on one thread (a trainer's default: perf.torch_threads=1)."""
     import torch
     from torch import nn
 

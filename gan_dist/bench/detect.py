@@ -22,6 +22,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from gan_dist.api import load_config, train as train_run
+from gan_dist.bench.overhead import bench_config, build_worker
+from gan_dist.config import MonitorConfig
+from gan_dist.trainer.loop import train_steps
+
 GT_PATIENCE = 3
 MIN_COVERAGE, MIN_QUALITY = 0.5, 0.1
 
@@ -56,7 +61,7 @@ SUITE = {
 # run goes back to its last checkpoint from before the divergence, at the old rates.
 SPIKE_STEP, SPIKE = 3000, 100.0
 ROLLBACK_OVERRIDES = {"monitor.collapse": "rollback", "monitor.divergence": "rollback",
-                      "monitor.rollback_lr_factor": 1 / SPIKE, "train.checkpoint_every": 500}
+                      "monitor.rollback_lr_factor": 1 / SPIKE, "checkpoint.every": 500}
 
 
 def ground_truth_onset(rows: list[dict], warmup: int) -> int | None:
@@ -73,13 +78,9 @@ def ground_truth_onset(rows: list[dict], warmup: int) -> int | None:
 
 
 def train(storage: Path, name: str, recipe: str, steps: int, overrides: dict) -> tuple[dict, list[dict]]:
-    from gan_dist.cli import main
-
-    argv = ["train", recipe, "--no-ray", "--storage", str(storage), "--name", name, "--max-steps", str(steps),
-            "--set", "metrics.port=0", "--set", f"train.sample_every={steps}"]
-    for key, value in overrides.items():
-        argv += ["--set", f"{key}={value}"]
-    main(argv)  # a stopped run exits 1: that is an outcome here, not an error
+    settings = ["run.use_ray=false", f"run.storage={storage}", f"run.name={name}", f"train.max_steps={steps}",
+                "metrics.port=0", f"train.sample_every={steps}", *(f"{k}={v}" for k, v in overrides.items())]
+    train_run(load_config(recipe, settings))  # a stopped run is an outcome here, not an error
     run_dir = storage / name
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = pq.read_table(run_dir / "history.parquet").to_pylist() if (run_dir / "history.parquet").exists() else []
@@ -101,8 +102,6 @@ def judge(name: str, expected_fail: bool, summary: dict, rows: list[dict], warmu
 
 
 def run(quick: bool = False, only: str = "", rollback: bool = True) -> dict:
-    from gan_dist.config import MonitorConfig
-
     warmup = MonitorConfig().warmup_steps
     storage = Path(tempfile.mkdtemp(prefix="gan-dist-detect-"))
     results = []
@@ -134,9 +133,6 @@ def rollback_demo(storage: Path, steps: int) -> dict:
     """ring8 trained to SPIKE_STEP, its learning rates then multiplied by SPIKE, and trained on
     to `steps` with the rollback policy: the modes before the spike, without a rollback (a second
     run, for comparison) and with one."""
-    from gan_dist.bench.overhead import bench_config, build_worker
-    from gan_dist.trainer.loop import train_steps
-
     out = {}
     for policy in ("warn", "rollback"):
         settings = {**RING8_MEASURED, **(ROLLBACK_OVERRIDES if policy == "rollback" else {})}
@@ -146,7 +142,7 @@ def rollback_demo(storage: Path, steps: int) -> dict:
         before = w.evaluate()
         w.st.lr_scale *= SPIKE  # the fault
         _, stopped_by = train_steps(w, steps)
-        w.commit_pending()
+        w.checkpointer.commit()
         out[policy] = {"before_spike": before, "end": w.evaluate(), "step": w.st.step, "rollbacks": w.monitor.rollbacks,
                        "lr_scale": w.st.lr_scale, "stopped_by": stopped_by,
                        "alerts": [(a["step"], a["kind"], a["action"]) for a in w.monitor.events]}

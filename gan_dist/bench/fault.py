@@ -24,18 +24,20 @@ from pathlib import Path
 
 import psutil
 
+from gan_dist.api import load_config, train as train_run
+from gan_dist.integrations.ray import local_cluster
 
-def train(address: str, storage: Path, name: str, recipe: str, steps: int, every: int, *extra: str,
+
+def train(address: str, storage: Path, name: str, recipe: str, steps: int, every: int, *overrides: str,
           workers: int = 2) -> dict:
-    """A run through `gan-dist train` on the cluster, logged and checkpointed every `every` steps;
-    its summary."""
-    from gan_dist.cli import main
-
-    code = main(["train", recipe, "--address", address, "--storage", str(storage), "--name", name,
-                 "--workers", str(workers), "--max-steps", str(steps), "--set", f"train.checkpoint_every={every}",
-                 "--set", f"train.log_every={every}", "--set", f"train.sample_every={steps}", *extra])
+    """A run of `recipe` on the cluster (gan_dist.train, as `gan-dist train` runs it), logged and
+    checkpointed every `every` steps; its summary.json."""
+    cfg = load_config(recipe, [f"run.address={address}", f"run.storage={storage}", f"run.name={name}",
+                               f"run.workers={workers}", f"train.max_steps={steps}", f"checkpoint.every={every}",
+                               f"train.log_every={every}", f"train.sample_every={steps}", *overrides])
+    result = train_run(cfg)
     summary = json.loads((storage / name / "summary.json").read_text())
-    if code != 0:
+    if result.exit_code != 0:
         raise RuntimeError(f"run {name} failed: {summary.get('error')}")
     return summary
 
@@ -54,7 +56,7 @@ def _kill_a_worker_after(run_dir: Path, step: int, killed_at: list) -> threading
     return thread
 
 
-SYNC = ("--set", "train.async_checkpoint=false")
+SYNC = ("checkpoint.async_upload=false",)
 
 
 def stall_fraction(blocked: dict, full: dict) -> dict:
@@ -73,8 +75,6 @@ def stall_fraction(blocked: dict, full: dict) -> dict:
 
 
 def run(recipe: str = "dcgan-digits", steps: int = 120, every: int = 20, extra: tuple[str, ...] = ()) -> dict:
-    from gan_dist.integrations.ray import local_cluster
-
     storage = Path(tempfile.mkdtemp(prefix="gan-dist-bench-"))
     with local_cluster(nodes=3) as address:
         blocked = train(address, storage, "async", recipe, steps, every, *extra)
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--out")
     args = parser.parse_args()
-    result = run(args.recipe, extra=tuple(x for kv in args.set for x in ("--set", kv)))
+    result = run(args.recipe, extra=tuple(args.set))
     result["overrides"] = args.set
     text = json.dumps(result, indent=2)
     print(text)

@@ -145,5 +145,5 @@ def gpu_bench(overrides: list[str], device: torch.device, root: Path, rounds_: i
                                                                          t["classic_no_reads"].wall)),
         "recipe": "dcgan-64", "overrides": overrides, "batch": batch, "steps_per_segment": steps,
         "rounds": rounds_, "mixed_precision": w.rt.accelerator.mixed_precision,
-        "compile": w.cfg.train.compile, "device": str(device),
+        "compile": w.cfg.perf.compile, "device": str(device),
     }

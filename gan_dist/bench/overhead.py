@@ -40,7 +40,8 @@ from gan_dist.config import Config, resolve
 from gan_dist.data.stream import RankStream
 from gan_dist.models import build_models
 from gan_dist.monitor.hub import RunHub
-from gan_dist.trainer.loop import Worker, train_steps
+from gan_dist.trainer.loop import train_steps
+from gan_dist.trainer.worker import Worker
 from gan_dist.trainer.step import train_step
 
 NEVER = 10**9  # a step no segment reaches: no sampling, checkpoint or final step inside the timing
@@ -74,13 +75,13 @@ def free_port() -> int:
 def bench_config(recipe: str, *overrides: str) -> Config:
     """The recipe, with no sampling, checkpoint or end of run inside a segment."""
     return resolve(recipe, [f"train.max_steps={NEVER}", f"train.sample_every={NEVER}",
-                            f"train.checkpoint_every={NEVER}", "train.torch_threads=1", *overrides])
+                            f"checkpoint.every={NEVER}", "perf.torch_threads=1", *overrides])
 
 
 def build_worker(cfg: Config, root: Path) -> Worker:
     """A Worker of `cfg` in this process, its run directory a new folder under `root`."""
     run_dir = Path(tempfile.mkdtemp(dir=root))
-    return Worker(cfg, run_dir, LocalSink(run_dir, cfg.train), RunHub(cfg.train.max_steps))
+    return Worker(cfg, run_dir, LocalSink(run_dir, cfg.checkpoint), RunHub(cfg.train.max_steps))
 
 
 class BareLoop:

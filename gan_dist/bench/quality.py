@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gan_dist.api import load_config, train
+
 # Per recipe: (modes covered, minimum high-quality fraction, maximum mode KL or None).
 BARS = {"grid25": (25, 0.90, 0.05), "ring8": (8, 0.90, None)}
 COLUMNS = ("modes_covered", "high_quality_fraction", "mode_kl")
@@ -29,19 +31,16 @@ COLUMNS = ("modes_covered", "high_quality_fraction", "mode_kl")
 
 def train_seed(recipe: str, seed: int, storage: Path, overrides: list[str], max_steps: int | None) -> dict:
     """One in-process run of `recipe` with `seed`; its summary.json. The run's own output goes to a log file."""
-    from gan_dist.cli import main
-
     name = f"{recipe}-seed{seed}"
-    argv = ["train", recipe, "--no-ray", "--storage", str(storage), "--name", name, "--set", f"seed={seed}"]
-    argv += [arg for o in overrides for arg in ("--set", o)]
+    settings = ["run.use_ray=false", f"run.storage={storage}", f"run.name={name}", f"seed={seed}", *overrides]
     if max_steps:
-        argv += ["--max-steps", str(max_steps)]
+        settings.append(f"train.max_steps={max_steps}")
     log = storage / f"{name}.log"
     with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(argv)
+        result = train(load_config(recipe, settings))
     summary = json.loads((storage / name / "summary.json").read_text())
-    if code != 0 or summary["status"] != "completed":
-        raise RuntimeError(f"seed {seed} failed (exit {code}): {summary.get('error')}; see {log}")
+    if result.exit_code != 0:
+        raise RuntimeError(f"seed {seed} failed ({summary['status']}): {summary.get('error')}; see {log}")
     return summary
 
 

@@ -12,9 +12,12 @@ gives the latest committed one back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import sys
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,12 +32,15 @@ from ray.train.v2._internal.callbacks.placement_group_callback import PlacementG
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
 from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from ray.train.v2.api.report_config import CheckpointUploadMode
+from ray.exceptions import AuthenticationError
+from ray.job_submission import JobSubmissionClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from gan_dist.checkpoint import (CheckpointError, find_latest, newest_valid, prune, step_dir_name, verify,
-                                 write_rank_files)
+from gan_dist.checkpoint import CheckpointError, find_latest, newest_valid, prune, step_dir_name, verify
 from gan_dist.config import Config
+from gan_dist.jobspec import JobSpec, SubmitError, first_line
 from gan_dist.monitor.hub import RunHub
+from gan_dist.results import HubSnapshot, WorkerResult
 from gan_dist.trainer import preempt
 from gan_dist.trainer.loop import train_worker
 
@@ -51,8 +57,8 @@ class RaySink:
     # while the training thread goes on with its collectives.
     commits_in_background = True
 
-    def __init__(self, run_dir: Path, train_cfg):
-        self.run_dir, self.train_cfg = run_dir, train_cfg
+    def __init__(self, run_dir: Path, checkpoint_cfg):
+        self.run_dir, self.policy = run_dir, checkpoint_cfg
         self.fallbacks = 0
 
     @contextmanager
@@ -81,38 +87,55 @@ class RaySink:
         return Path(tempfile.mkdtemp(prefix="gan-dist-ckpt-"))
 
     def commit(self, rt, step: int, folder: Path, metrics: dict) -> None:
-        mode = CheckpointUploadMode.ASYNC if self.train_cfg.async_checkpoint else CheckpointUploadMode.SYNC
+        mode = CheckpointUploadMode.ASYNC if self.policy.async_upload else CheckpointUploadMode.SYNC
         # A barrier: every rank reports at the same steps. With ASYNC the upload
         # runs in Ray's background thread.
         ray.train.report(metrics if rt.is_main_process else {}, checkpoint=Checkpoint.from_directory(str(folder)),
                          checkpoint_dir_name=step_dir_name(step), checkpoint_upload_mode=mode,
                          delete_local_checkpoint_after_upload=True)
         if rt.is_main_process:
-            cfg = self.train_cfg
+            policy = self.policy
             # An asynchronous upload of the newest may be in flight: always keep two.
-            prune(self.run_dir, max(cfg.keep_checkpoints, 2), cfg.keep_best_metric, cfg.keep_best_mode)
+            prune(self.run_dir, max(policy.keep, 2), policy.keep_best_metric, policy.keep_best_mode)
 
 
-class ActorReporter:
-    """Forwards progress to the hub actor without waiting for it."""
+class RemoteHub:
+    """The run's hub (a RunHub actor on the driver's node), with RunHub's methods: the driver's
+    calls wait for their answer; rank 0's progress reports do not wait for the hub."""
 
-    def __init__(self, hub):
-        self.hub = hub
+    TIMEOUT_SECONDS = 30
 
+    def __init__(self, actor):
+        self.actor = actor
+
+    def _get(self, ref):
+        return ray.get(ref, timeout=self.TIMEOUT_SECONDS)
+
+    # The driver's side (monitor.hub.Hub).
+    def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None:
+        return self._get(self.actor.serve_metrics.remote(host, port, run_dir, labels))
+
+    def snapshot(self, since: int = 0) -> HubSnapshot:
+        return self._get(self.actor.snapshot.remote(since))
+
+    def close(self, pushgateway: str = "", run: str = "") -> str | None:
+        return self._get(self.actor.close.remote(pushgateway, run))
+
+    # Rank 0's side (trainer.worker.Reporter).
     def started(self, world_size: int, step: int) -> None:
-        ray.get(self.hub.started.remote(world_size, step))
+        self._get(self.actor.started.remote(world_size, step))
 
     def progress(self, row: dict) -> None:
-        self.hub.progress.remote(row)
+        self.actor.progress.remote(row)
 
     def alert(self, event: dict) -> None:
-        self.hub.alert.remote(event)
+        self.actor.alert.remote(event)
 
     def first_step(self) -> None:
-        self.hub.first_step.remote()
+        self.actor.first_step.remote()
 
-    def finished(self, result: dict) -> None:
-        ray.get(self.hub.finished.remote(result))
+    def finished(self, result: WorkerResult) -> None:
+        self._get(self.actor.finished.remote(result))
 
 
 def _route_sigterm_to_preempt() -> None:
@@ -155,7 +178,7 @@ def _train_fn(config: dict) -> None:
     _route_sigterm_to_preempt()
     cfg = Config.from_dict(config["config"])
     run_dir = Path(config["run_dir"])
-    train_worker(cfg, run_dir, RaySink(run_dir, cfg.train), ActorReporter(config["hub"]))
+    train_worker(cfg, run_dir, RaySink(run_dir, cfg.checkpoint), config["hub"])
 
 
 @contextmanager
@@ -196,18 +219,14 @@ class RaySession:
     def resources(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}
 
-    def start_hub(self, max_steps: int, monitoring: bool):
+    def start_hub(self, max_steps: int, monitoring: bool) -> RemoteHub:
         """The run's hub (and metrics endpoint) as an actor on this, the driver's, node."""
         here = ray.get_runtime_context().get_node_id()
         actor = ray.remote(RunHub).options(
             num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
-        return actor.remote(max_steps, monitoring)
+        return RemoteHub(actor.remote(max_steps, monitoring))
 
-    @staticmethod
-    def call(hub, method: str, *args):
-        return ray.get(getattr(hub, method).remote(*args), timeout=30)
-
-    def fit(self, cfg: Config, run_dir: Path, placement, hub) -> dict:
+    def fit(self, cfg: Config, run_dir: Path, placement, hub: RemoteHub) -> WorkerResult | None:
         # Ray Train records the checkpoints reported to it and, on the next command with this
         # name, refuses to start once one of them is gone. Retention is ours (checkpoint.prune;
         # rollbacks set checkpoints aside), so that record goes stale in any run longer than
@@ -238,7 +257,7 @@ class RaySession:
             result = trainer.fit()
         if result.error is not None:
             raise result.error
-        return self.call(hub, "snapshot", 0)["result"] or {}
+        return hub.snapshot(0).result
 
     def close(self) -> None:
         ray.shutdown()
@@ -284,15 +303,6 @@ def _preemption_watcher(enabled: bool) -> Iterator[None]:
 # `gan-dist submit` (gan_dist/submit.py) builds the job; these are its calls to the
 # head's Job Submission API. Ray's own errors become one-line SubmitErrors (exit 2)
 # where the user's input is at fault.
-
-import asyncio  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from ray.exceptions import AuthenticationError  # noqa: E402
-from ray.job_submission import JobSubmissionClient  # noqa: E402
-
-from gan_dist.submit import JobSpec, SubmitError, first_line  # noqa: E402
 
 # The SDK lets these override the address it is given; an explicit --address must win.
 _ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")

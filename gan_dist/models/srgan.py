@@ -14,9 +14,16 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from gan_dist.models.layers import apply_spectral_norm, d_norm
+
+
+def downsample(hr_img: Tensor, scale: int) -> Tensor:
+    """The low-resolution input of super-resolution, made on the fly (bicubic, antialiased)."""
+    return F.interpolate(hr_img, scale_factor=1 / scale, mode="bicubic", antialias=True,
+                         align_corners=False).clamp(-1, 1)
 
 
 class ResidualBlock(nn.Module):

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Protocol
 
 from gan_dist.monitor.metrics import NullMetrics, RunMetrics, scrape_host, write_targets
+from gan_dist.results import HubSnapshot, WorkerResult
+
+
+class Hub(Protocol):
+    """What the driver asks of the run's hub: a RunHub here, or its proxy to a Ray actor
+    (gan_dist.integrations.ray.RemoteHub). Rank 0 reports to it through the same methods
+    as trainer.worker.Reporter."""
+
+    def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None: ...
+    def snapshot(self, since: int = 0) -> HubSnapshot: ...
+    def close(self, pushgateway: str = "", run: str = "") -> str | None: ...
 
 
 class RunHub:
@@ -24,7 +36,7 @@ class RunHub:
         self.rows: list[dict] = []
         self.alerts: list[dict] = []
         self.started_at: float | None = None
-        self.result: dict | None = None
+        self.result: WorkerResult | None = None
         # One entry per worker-group session: when it started (state restored), from which
         # step, and when its first step finished (restart cost = first_step_at - the failure).
         self.sessions: list[dict] = []
@@ -67,7 +79,7 @@ class RunHub:
         self.alerts.append(event)
         self.metrics.event(event["kind"])
 
-    def finished(self, result: dict) -> None:
+    def finished(self, result: WorkerResult) -> None:
         """Rank 0, once training and evaluation are done."""
         self.result = result
 
@@ -82,7 +94,7 @@ class RunHub:
         self.metrics.close()
         return error
 
-    def snapshot(self, since: int = 0) -> dict:
-        return {"starts": self.starts, "world_size": self.world_size, "start_step": self.start_step,
-                "rows": self.rows[since:], "num_rows": len(self.rows), "max_steps": self.max_steps,
-                "result": self.result, "sessions": self.sessions, "alerts": self.alerts, "target": self.target}
+    def snapshot(self, since: int = 0) -> HubSnapshot:
+        return HubSnapshot(starts=self.starts, world_size=self.world_size, start_step=self.start_step,
+                           rows=self.rows[since:], num_rows=len(self.rows), max_steps=self.max_steps,
+                           result=self.result, sessions=self.sessions, alerts=self.alerts, target=self.target)

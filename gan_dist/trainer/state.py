@@ -68,15 +68,15 @@ def build_state(cfg, shape: DataShape, rt: Runtime) -> TrainState:
     if cfg.model.sync_batchnorm:
         G, D = convert_sync_batchnorm(G, rt.device), convert_sync_batchnorm(D, rt.device)
     G, D = G.to(rt.device), D.to(rt.device)
-    if cfg.train.channels_last and is_conv_net(G, D):
+    if cfg.perf.channels_last and is_conv_net(G, D):
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    fused = cfg.train.fused_adam
+    fused = cfg.perf.fused_adam
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused)
     c = d_lazy_ratio(cfg)
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d * c, betas=(cfg.optim.beta1 ** c, cfg.optim.beta2 ** c),
                              fused=fused)
-    if cfg.train.compile:
+    if cfg.perf.compile:
         # In place: the modules keep their names (and state-dict keys); DDP wraps the compiled ones.
         G.compile()
         D.compile()

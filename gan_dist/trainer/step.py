@@ -21,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_dist.losses import (AdversarialLoss, class_loss, d_stats, diff_augment, gradient_penalty, interpolate,
-                             r1_penalty)
+from gan_dist.losses import (ADVERSARIAL_LOSSES, AdversarialLoss, class_loss, d_stats, diff_augment,
+                             gradient_penalty, interpolate, r1_penalty)
+from gan_dist.models import TASKS
+from gan_dist.models.srgan import downsample, load_vgg19_features
 from gan_dist.runtime import Runtime
-from gan_dist.schedule import Schedule, lr_at
+from gan_dist.schedule import Schedule, build_schedule, lr_at
 from gan_dist.trainer.ema import ema_update
-from gan_dist.trainer.state import TrainState
+from gan_dist.trainer.state import TrainState, d_lazy_ratio
 
 
 @dataclass(frozen=True)
@@ -56,15 +58,8 @@ class StepContext:
 
 
 def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
-    from gan_dist.losses import ADVERSARIAL_LOSSES
-    from gan_dist.models import TASKS
-    from gan_dist.schedule import build_schedule
-    from gan_dist.trainer.state import d_lazy_ratio
-
     perceptual = None
     if cfg.loss.perceptual_weight > 0:
-        from gan_dist.models.srgan import load_vgg19_features
-
         perceptual = load_vgg19_features(cfg.loss.perceptual_weights).to(device)
     return StepContext(
         loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule, cfg.loss),
@@ -96,12 +91,6 @@ class StepRng:
 
 def make_rng(st: TrainState, device) -> StepRng:
     return StepRng(st.noise, device)
-
-
-def downsample(hr_img: Tensor, scale: int) -> Tensor:
-    """The low-resolution input of super-resolution, made on the fly (bicubic, antialiased)."""
-    return F.interpolate(hr_img, scale_factor=1 / scale, mode="bicubic", antialias=True,
-                         align_corners=False).clamp(-1, 1)
 
 
 def g_inputs(rng: StepRng, ctx: StepContext, real: Tensor, y: Tensor | None) -> tuple:

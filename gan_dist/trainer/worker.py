@@ -1,0 +1,254 @@
+"""One worker's run state and its interval hooks: data, restore, logging, saving,
+rollback and the end of the run. The loop (`trainer.loop`) calls these hooks; the step
+itself is `trainer.step.train_step`.
+
+The same Worker runs inside a Ray Train worker and in-process without Ray; what
+differs is handed in: where checkpoints are committed (`sink`) and where progress
+goes (`reporter`: the run's hub, or a forwarder to it).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from gan_dist import checkpoint as ckpt
+from gan_dist.config import Config
+from gan_dist.data.sources import resolve_source
+from gan_dist.data.stream import RankStream
+from gan_dist.evaluate import evaluate_generator
+from gan_dist.losses import d_interval_stats
+from gan_dist.monitor.monitor import Action, build_monitor
+from gan_dist.plan import data_shape, make_plan
+from gan_dist.results import DataCounts, WorkerResult, describe
+from gan_dist.rundir import HISTORY_FILE, history_bytes, last_logged, write_atomic
+from gan_dist.runtime import init_runtime, rng_state, set_rng_state
+from gan_dist.trainer.checkpointing import Checkpointer, Sink, Snapshot, cpu_copy
+from gan_dist.trainer.meter import Meter, PendingRow
+from gan_dist.trainer.prefetch import DevicePrefetcher, to_device
+from gan_dist.trainer.probes import Probes
+from gan_dist.trainer.state import TrainState, build_state, fingerprint, noise_seed
+from gan_dist.trainer.step import build_step_context
+
+
+class Reporter(Protocol):
+    """Where rank 0 sends progress: the run's hub (gan_dist.monitor.hub.RunHub) or its proxy."""
+
+    def started(self, world_size: int, step: int) -> None: ...
+    def progress(self, row: dict) -> None: ...
+    def alert(self, event: dict) -> None: ...
+    def first_step(self) -> None: ...
+    def finished(self, result: WorkerResult) -> None: ...
+
+
+class Worker:
+    """The state of one worker's run and its interval hooks."""
+
+    def __init__(self, cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter):
+        self.cfg, self.run_dir, self.sink, self.reporter = cfg, run_dir, sink, reporter
+        perf = cfg.perf
+        self.rt = init_runtime(perf.torch_threads, cfg.train.mixed_precision, perf.ddp_bucket_cap_mb,
+                               perf.gradient_as_bucket_view)
+        self.index = resolve_source(cfg.data.source, cfg.data.cache_dir)
+        self.plan = make_plan(cfg, self.index, self.rt.world_size)
+        self.stream = RankStream(self.index, self.rt.rank, self.rt.world_size, self.plan.batch_per_rank,
+                                 cfg.seed, cfg.data.shuffle_window, num_workers=cfg.data.num_workers,
+                                 max_corrupt_fraction=cfg.data.max_corrupt_fraction,
+                                 verify=cfg.data.verify_checksums)
+        self.prefetch = (DevicePrefetcher(self.stream, self.rt.device)
+                         if perf.prefetch and self.rt.device.type == "cuda" else None)
+        self.shape = data_shape(self.index.meta, cfg.model)
+        self.st: TrainState = build_state(cfg, self.shape, self.rt)
+        self.ctx = build_step_context(cfg, self.plan.batch_per_rank, self.rt.device)
+        self.last_real: torch.Tensor | None = None
+        self.checkpointer = Checkpointer(sink, run_dir, self.rt, cfg.checkpoint.every_minutes)
+        self.config_yaml = cfg.to_yaml().encode()  # stored in every checkpoint
+        self.monitor = build_monitor(cfg, self.index, self.rt)
+        # A fixed noise set, the same on every rank, for the collapse signals and sample grids.
+        self.probes = Probes(self.ctx.task, self.shape.num_classes, cfg.model.z_dim, cfg.model.sr_scale, cfg.seed,
+                             self.monitor.probe_size, self.rt.device)
+
+    # Data -----------------------------------------------------------------------
+
+    def next_real(self) -> dict[str, torch.Tensor]:
+        if self.prefetch is not None:
+            batch = self.prefetch.next_batch()
+        else:
+            batch = to_device(self.stream.next_batch(), self.rt.device)
+        self.last_real = batch["x"]
+        return {"x": self.last_real, "y": batch.get("y") if self.shape.num_classes else None}
+
+    def data_state(self) -> dict:
+        """The data cursor and counts as of the batches trained on (a prefetched one is not)."""
+        return self.prefetch.state_dict() if self.prefetch is not None else self.stream.state_dict()
+
+    # Restore --------------------------------------------------------------------
+
+    def restore(self, folder: Path) -> None:
+        head = ckpt.verify(folder)
+        shared = ckpt.load_shared(folder)
+        self.st.load_shared_state_dict(shared)
+        self.monitor.load_state_dict(shared.get("monitor", {}))
+        self.rt.load_scaler_state(shared.get("scaler", {}))
+        if head["world_size"] == self.rt.world_size:
+            rank_state = ckpt.load_rank(folder, self.rt.rank)
+            set_rng_state(rank_state["rng"])
+            self.st.noise.set_state(rank_state["noise"])
+            self.stream.load_state_dict(rank_state["data"])
+        else:
+            self.rt.print0(f"warning: checkpoint from world size {head['world_size']}, now "
+                           f"{self.rt.world_size}: data streams restart at a new epoch")
+            epoch = ckpt.load_rank(folder, 0)["data"]["cursor"]["epoch"] + 1
+            self.stream.cursor.epoch = epoch
+        if self.prefetch is not None:
+            self.prefetch.reset()
+        self.rt.print0(f"resumed from {folder.name} at step {self.st.step}")
+
+    # Log intervals --------------------------------------------------------------
+
+    def start_log(self, meter: Meter) -> PendingRow:
+        """Start reducing this interval's statistics across ranks (collective) and copying them
+        to the host; on a GPU neither waits for the stream, so the step loop can run on and
+        read the row one step later (`finish_log`)."""
+        steps = meter.count
+        means, seconds = meter.flush()
+        means.update(d_interval_stats(means))
+        probe = self.probes.probe(self.st.G, self.monitor.probe_size, self.last_real)
+        means.update(self.monitor.signals(probe, self.last_real))
+        names = sorted(means)
+        device = self.rt.device
+        local = torch.stack([means[n].float() for n in names] + [
+            torch.tensor(self.stream.wait_seconds / max(seconds, 1e-9), device=device),
+            torch.tensor(self.stream.wait_seconds / max(steps, 1), device=device),
+            torch.tensor(float(self.stream.corrupt_samples) * self.rt.world_size, device=device),
+            self.st.nonfinite.float()])  # the same on every rank: decided after the all-reduce
+        self.stream.wait_seconds = 0.0
+        saves = self.checkpointer
+        host = {
+            "step": self.st.step,
+            "samples_per_second": self.plan.global_batch * self.plan.n_critic * steps / max(seconds, 1e-9),
+            "checkpoint_blocked_seconds": saves.blocked_seconds[-1] if saves.blocked_seconds else 0.0,
+            "checkpoint_write_seconds": saves.write_seconds[-1] if saves.write_seconds else 0.0,
+        }
+        return PendingRow(names, self.rt.reduce_mean(local), host)
+
+    def finish_log(self, pending: PendingRow) -> tuple[Action | None, list]:
+        """The row of `start_log`: waits for its values, records it and runs the detectors;
+        the action they call for (the same on every rank) and their events."""
+        values = pending.read()
+        row = {"step": pending.host["step"], **dict(zip(pending.names, values))}
+        row["data_wait_fraction"], row["data_wait_seconds"], row["corrupt_samples"] = values[-4:-1]
+        row["samples_per_second"] = pending.host["samples_per_second"]
+        row["nonfinite_steps"] = int(values[-1])
+        row["checkpoint_blocked_seconds"] = pending.host["checkpoint_blocked_seconds"]
+        row["checkpoint_write_seconds"] = pending.host["checkpoint_write_seconds"]
+        action, events = self.monitor.judge(row)
+        # Collective: the detectors saw the same row on every rank; agree on the action anyway.
+        action = Action(code) if (code := self.rt.reduce_max_int(int(action or 0))) else None
+        row["time"] = time.time()
+        self.st.history.append(row)
+        if self.rt.is_main_process:
+            self.reporter.progress(row)
+        return action, events
+
+    def report(self, events: list) -> None:
+        """Record the detectors' events once the run has acted on them."""
+        self.monitor.record(events)
+        if not self.rt.is_main_process:
+            return
+        for event in events:
+            note = f"; {event.note}" if event.note else ""
+            print(f"alert at step {event.step}: {event.kind} since step {event.onset_step}, action {event.action} "
+                  f"({describe(event.evidence)}){note}", flush=True)
+            self.reporter.alert(event.to_dict())
+
+    def write_samples(self) -> None:
+        if self.rt.is_main_process:
+            png = self.probes.grid_png(self.st.G_ema, self.last_real, self.index.meta)
+            write_atomic(self.run_dir / "samples" / f"{ckpt.step_dir_name(self.st.step)}.png", png)
+
+    # Checkpoints ----------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Phase 1 of a save (every rank; see trainer.checkpointing): snapshot the whole state in
+        memory now, write it in the background; the loop commits it at a later step boundary."""
+        self.checkpointer.commit()  # a previous save still in flight is finished first
+        t0 = time.perf_counter()
+        self.checkpointer.begin(self.snapshot(), blocked_since=t0)
+
+    def snapshot(self) -> Snapshot:
+        """The whole adversarial state, copied to CPU (collective: buffers are synced first)."""
+        st, rt, main = self.st, self.rt, self.rt.is_main_process
+        rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
+        rank_state = cpu_copy({"rng": rng_state(), "noise": st.noise.get_state(), "data": self.data_state()})
+        shared = cpu_copy({**st.shared_state_dict(), "data_meta": self.index.meta,
+                           "monitor": self.monitor.state_dict(), "scaler": rt.scaler_state()}) if main else None
+        # healthy: no detector's condition held when it was taken (a rollback target; kept by pruning).
+        metrics: dict[str, Any] = {"step": st.step, "healthy": int(not self.monitor.raised())}
+        if main:
+            metrics.update({k: v for k, v in (st.history[-1] if st.history else {}).items() if k != "time"})
+            best = self.cfg.checkpoint.keep_best_metric
+            if best and best not in metrics:
+                metrics.update(self.evaluate())  # asked for: the one part that is not a snapshot
+        return Snapshot(st.step, rank_state, shared, metrics, self.config_yaml)
+
+    # Policies -------------------------------------------------------------------
+
+    def rollback(self, event) -> bool:
+        """Restore the newest checkpoint from before `event`'s onset, lower the learning rates and
+        draw fresh noise (collective: every rank calls it at the same step). False when there is
+        no such checkpoint."""
+        self.checkpointer.commit()
+        rt, st = self.rt, self.st
+        target = ckpt.find_latest(self.run_dir, before=event.onset_step) if rt.is_main_process else None
+        target = rt.all_gather_object(target)[0]  # collective: rank 0's choice for all
+        if target is None:
+            return False
+        kept, lr_scale = self.monitor.state_dict(), st.lr_scale
+        self.restore(Path(target))
+        self.monitor.rolled_back(kept)
+        st.lr_scale = lr_scale * self.cfg.monitor.rollback_lr_factor
+        st.noise.manual_seed(noise_seed(self.cfg.seed, rt.rank, draw=self.monitor.rollbacks))
+        if rt.is_main_process:
+            # The abandoned branch's checkpoints must not be resumed from after a crash.
+            ckpt.set_aside_after(self.run_dir, st.step, f"rollback-{self.monitor.rollbacks}")
+        rt.barrier()
+        return True
+
+    # End of the run -------------------------------------------------------------
+
+    def finish(self, session_start_step: int, session_samples_start: int, train_seconds: float) -> WorkerResult | None:
+        """Check that the replicas agree, count the data, evaluate: rank 0's result (None on
+        the other ranks). Collective."""
+        st, rt = self.st, self.rt
+        rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
+        data = self.data_state()
+        # Collective: every rank's fingerprint and sample counts.
+        gathered = rt.all_gather_object((fingerprint(st.G, st.D, st.G_ema), data["samples_seen"],
+                                         session_samples_start, data["corrupt_samples"]))
+        if not rt.is_main_process:
+            return None
+        result = WorkerResult(
+            steps=st.step,
+            world_size=rt.world_size,
+            images_per_second=sum(g[1] - g[2] for g in gathered) / max(train_seconds, 1e-9),
+            train_seconds=train_seconds,
+            session_steps=st.step - session_start_step,
+            final=last_logged(st.history),
+            eval=self.evaluate(),
+            data=DataCounts(samples_seen=sum(g[1] for g in gathered), corrupt_samples=sum(g[3] for g in gathered)),
+            nonfinite_steps=st.nonfinite_steps,
+            alerts=self.monitor.events,
+            rollbacks=self.monitor.rollbacks,
+            fingerprint=gathered[0][0],
+            rank_fingerprints=[g[0] for g in gathered],
+            checkpoints=self.checkpointer.stats(),
+        )
+        write_atomic(self.run_dir / HISTORY_FILE, history_bytes(st.history))
+        return result
+
+    def evaluate(self) -> dict:
+        return evaluate_generator(self.st.G_ema, self.cfg, self.index, self.rt.device)
