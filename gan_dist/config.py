@@ -31,13 +31,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    # A path, glob, brace pattern, comma-separated URL list, or builtin:NAME.
+    # The dataset: a packed dataset's folder or URL, shards of one by name, glob or brace
+    # pattern, several of these separated by commas, or builtin:NAME (docs/data.md).
     source: str = "builtin:ring8"
     # Global batch (all ranks together), in samples per D step.
     batch_size: int = 512
     # Records permuted together in a window of each rank's stream.
     shuffle_window: int = 64
-    # Where builtin datasets are packed on first use; "" means ~/.cache/gan-dist.
+    # Where builtin datasets are packed on first use; "" means $GAN_DIST_CACHE, else ~/.cache/gan-dist.
     cache_dir: str = ""
     # Loader worker processes per rank (decode ahead of the trainer); 0 reads in the trainer.
     num_workers: int = 0
@@ -58,24 +59,34 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # G and D: mlp, dcgan, cgan (class-conditional DCGAN) or srgan (super-resolution).
     arch: str = "mlp"
+    # Dimensions of G's noise input (srgan's G takes a low-resolution image instead).
     z_dim: int = 256
-    # MLP: hidden layers and their width.
+    # MLP: width of each hidden layer of G and D.
     hidden: int = 128
+    # MLP: hidden layers of G and D.
     depth: int = 2
+    # MLP: hidden activation, tanh, relu or leaky_relu (slope 0.2).
     activation: str = "tanh"
     # Convolutional models: base width (DCGAN's ngf/ndf, SRGAN's feature width).
     channels: int = 64
-    spectral_norm: bool = False  # on D
+    # Spectral normalization of D's layers (SN-GAN); D then has no BatchNorm.
+    spectral_norm: bool = False
     # BatchNorm in D (never with spectral norm); off for WGAN-GP, whose per-sample
     # penalty is wrong under batch statistics (Gulrajani et al. 2017, section 4).
     d_batchnorm: bool = True
-    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch
+    # BatchNorm statistics over the global batch (torch's SyncBatchNorm on GPU, an all-reduce on CPU).
+    sync_batchnorm: bool = False
+    # SRGAN: upscaling factor, 2, 4 or 8.
     sr_scale: int = 4
+    # SRGAN: residual blocks in G.
     sr_blocks: int = 8
-    # The data's shape, when the recipe pins it; 0 follows the data's index.
+    # Image side the recipe expects; 0 follows the data's index (a mismatch is refused).
     image_size: int = 0
+    # Image channels the recipe expects; 0 follows the data's index.
     image_channels: int = 0
+    # Classes the recipe expects; 0 follows the data's index.
     num_classes: int = 0
 
     def validate(self) -> None:
@@ -96,17 +107,22 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    # The adversarial loss: minimax, nonsaturating, wasserstein, hinge or least_squares.
     kind: str = "nonsaturating"
     # WGAN-GP's lambda (10 in the paper); 0 turns the gradient penalty off.
     gp_weight: float = 0.0
-    # R1's gamma; 0 turns it off. Lazy: applied every r1_interval steps, scaled up to match.
+    # R1's gamma (Mescheder et al. 2018); 0 turns it off.
     r1_gamma: float = 0.0
+    # Lazy R1: applied every this many steps in a D phase of its own, its weight scaled up to
+    # match; D's lr is multiplied and its betas raised to the power k/(k+1) (StyleGAN2, App. B).
     r1_interval: int = 16
     # DiffAugment policy: a comma list of color, translation, cutout ("" is off).
     diffaugment: str = ""
-    # Super-resolution: pixel (MSE) content loss, adversarial and perceptual weights.
+    # Super-resolution: weight of the pixel (MSE) content loss in G's loss.
     content_weight: float = 1.0
+    # Weight of the adversarial term in G's loss (SRGAN: 1e-3).
     adversarial_weight: float = 1.0
+    # Super-resolution: weight of the perceptual loss (MSE of VGG19 features; needs perceptual_weights).
     perceptual_weight: float = 0.0
     # A local file with torchvision-layout VGG19 weights for the perceptual loss.
     perceptual_weights: str = ""
@@ -141,13 +157,18 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    # Adam's learning rate for G.
     lr_g: float = 1e-4
+    # Adam's learning rate for D (before the lazy R1 correction, see loss.r1_interval).
     lr_d: float = 1e-4
+    # Adam's beta1, both networks.
     beta1: float = 0.5
+    # Adam's beta2, both networks.
     beta2: float = 0.999
-    # Both lrs fall from their value to 0 at train.max_steps, starting at this fraction of
-    # it: "none" (constant), "linear" or "cosine".
+    # How both lrs fall from their value to 0 at train.max_steps: "none" (constant), "linear"
+    # or "cosine".
     lr_decay: str = "none"
+    # The fraction of train.max_steps at which the decay starts (0: from the first step).
     lr_decay_start: float = 0.0
 
     def validate(self) -> None:
@@ -169,8 +190,9 @@ class ScheduleConfig:
     # The G step reuses the D step's fakes (one G forward a step, as the classic DCGAN loop
     # does) instead of drawing new noise; n_critic 1 only.
     reuse_fake: bool = False
-    # G_ema half-life in G steps, ramped up over the first steps (see schedule.ema_beta).
+    # G_ema half-life in G steps (0: G_ema is G's copy).
     ema_halflife_steps: float = 500.0
+    # Ramp-up: at step s the half-life is at most (s + 1) x this, so early G_ema tracks G (0: off).
     ema_rampup: float = 0.05
 
     def validate(self) -> None:
@@ -184,10 +206,11 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
+    # Training steps (G updates) of the run.
     max_steps: int = 25000
-    # Steps between history rows (the statistics reduced over ranks, the detectors' input).
+    # Steps per log interval: statistics reduced across ranks, a history row, the detectors.
     log_every: int = 250
-    # Steps between sample grids (samples/step-NNNNNN.png) from G_ema on fixed noise.
+    # Steps between sample grids (samples/step-NNNNNN.png); also at the last step.
     sample_every: int = 5000
     # "no", "bf16" (CPU and GPU), "fp16" (GPU, with a gradient scaler), or "auto": bf16 on
     # GPUs that have it, else no.
@@ -206,19 +229,21 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    # Steps between checkpoints; the last step and a preemption always save.
+    # Steps between checkpoints; also at the last step, on SIGTERM and when a detector stops the run.
     every: int = 5000
     # Also save when this many minutes passed since the last save (0: off); checked at log intervals.
     every_minutes: float = 0.0
-    # Checkpoints kept besides the best one and the newest healthy one (see checkpoint.prune).
+    # The newest checkpoints kept (under Ray at least 2: the newest may still be uploading);
+    # pruning also keeps the best (keep_best_metric) and the newest healthy one (a rollback target).
     keep: int = 2
     # Besides the last `keep`, keep the best checkpoint by this metric (a key of the checkpoint
     # metrics: eval metrics such as high_quality_fraction, or logged values such as loss_g);
     # "" keeps only the last ones.
     keep_best_metric: str = ""
-    # Whether the best checkpoint has the highest ("max") or the lowest ("min") value.
+    # "max" or "min": whether a larger or a smaller keep_best_metric is better.
     keep_best_mode: str = "max"
-    # Upload checkpoints in the background (Ray): the step loop waits only for the snapshot.
+    # Under Ray: upload checkpoints in Ray's background thread instead of waiting for the upload
+    # in our writer thread. Either way the step loop waits only for the in-memory snapshot.
     async_upload: bool = True
 
     def validate(self) -> None:
@@ -265,20 +290,21 @@ class PerfConfig:
 class RunConfig:
     # Empty: "<recipe>-<UTC timestamp>". The same name and storage resume a run.
     name: str = ""
-    # The folder holding run directories.
+    # The folder holding run directories; on a cluster, a path every node sees.
     storage: str = "runs"
     # Data-parallel workers: a count, or "auto" (one per GPU when the cluster has GPUs, else 2;
-    # one without Ray).
+    # without Ray: 1).
     workers: str = "auto"
-    # Ray resources each worker reserves.
+    # CPUs Ray reserves for each worker.
     cpus_per_worker: float = 1.0
-    # 0 trains on CPUs.
+    # GPUs Ray reserves for each worker (with run.workers auto on a GPU cluster, 0 means 1).
     gpus_per_worker: float = 0.0
-    # Empty: start a local Ray; otherwise a Ray address ("auto", "ray://...", "HOST:PORT").
+    # Empty: $RAY_ADDRESS if set, else start a local Ray; otherwise a Ray address ("auto",
+    # "ray://...", "HOST:PORT").
     address: str = ""
     # False runs the trainer in this process, one worker, without Ray.
     use_ray: bool = True
-    # Worker-group restarts Ray Train may make before the run fails.
+    # Worker-group restarts Ray Train may make before the run fails (-1: no limit).
     max_failures: int = 3
     # With a local Ray (no address): also start Ray's dashboard, http://127.0.0.1:8265 (a dozen
     # more processes starting beside the workers).
@@ -332,10 +358,15 @@ class MonitorConfig:
     noise, go on) or stop (save and end the run with status `stopped`).
     """
 
+    # Policy of the mode_collapse detector.
     collapse: str = "warn"
+    # Policy of the d_overpowering detector.
     d_overpower: str = "warn"
+    # Policy of the exploding_gradients and vanishing_gradients detectors.
     gradients: str = "warn"
+    # Policy of the divergence detector.
     divergence: str = "warn"
+    # Policy of the nonfinite detector.
     nonfinite: str = "warn"
     # Labelled images: class coverage under the eval's classifier of the real data (trained at
     # the start, once per data set, and cached) joins the collapse score.
@@ -350,15 +381,17 @@ class MonitorConfig:
     window: int = 8
     # mode collapse: gan_collapse_score above this
     collapse_threshold: float = 0.5
-    # D overpowering: D's accuracy on fakes above this while G's loss climbs
+    # D overpowering: D's accuracy on fakes above this (and over 0.8 on reals) while G's loss climbs
     d_overpower_accuracy: float = 0.95
     # exploding / vanishing gradients: a norm this many times above / below its moving median
     grad_factor: float = 100.0
-    # divergence: a loss's moving variance this many times its usual one, or a loss this large
+    # divergence: a loss's moving variance this many times its usual one
     divergence_factor: float = 50.0
+    # divergence: a loss larger than this in absolute value
     divergence_loss_limit: float = 1e4
-    # rollback: at most this many per run (then the run stops); each multiplies both lrs by this
+    # rollback: at most this many per run; the next one stops the run instead
     max_rollbacks: int = 2
+    # rollback: each one multiplies both lrs by this
     rollback_lr_factor: float = 0.5
 
     def validate(self) -> None:
@@ -383,6 +416,7 @@ class MonitorConfig:
 
 @dataclass
 class EvalConfig:
+    # G_ema samples the end-of-run eval draws (super-resolution: at most 1000 images).
     num_samples: int = 2500
 
     def validate(self) -> None:
@@ -391,7 +425,9 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    # The recipe's name (from the recipe or YAML file name): run names and metric labels use it.
     recipe: str = "custom"
+    # Seeds the weights, each rank's noise, the data order and the eval.
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
