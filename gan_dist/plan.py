@@ -26,10 +26,12 @@ class Plan:
     num_samples: int
     shards_per_rank: list[int]
     first_phases: list[str]
+    model: str = ""
 
     def lines(self) -> list[str]:
         return [
             f"world size        {self.world_size}",
+            f"model             {self.model}",
             f"batch             {self.global_batch} global, {self.batch_per_rank} per rank",
             f"steps             {self.max_steps} G steps, {self.n_critic} D step(s) each",
             f"data              {self.num_samples} samples in {self.num_records} records, {self.num_shards} shards",
@@ -57,12 +59,16 @@ def data_shape(meta: dict, model_cfg=None) -> DataShape:
     return shape
 
 
-def check_models(cfg, shape: DataShape) -> None:
-    """Build (G, D) once on CPU so that an impossible architecture is bad input, not a crash later."""
+def check_models(cfg, shape: DataShape) -> str:
+    """Build (G, D) once on CPU so that an impossible architecture is bad input, not a crash
+    later; what was built, for the plan."""
     try:
-        build_models(cfg.model, shape)
+        G, D = build_models(cfg.model, shape)
     except ValueError as exc:
         raise PlanError(f"model.arch {cfg.model.arch}: {exc}") from None
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    layout = getattr(G, "layout", "")
+    return f"{cfg.model.arch}, G {count(G):,} / D {count(D):,} weights" + (f"; {layout}" if layout else "")
 
 
 def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
@@ -71,7 +77,7 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
         raise PlanError(f"data.batch_size {batch} does not divide by the world size {world_size}")
     if index.num_records < world_size:
         raise PlanError(f"the dataset has {index.num_records} records, fewer than the {world_size} workers")
-    check_models(cfg, data_shape(index.meta, cfg.model))
+    model = check_models(cfg, data_shape(index.meta, cfg.model))
     return Plan(
         world_size=world_size,
         global_batch=batch,
@@ -83,4 +89,5 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
         num_samples=index.num_samples,
         shards_per_rank=[len(shards_of_rank(index, r, world_size, cfg.seed)) for r in range(world_size)],
         first_phases=describe(build_schedule(cfg.schedule, cfg.loss), steps=2),
+        model=model,
     )

@@ -28,8 +28,10 @@ def image_index(size: int, channels: int = 3, classes: int = 10) -> DatasetIndex
     return DatasetIndex(root="/nowhere", shards=shards, meta=meta)
 
 
-@pytest.mark.parametrize("arch, size, ok", [("dcgan", 32, True), ("dcgan", 64, True), ("dcgan", 24, False),
-                                            ("cgan", 32, True), ("srgan", 32, True), ("srgan", 12, False)])
+@pytest.mark.parametrize("arch, size, ok", [("dcgan", 32, True), ("dcgan", 64, True), ("dcgan", 24, True),
+                                            ("dcgan", 28, True), ("cgan", 28, True), ("dcgan", 44, False),
+                                            ("dcgan", 8, False), ("cgan", 32, True), ("srgan", 32, True),
+                                            ("srgan", 12, False)])
 def test_image_sizes_an_architecture_can_make(arch, size, ok):
     cfg = resolve("ring8", [f"model.arch={arch}", "data.batch_size=64"])
     if ok:
@@ -39,8 +41,14 @@ def test_image_sizes_an_architecture_can_make(arch, size, ok):
             make_plan(cfg, image_index(size), 2)
 
 
+def test_the_plan_says_how_the_model_reaches_the_image_size():
+    cfg = resolve("ring8", ["model.arch=cgan", "data.batch_size=64", "model.channels=8"])
+    assert "7x7 base, doubled 2 times to 28x28" in make_plan(cfg, image_index(28, channels=1), 2).model
+    assert "4x4 base, doubled 3 times to 32x32" in make_plan(cfg, image_index(32, channels=1), 2).model
+
+
 def test_model_shapes_follow_the_data():
-    for arch, size in (("dcgan", 32), ("dcgan", 64), ("cgan", 32)):
+    for arch, size in (("dcgan", 32), ("dcgan", 64), ("cgan", 32), ("dcgan", 28), ("cgan", 28), ("dcgan", 48)):
         cfg = resolve("ring8", [f"model.arch={arch}", "model.channels=8", "model.z_dim=16"])
         G, D = build_models(cfg.model, DataShape("image", (3, size, size), 10))
         z, y = torch.randn(4, 16), torch.arange(4)

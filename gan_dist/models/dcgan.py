@@ -1,8 +1,11 @@
 """DCGAN (Radford et al. 2016) and its class-conditional variant.
 
-G: transposed convolutions from a 4x4 map up to the image size, BatchNorm and
-ReLU, tanh out. D: strided convolutions, BatchNorm and LeakyReLU(0.2), then a
-4x4 convolution to one logit. The conditional model (`cgan`) swaps G's
+G: transposed convolutions from a small base map up to the image size, BatchNorm
+and ReLU, tanh out. D: strided convolutions, BatchNorm and LeakyReLU(0.2), then a
+convolution of the base map to one logit. The paper's base is 4x4 (powers of two);
+other sizes start from a base of 3 to 7 pixels that doubles to the target
+(28 = 7 -> 14 -> 28, 48 = 3 -> 6 -> 12 -> 24 -> 48), so MNIST-format data trains at
+its own 28x28. The conditional model (`cgan`) swaps G's
 BatchNorm for class-conditional BatchNorm and gives D a projection head
 (Miyato & Koyama 2018): D(x, y) = w.h(x) + embed(y).h(x).
 """
@@ -12,20 +15,22 @@ from __future__ import annotations
 from torch import nn
 
 from gan_dist.models.layers import (ConditionalBatchNorm2d, CondSequential, apply_spectral_norm, d_norm,
-                                    dcgan_init, num_doublings, to_labels)
+                                    base_and_doublings, dcgan_init, to_labels)
 
 
 class DCGANGenerator(nn.Module):
     def __init__(self, z_dim: int, channels: int, image_size: int, out_channels: int, num_classes: int = 0):
         super().__init__()
         self.z_dim, self.num_classes = z_dim, num_classes
-        steps = num_doublings(image_size, "dcgan")
+        base, steps = base_and_doublings(image_size, "dcgan")
         width = channels * 2 ** (steps - 1)
+        self.layout = f"{base}x{base} base, doubled {steps} times to {image_size}x{image_size}"
 
         def norm(n):
             return ConditionalBatchNorm2d(n, num_classes) if num_classes else nn.BatchNorm2d(n)
 
-        layers = [nn.ConvTranspose2d(z_dim, width, 4, 1, 0, bias=False), norm(width), nn.ReLU(True)]
+        # z -> a base x base map, then x2 steps (the last one to the image's channels).
+        layers = [nn.ConvTranspose2d(z_dim, width, base, 1, 0, bias=False), norm(width), nn.ReLU(True)]
         for _ in range(steps - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), norm(width // 2), nn.ReLU(True)]
             width //= 2
@@ -43,7 +48,7 @@ class DCGANDiscriminator(nn.Module):
                  spectral: bool = False, batchnorm: bool = True):
         super().__init__()
         self.num_classes = num_classes
-        steps = num_doublings(image_size, "dcgan")
+        base, steps = base_and_doublings(image_size, "dcgan")
         use_norm = batchnorm and not spectral  # SN-GAN's D has no BatchNorm
         layers = [nn.Conv2d(in_channels, channels, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         width = channels
@@ -52,7 +57,7 @@ class DCGANDiscriminator(nn.Module):
                        nn.LeakyReLU(0.2, True)]
             width *= 2
         self.features = nn.Sequential(*layers)
-        self.head = nn.Conv2d(width, 1, 4, 1, 0, bias=False)
+        self.head = nn.Conv2d(width, 1, base, 1, 0, bias=False)  # the base x base map -> one logit
         if num_classes:
             self.embed = nn.Embedding(num_classes, width)
         dcgan_init(self)

@@ -59,12 +59,17 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def num_doublings(image_size: int, arch: str) -> int:
-    """How many x2 steps take a 4x4 map to `image_size`; other sizes are a ValueError."""
-    steps = image_size.bit_length() - 3
-    if image_size < 16 or image_size != 4 * 2**steps:
-        raise ValueError(f"{arch} cannot make {image_size}x{image_size} images (a power of two >= 16 is needed)")
-    return steps
+def base_and_doublings(image_size: int, arch: str) -> tuple[int, int]:
+    """The base map size b (3 to 7) and the number of x2 steps k >= 2 with b * 2**k = image_size,
+    the most steps first: 32 = 4 x 2**3, 28 = 7 x 2**2, 48 = 3 x 2**4. Other sizes (below 12,
+    or odd ones such as 44 = 11 x 4) are a ValueError."""
+    for steps in range(image_size.bit_length(), 1, -1):
+        base, rest = divmod(image_size, 2**steps)
+        if rest == 0 and 3 <= base <= 7:
+            return base, steps
+    raise ValueError(f"{arch} cannot make {image_size}x{image_size} images: it needs b x 2**k pixels with b "
+                     f"from 3 to 7 and k >= 2 (12, 16, 20, 24, 28, 32, 48, 64, ...); pack the data with "
+                     f"`gan-dist data pack --size N` for another size")
 
 
 def to_labels(y: torch.Tensor | None, num_classes: int) -> torch.Tensor:
