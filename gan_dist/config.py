@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 import yaml
 
@@ -335,15 +336,23 @@ class MetricsConfig:
     # The run's one scrape target; 0 picks a free port. A taken port falls back to a free one
     # (the run directory's prometheus-targets.json names the one in use).
     port: int = 9464
-    # Empty: loopback for a local run, all interfaces when the run joins a cluster (run.address).
+    # Empty: loopback, unless the run joins a Ray cluster (run.address with Ray): then all
+    # interfaces, so that the cluster's Prometheus can scrape it.
     host: str = ""
     # A Pushgateway URL ("http://HOST:9091"): the final values are pushed there when the run ends.
     pushgateway: str = ""
+    # A file holding the Pushgateway's basic-auth credentials as "user:password" (the environment
+    # variable GAN_DIST_PUSHGATEWAY_AUTH works too); never in the URL, which is printed and stored.
+    pushgateway_auth_file: str = ""
 
     def validate(self) -> None:
         _require(0 <= self.port <= 65535, "metrics.port", f"must be in [0, 65535], got {self.port}")
-        _require(self.pushgateway == "" or re.match(r"https?://[^/\s]+", self.pushgateway) is not None,
-                 "metrics.pushgateway", f"must be an http(s):// URL, got {self.pushgateway!r}")
+        url = urlparse(self.pushgateway)
+        _require(self.pushgateway == "" or (url.scheme in ("http", "https") and bool(url.hostname)),
+                 "metrics.pushgateway", f"must be an http(s):// URL, got {redact_url(self.pushgateway)!r}")
+        _require(url.username is None and url.password is None, "metrics.pushgateway",
+                 "must not hold credentials (they would be printed and stored): put user:password in "
+                 "metrics.pushgateway_auth_file or $GAN_DIST_PUSHGATEWAY_AUTH")
 
 
 POLICIES = ("off", "warn", "rollback", "stop")
@@ -484,6 +493,11 @@ def check_run_name(name: str, what: str) -> None:
         shown = name if len(name) <= 60 else name[:57] + "..."
         raise ConfigError(f"{what} must be 1-128 letters, digits, '.', '_' or '-' (no '..'), starting with a "
                           f"letter or digit, got {shown!r}")
+
+
+def redact_url(url: str) -> str:
+    """`url` with any user:password@ replaced by ***@, for messages."""
+    return re.sub(r"(?<=://)[^/@\s]*@", "***@", url)
 
 
 def _require(ok: bool, key: str, problem: str) -> None:

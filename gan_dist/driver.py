@@ -18,7 +18,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from gan_dist import checkpoint as ckpt
-from gan_dist.config import Config
+from gan_dist.config import Config, ConfigError
 from gan_dist.data.sources import resolve_source
 from gan_dist.monitor.hub import Hub, RunHub
 from gan_dist.monitor.metrics import TARGETS_FILE
@@ -106,6 +106,7 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
             raise PlanError("train.mixed_precision=fp16 needs GPU workers (its gradient scaler is a GPU feature; "
                             "Accelerate would train in fp32): use bf16 or no on CPU")
         plan = make_plan(cfg, index, placement.workers)
+        push_auth = pushgateway_auth(cfg.metrics) if cfg.metrics.pushgateway else None
         run_dir = run_directory(cfg)
         resume_step = check_resume(cfg, run_dir)
 
@@ -122,13 +123,14 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
             session = _ray_session("", resources, dashboard=cfg.run.ray_dashboard)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
-        return run(cfg, run_dir, placement, session, verbose)
+        return run(cfg, run_dir, placement, session, verbose, push_auth)
     finally:
         if session is not None:
             session.close()
 
 
-def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool = False) -> RunResult:
+def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool = False,
+        push_auth: tuple[str, str] | None = None) -> RunResult:
     """Train, show progress, and write summary.json whatever happens."""
     t0 = time.perf_counter()
     hub: Hub = session.start_hub(cfg.train.max_steps, cfg.metrics.enabled) if session is not None \
@@ -164,7 +166,7 @@ def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool
             summary.error_log = str(error_log)
         write_summary(run_dir, summary.to_dict())
         try:
-            push_error = hub.close(cfg.metrics.pushgateway, cfg.run.name)
+            push_error = hub.close(cfg.metrics.pushgateway, cfg.run.name, push_auth)
         except Exception as exc:
             push_error = f"metrics hub: {exc}"
     print(f"{status}: {summary.steps} steps in {summary.wall_seconds:.1f} s, "
@@ -197,9 +199,33 @@ def outcome(cfg: Config, result: WorkerResult | None) -> tuple[str, str | None]:
 
 
 def metrics_host(cfg: Config) -> str:
-    """Where the metrics endpoint listens: as configured, else loopback for a local run and all
-    interfaces when the run joins a cluster (Prometheus scrapes it from elsewhere)."""
-    return cfg.metrics.host or ("0.0.0.0" if cfg.run.address else "127.0.0.1")
+    """Where the metrics endpoint listens: as configured, else loopback, unless the run joins a
+    Ray cluster (Prometheus scrapes it from elsewhere). A --no-ray run with RAY_ADDRESS set stays
+    on loopback."""
+    return cfg.metrics.host or ("0.0.0.0" if cfg.run.use_ray and cfg.run.address else "127.0.0.1")
+
+
+PUSHGATEWAY_AUTH_ENV = "GAN_DIST_PUSHGATEWAY_AUTH"
+
+
+def pushgateway_auth(metrics_cfg) -> tuple[str, str] | None:
+    """The Pushgateway's (user, password): from metrics.pushgateway_auth_file, else the
+    environment; None without either. Read here, on the driver, and never printed."""
+    if metrics_cfg.pushgateway_auth_file:
+        path = Path(metrics_cfg.pushgateway_auth_file).expanduser()
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"metrics.pushgateway_auth_file {path}: {exc.strerror or exc}") from None
+    else:
+        text = os.environ.get(PUSHGATEWAY_AUTH_ENV, "").strip()
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user:
+        raise ConfigError("the Pushgateway credentials must read user:password "
+                          f"(metrics.pushgateway_auth_file or ${PUSHGATEWAY_AUTH_ENV})")
+    return user, password
 
 
 # Progress ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import shlex
 import socket
@@ -224,10 +225,21 @@ def parse_pairs(items: list[str], flag: str, kind: type) -> dict:
     return pairs
 
 
+# Environment variables whose values a dry run does not print.
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|AUTH|KEY|COOKIE|SESSION|PRIVATE|PW\b",
+                         re.IGNORECASE)
+
+
+def masked(runtime_env: dict) -> dict:
+    """`runtime_env` with the values of secret-looking environment variables replaced by ***."""
+    env = {k: ("***" if SECRET_NAME.search(k) else v) for k, v in runtime_env.get("env_vars", {}).items()}
+    return {**runtime_env, "env_vars": env} if "env_vars" in runtime_env else runtime_env
+
+
 def describe(spec: JobSpec, address: str) -> str:
     lines = [f"dry run: would submit job {spec.submission_id} to {address}",
              f"  entrypoint   {spec.entrypoint}",
-             f"  runtime_env  {spec.runtime_env}",
+             f"  runtime_env  {masked(spec.runtime_env)}",
              f"  resources    {spec.entrypoint_num_cpus:g} CPU, {spec.entrypoint_num_gpus:g} GPU"
              + "".join(f", {v:g} {k}" for k, v in spec.entrypoint_resources.items()),
              f"  metadata     {spec.metadata}"]

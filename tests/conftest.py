@@ -66,3 +66,40 @@ def leave_gloo_group() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def run_cli_listening(*args: str, cache: Path, timeout: float = 600) -> tuple[CliResult, set[tuple[str, int, str]]]:
+    """Run `gan-dist ARGS` in a subprocess and record, with `ss`, every (address, port, process
+    name) that it or a process it started listened on while it ran."""
+    import re
+    import time
+
+    import psutil
+
+    env = dict(os.environ, GAN_DIST_CACHE=str(cache), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gan_dist", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    listening: set[tuple[str, int, str]] = set()
+    deadline = time.monotonic() + timeout
+
+    def watch() -> None:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                pids = {proc.pid} | {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+            except psutil.Error:
+                return
+            out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                owner = re.search(r'\(\("([^"]+)",pid=(\d+)', line)
+                if owner and int(owner.group(2)) in pids:
+                    addr, _, port = line.split()[3].rpartition(":")
+                    listening.add((addr, int(port), owner.group(1)))
+            time.sleep(0.2)
+
+    import threading
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    stdout, stderr = proc.communicate(timeout=timeout)
+    watcher.join()
+    return CliResult(proc.returncode, stdout, stderr), listening

@@ -3,6 +3,7 @@ file-SD target, the Pushgateway push, and the policies (warn, rollback, stop) in
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import urllib.request
@@ -308,15 +309,41 @@ def test_hub_serves_the_catalog_and_counts_replayed_events_once(tmp_path):
 
 class _Pushgateway(BaseHTTPRequestHandler):
     received: list = []
+    auth: list = []
 
     def do_PUT(self):
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()
         self.received.append((self.path, body))
+        self.auth.append(self.headers.get("Authorization"))
         self.send_response(200)
         self.end_headers()
 
     def log_message(self, *args):
         pass
+
+
+def test_final_values_are_pushed_with_basic_auth_and_credentials_are_never_printed(tmp_path, cli):
+    """Basic auth from a file (or the environment), never in the URL, which is printed and stored."""
+    server = HTTPServer(("127.0.0.1", 0), _Pushgateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        hub = RunHub(max_steps=10)
+        hub.progress(dict(HEALTHY, step=10))
+        assert hub.close(f"http://127.0.0.1:{server.server_port}", "run-8", ("alice", "s3cret")) is None
+        assert _Pushgateway.auth[-1] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    r = cli("train", "--dry-run", "--set", "metrics.pushgateway=http://alice:s3cret@127.0.0.1:9091")
+    assert r.returncode == 2 and "must not hold credentials" in r.stderr and "s3cret" not in r.stderr + r.stdout
+    (tmp_path / "auth").write_text("alice:s3cret\n")
+    r = cli("train", "--dry-run", "--set", "metrics.pushgateway=http://127.0.0.1:9091",
+            "--set", f"metrics.pushgateway_auth_file={tmp_path / 'auth'}", "--storage", str(tmp_path / "runs"))
+    assert r.returncode == 0 and "s3cret" not in r.stderr + r.stdout
+    r = cli("train", "--dry-run", "--set", "metrics.pushgateway=http://127.0.0.1:9091",
+            "--set", f"metrics.pushgateway_auth_file={tmp_path / 'none'}")
+    assert r.returncode == 2 and "pushgateway_auth_file" in r.stderr
 
 
 def test_final_values_are_pushed_to_a_pushgateway(tmp_path):
@@ -438,3 +465,18 @@ def test_detection_benchmark_ground_truth_is_the_failure_the_run_ends_in():
     collapsed = series([0.9, 0.9, 0.9, 0.0, 0.9, 0.0, 0.0, 0.0])  # ends in a streak from step 3000
     assert ground_truth_onset(collapsed, warmup=1000) == 3000
     assert ground_truth_onset(series([0.9, 0.9, 0.9, 0.9, 0.0, 0.0]), warmup=1000) is None  # too short a streak
+
+
+def test_a_run_without_ray_serves_metrics_on_loopback_even_with_ray_address_set(tmp_path, cache_dir, monkeypatch):
+    """RAY_ADDRESS exported (as a cluster rehearsal does) must not open a --no-ray run's metrics
+    to every interface: only a run that joins a cluster binds all of them."""
+    from conftest import run_cli_listening
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    result, listening = run_cli_listening("train", "--no-ray", "--storage", str(tmp_path), "--name", "lo",
+                                          "--max-steps", "300", "--set", "model.hidden=32",
+                                          "--set", "train.log_every=50", cache=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    target = json.loads((tmp_path / "lo" / TARGETS_FILE).read_text())[0]["targets"][0]
+    port = int(target.rpartition(":")[2])
+    assert target.startswith("127.0.0.1:") and {(a, p) for a, p, _ in listening if p == port} == {("127.0.0.1", port)}

@@ -15,16 +15,17 @@ SHORT = ["--set", "model.hidden=64", "--set", "train.log_every=50", "--set", "ch
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, cache_dir):
-    from conftest import run_cli
+    """A 2-worker run on the local Ray it starts, and every address its processes listened on."""
+    from conftest import run_cli_listening
 
     storage = tmp_path_factory.mktemp("runs")
-    result = run_cli("train", "--storage", str(storage), "--name", "ray2", "--workers", "2", "--max-steps", "200",
-                     *SHORT, cache=cache_dir, timeout=400)
-    return storage, result
+    result, listening = run_cli_listening("train", "--storage", str(storage), "--name", "ray2", "--workers", "2",
+                                          "--max-steps", "200", *SHORT, cache=cache_dir, timeout=400)
+    return storage, result, listening
 
 
 def test_run_completes(first_run):
-    storage, result = first_run
+    storage, result, _ = first_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "completed: 200 steps" in result.stdout
     assert "step 100/200" in result.stdout  # a progress line per log interval when not on a terminal
@@ -32,6 +33,14 @@ def test_run_completes(first_run):
     # and no dashboard (Ray's placement group cleaner would log that it cannot reach it).
     output = result.stdout + result.stderr
     assert "PreemptionWatcher" not in output and "PlacementGroupCleaner" not in output
+
+
+def test_the_metrics_endpoint_of_a_local_run_listens_on_loopback_only(first_run):
+    storage, _, listening = first_run
+    target = json.loads((storage / "ray2" / "prometheus-targets.json").read_text())[0]["targets"][0]
+    port = int(target.rpartition(":")[2])
+    assert target.startswith("127.0.0.1:")
+    assert {addr for addr, p, _ in listening if p == port} == {"127.0.0.1"}
 
 
 def test_replicas_identical_on_every_rank(first_run):

@@ -49,6 +49,13 @@ def test_given_name_and_storage_reach_the_job(capsys, tmp_path):
     assert "'gan_dist_run': 'exp-1'" in out
 
 
+def test_dry_run_masks_secret_looking_environment_values(capsys):
+    out, _ = dry_run(capsys, "--env", "AWS_SECRET_ACCESS_KEY=abc123", "--env", "HF_TOKEN=tok-9",
+                     "--env", "DB_PASSWORD=pw-7", "--env", "GAN_DIST_CACHE=/c")
+    assert "abc123" not in out and "tok-9" not in out and "pw-7" not in out
+    assert "'AWS_SECRET_ACCESS_KEY': '***'" in out and "'GAN_DIST_CACHE': '/c'" in out
+
+
 def test_recipe_file_is_passed_relative_to_the_uploaded_folder(capsys, tmp_path):
     rc, out, _ = run(capsys, "submit", "--address", "http://127.0.0.1:8265", "--dry-run",
                      str(REPO / "gan_dist" / "recipes" / "grid25.yaml"))

@@ -118,8 +118,8 @@ class RemoteHub:
     def snapshot(self, since: int = 0) -> HubSnapshot:
         return self._get(self.actor.snapshot.remote(since))
 
-    def close(self, pushgateway: str = "", run: str = "") -> str | None:
-        return self._get(self.actor.close.remote(pushgateway, run))
+    def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
+        return self._get(self.actor.close.remote(pushgateway, run, auth))
 
     # Rank 0's side (trainer.worker.Reporter).
     def started(self, world_size: int, step: int) -> None:
@@ -213,8 +213,11 @@ class RaySession:
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
             # address="local": a new Ray here, even if `ray start` left a cluster on this machine
             # (ray.init() with no address would join it, and then reject num_cpus).
+            # On loopback: the local Ray's agents listen on 127.0.0.1, not on this machine's
+            # address. (Its GCS and raylet gRPC servers listen on every interface whatever the
+            # node address, Ray 2.60 having no setting for it; they take Ray's auth token.)
             ray.init(address="local", num_cpus=int(local_resources["CPU"]), num_gpus=int(local_resources["GPU"]),
-                     include_dashboard=dashboard, **kwargs)
+                     include_dashboard=dashboard, _node_ip_address="127.0.0.1", **kwargs)
 
     def resources(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}

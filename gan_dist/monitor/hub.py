@@ -22,7 +22,7 @@ class Hub(Protocol):
 
     def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None: ...
     def snapshot(self, since: int = 0) -> HubSnapshot: ...
-    def close(self, pushgateway: str = "", run: str = "") -> str | None: ...
+    def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None: ...
 
 
 class RunHub:
@@ -83,12 +83,12 @@ class RunHub:
         """Rank 0, once training and evaluation are done."""
         self.result = result
 
-    def close(self, pushgateway: str = "", run: str = "") -> str | None:
+    def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
         """End of the run: push the final values if asked, stop serving. An error message or None."""
         error = None
         if pushgateway:
             try:
-                self.metrics.push(pushgateway, run)
+                self.metrics.push(pushgateway, run, auth)
             except OSError as exc:
                 error = f"could not push metrics to {pushgateway}: {exc}"
         self.metrics.close()

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway, start_http_server
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from gan_dist.monitor.detectors import KINDS
 
@@ -132,8 +133,15 @@ class RunMetrics:
             self.server, _ = start_http_server(0, addr=host, registry=self.registry)
         return self.server.server_port
 
-    def push(self, url: str, run: str) -> None:
-        push_to_gateway(url, job="gan-dist", grouping_key={"run": run}, registry=self.registry, timeout=10)
+    def push(self, url: str, run: str, auth: tuple[str, str] | None = None) -> None:
+        """Push the final values to a Pushgateway, with basic auth when `auth` is (user, password)."""
+        def handler(url, method, timeout, headers, data):
+            if auth is None:
+                return default_handler(url, method, timeout, headers, data)
+            return basic_auth_handler(url, method, timeout, headers, data, auth[0], auth[1])
+
+        push_to_gateway(url, job="gan-dist", grouping_key={"run": run}, registry=self.registry, timeout=10,
+                        handler=handler)
 
     def close(self) -> None:
         if self.server is not None:
@@ -170,5 +178,5 @@ class NullMetrics:
     def event(self, kind: str) -> None: ...
     def restarted(self) -> None: ...
     def serve(self, host: str, port: int) -> int: return 0
-    def push(self, url: str, run: str) -> None: ...
+    def push(self, url: str, run: str, auth: tuple[str, str] | None = None) -> None: ...
     def close(self) -> None: ...
