@@ -137,7 +137,9 @@ def embed(images: np.ndarray | torch.Tensor, *, device: str = "cpu", batch_size:
     net = network(str(device))
     out = np.empty((len(images), FEATURES), dtype=np.float64)
     for start in range(0, len(images), batch_size):
-        x = torch.as_tensor(images[start:start + batch_size]).to(device)
+        batch = images[start:start + batch_size]
+        # A copy of a NumPy batch: arrays from Ray's object store are read-only.
+        x = batch.to(device) if isinstance(batch, torch.Tensor) else torch.from_numpy(np.array(batch)).to(device)
         out[start:start + len(x)] = net(preprocess(x)).double().cpu().numpy()
         if progress is not None:
             progress(len(x))
