@@ -23,6 +23,8 @@ from gan_dist.driver import (ProgressDisplay, build_summary, check_resume, local
 from gan_dist.monitor.hub import RunHub
 from gan_dist.monitor.metrics import TARGETS_FILE
 from gan_dist.plan import PlanError, make_plan
+from gan_dist.quality import cli as quality_cli
+from gan_dist.quality import metrics as quality_metrics
 from gan_dist.trainer.loop import describe, write_atomic
 
 BAD_INPUT = (ConfigError, DataError, PlanError, CheckpointError)
@@ -63,9 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output PNG file")
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = commands.add_parser("eval", help="print a checkpoint's quality metrics as JSON")
-    evaluate.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
-    evaluate.add_argument("--data", help="dataset to compare with (default: the run's data.source)")
+    evaluate = commands.add_parser("eval", help="a checkpoint's quality metrics as JSON, or two data sets compared")
+    evaluate.add_argument("checkpoint", nargs="?", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    evaluate.add_argument("--data", help="dataset to compare with (default: the run's data.source); with --against: A")
+    evaluate.add_argument("--against", metavar="B", help="Inception metrics of data set --data A against data set B")
+    evaluate.add_argument("--metrics", help=f"Inception metrics, from {','.join(quality_metrics.METRICS)} "
+                                            "(default with --n, --workers or --against: all)")
+    evaluate.add_argument("--n", type=int,
+                          help=f"samples on each side for Inception metrics (default {quality_cli.DEFAULT_N})")
+    evaluate.add_argument("--workers", type=int,
+                          help="embed in W Ray tasks of one torch thread each (default: in this process)")
+    evaluate.add_argument("--json", action="store_true", help="print --against results as JSON (default: a table)")
     evaluate.set_defaults(func=cmd_eval)
 
     data_cli.register(commands)
@@ -153,6 +163,10 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from gan_dist.inference import evaluate_checkpoint, to_json
 
+    if quality_cli.wanted(args):
+        return quality_cli.run(args)
+    if args.checkpoint is None:
+        raise ValueError("eval needs a checkpoint or run folder (or --data A --against B for two data sets)")
     print(to_json(evaluate_checkpoint(args.checkpoint, args.data)))
     return 0
 
