@@ -67,7 +67,7 @@ def scores(real: np.ndarray, fake: np.ndarray, metrics: Iterable[str]) -> dict:
     label = n_label(len(fake))
     out: dict = {}
     if "fid" in metrics:
-        out[f"fid{label}"] = distances.fid(*distances.gaussian_stats(real), *distances.gaussian_stats(fake))
+        out[f"fid{label}"] = distances.frechet_distance(real, fake)
     if "kid" in metrics:
         out[f"kid{label}"], out[f"kid_std{label}"] = distances.kid(real, fake)
     if "pr" in metrics:
