@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(default with --n, --workers or --against: all)")
     evaluate.add_argument("--n", type=int,
                           help=f"samples on each side for Inception metrics (default {quality_cli.DEFAULT_N})")
-    evaluate.add_argument("--workers", type=int,
-                          help="embed in W Ray tasks of one torch thread each (default: in this process)")
+    evaluate.add_argument("--workers", type=int, metavar="W",
+                          help="embed in Ray tasks of one torch thread, W at a time (default: in this process)")
     evaluate.add_argument("--json", action="store_true", help="print --against results as JSON (default: a table)")
     evaluate.set_defaults(func=cmd_eval)
 
