@@ -21,6 +21,7 @@ from gan_dist.config import ConfigError, check_run_name, resolve
 from gan_dist.data import cli as data_cli
 from gan_dist.jobspec import SubmitError
 from gan_dist.train_args import add_train_arguments, positive_int, train_overrides
+from gan_dist.quality import DEFAULT_N, METRICS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,9 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output PNG file")
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = commands.add_parser("eval", help="print a checkpoint's quality metrics as JSON")
-    evaluate.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
-    evaluate.add_argument("--data", help="dataset to compare with (default: the run's data.source)")
+    evaluate = commands.add_parser("eval", help="a checkpoint's quality metrics as JSON, or two data sets compared")
+    evaluate.add_argument("checkpoint", nargs="?", help="a checkpoint folder, or a run folder (its latest checkpoint)")
+    evaluate.add_argument("--data", help="dataset to compare with (default: the run's data.source); with --against: A")
+    evaluate.add_argument("--against", metavar="B", help="Inception metrics of data set --data A against data set B")
+    evaluate.add_argument("--metrics", help=f"Inception metrics, from {','.join(METRICS)} "
+                                            "(default with --n, --workers or --against: all)")
+    evaluate.add_argument("--n", type=int,
+                          help=f"samples on each side for Inception metrics (default {DEFAULT_N})")
+    evaluate.add_argument("--workers", type=int, metavar="W",
+                          help="embed in Ray tasks of one torch thread, W at a time (default: in this process)")
+    evaluate.add_argument("--json", action="store_true", help="print --against results as JSON (default: a table)")
     evaluate.set_defaults(func=cmd_eval)
 
     data_cli.register(commands)
@@ -97,7 +106,12 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     # Deferred on purpose: torch loads only for commands that need it.
     from gan_dist.inference import evaluate_checkpoint, to_json
+    from gan_dist.quality import cli as quality_cli
 
+    if quality_cli.wanted(args):
+        return quality_cli.run(args)
+    if args.checkpoint is None:
+        raise ValueError("eval needs a checkpoint or run folder (or --data A --against B for two data sets)")
     print(to_json(evaluate_checkpoint(args.checkpoint, args.data)))
     return 0
 

@@ -24,6 +24,7 @@ from gan_dist.data.sources import cache_root
 from gan_dist.data.stream import RankStream
 from gan_dist.models import TASKS
 from gan_dist.models.srgan import downsample
+from gan_dist.quality.distances import frechet_distance, kid
 
 
 def high_quality_counts(samples: np.ndarray, means: np.ndarray, std: float) -> tuple[np.ndarray, np.ndarray]:
@@ -162,37 +163,12 @@ def classify(net: DomainClassifier, images: np.ndarray, device) -> tuple[np.ndar
     return np.concatenate(preds), np.concatenate(feats)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), with symmetric square roots."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(s_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
-
-
-def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 10, size: int = 500) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel (Binkowski et al. 2018), averaged over subsets."""
-    d = a.shape[1]
-    size = min(size, len(a), len(b))
-    rng = np.random.default_rng(0)
-    total = 0.0
-    for _ in range(subsets):
-        x, y = a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)]
-        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
-        m = size
-        total += ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                  - 2 * kxy.mean())
-    return float(total / subsets)
-
-
 def domain_kid(real: np.ndarray, fake: np.ndarray) -> float:
     """KID on the classifier's features, scaled first so that the real features' mean square is
     1: the cubic kernel assumes features of order one (Inception's pool features are); the
     classifier's ReLU features are not, and unscaled they gave KIDs around 1e4."""
     scale = np.sqrt(np.mean(real ** 2)) or 1.0
-    return kernel_inception_distance(real / scale, fake / scale)
+    return kid(real / scale, fake / scale, num_subsets=10, subset_size=500)[0]
 
 
 @torch.no_grad()

@@ -376,3 +376,46 @@ def wait_job(client: JobSubmissionClient, job_id: str, poll_seconds: float = 2.0
             return {"status": str(info.status), "message": info.message or "",
                     "exit_code": info.driver_exit_code}
         time.sleep(poll_seconds)
+
+
+# Inception features in Ray tasks --------------------------------------------------
+# `gan-dist eval --workers W`: the shares of an embedding (gan_dist.quality.features)
+# run as Ray tasks of one CPU and one torch thread each, and the driver concatenates
+# them. A share's features do not depend on how many shares there are, so the work is
+# cut into TASKS_PER_WORKER tasks per worker: the progress bar moves as each finishes,
+# and a worker that is done early takes the next. Each worker process loads the
+# Inception network once and keeps it for its later tasks.
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+TASKS_PER_WORKER = 4
+
+
+@ray.remote(num_cpus=1)
+def _feature_share(share, rank: int, world_size: int) -> np.ndarray:
+    torch.set_num_threads(1)
+    return share(rank, world_size, None)
+
+
+class RayTasks:
+    """A quality.features sharding: shares as Ray tasks on the connected Ray."""
+
+    is_main = True
+
+    def __init__(self, workers: int, tasks_per_worker: int = TASKS_PER_WORKER):
+        self.num_tasks = workers * tasks_per_worker
+
+    def agree(self, value):
+        return value
+
+    def run(self, share, progress=None) -> np.ndarray:
+        share_ref = ray.put(share)  # G or the real images: stored once, read by every task
+        pending = {_feature_share.remote(share_ref, rank, self.num_tasks): rank for rank in range(self.num_tasks)}
+        parts = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            parts[pending.pop(done[0])] = part = ray.get(done[0])
+            if progress is not None:
+                progress(len(part))
+        return np.concatenate([parts[rank] for rank in range(self.num_tasks)])
