@@ -425,11 +425,35 @@ class MonitorConfig:
 
 @dataclass
 class EvalConfig:
+    """The end-of-run eval (summary.json `eval`) and the periodic one during training."""
+
     # G_ema samples the end-of-run eval draws (super-resolution: at most 1000 images).
     num_samples: int = 2500
+    # Images: also the Inception metrics (FID, KID, precision/recall) at the end of the run.
+    inception: bool = False
+    # Samples of G_ema (and of the data) for the end-of-run Inception metrics; 10000 as papers use.
+    inception_n: int = 10000
+    # The Inception metrics to compute: a comma list of fid, kid, pr (precision and recall).
+    metrics: str = "fid,kid,pr"
+    # Steps between Inception evals of G_ema during training (0: none), on every rank together;
+    # each adds FID/KID to that step's history row and to Prometheus (gan_fid, gan_kid).
+    every_steps: int = 0
+    # Samples of each periodic eval (fewer than inception_n: FID is biased up at small n, so
+    # compare periodic values with each other, and the end-of-run value with papers).
+    every_n: int = 2000
 
     def validate(self) -> None:
         _require(self.num_samples > 0, "eval.num_samples", f"must be > 0, got {self.num_samples}")
+        _require(self.every_steps >= 0, "eval.every_steps", f"must be >= 0, got {self.every_steps}")
+        for key in ("inception_n", "every_n"):
+            _require(getattr(self, key) >= 4, f"eval.{key}", f"must be >= 4, got {getattr(self, key)}")
+        names = [m.strip() for m in self.metrics.split(",") if m.strip()]
+        _require(bool(names) and all(m in ("fid", "kid", "pr") for m in names), "eval.metrics",
+                 f"must be a comma list of fid, kid, pr, got {self.metrics!r}")
+
+    @property
+    def uses_inception(self) -> bool:
+        return self.inception or self.every_steps > 0
 
 
 @dataclass
@@ -460,6 +484,16 @@ class Config:
         _require(not (self.perf.compile and (self.loss.gp_weight or self.loss.r1_gamma)), "perf.compile",
                  "cannot be used with gradient penalties (loss.gp_weight, loss.r1_gamma): compiled graphs "
                  "have no double backward")
+        best = self.checkpoint.keep_best_metric
+        if best in ("fid", "kid", "precision", "recall"):
+            # Periodic evals write these into history rows: a checkpoint scores by its step's row.
+            every = self.eval.every_steps
+            _require(every > 0 and self.checkpoint.every % every == 0, "checkpoint.keep_best_metric",
+                     f"{best} needs eval.every_steps > 0 dividing checkpoint.every ({self.checkpoint.every}), "
+                     f"got eval.every_steps {every}")
+            mode = "min" if best in ("fid", "kid") else "max"
+            _require(self.checkpoint.keep_best_mode == mode, "checkpoint.keep_best_mode",
+                     f"must be {mode} for {best}, got {self.checkpoint.keep_best_mode}")
         _require(not self.loss.class_weight or self.model.arch == "cgan", "loss.class_weight",
                  f"needs a conditional model (model.arch cgan), not {self.model.arch}")
 
@@ -613,6 +647,9 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "loss.r1_interval": (lambda c: c.loss.r1_gamma > 0, "loss.r1_gamma > 0"),
     "optim.lr_decay_start": (lambda c: c.optim.lr_decay != "none", "optim.lr_decay linear or cosine"),
     "checkpoint.keep_best_mode": (lambda c: bool(c.checkpoint.keep_best_metric), "checkpoint.keep_best_metric"),
+    "eval.inception_n": (lambda c: c.eval.inception, "eval.inception true"),
+    "eval.every_n": (lambda c: c.eval.every_steps > 0, "eval.every_steps > 0"),
+    "eval.metrics": (lambda c: c.eval.uses_inception, "eval.inception or eval.every_steps"),
 }
 
 

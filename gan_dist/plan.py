@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from gan_dist.data.index import DatasetIndex
 from gan_dist.data.stream import shards_of_rank
-from gan_dist.models import DataShape, build_models
+from gan_dist.models import TASKS, DataShape, build_models
+from gan_dist.quality.inception import check_installed
+from gan_dist.quality.metrics import check_count, check_reals, parse_metrics
 from gan_dist.schedule import build_schedule, describe
 
 
@@ -71,6 +73,24 @@ def check_models(cfg, shape: DataShape) -> str:
     return f"{cfg.model.arch}, G {count(G):,} / D {count(D):,} weights" + (f"; {layout}" if layout else "")
 
 
+def check_inception_eval(cfg, index: DatasetIndex) -> None:
+    """The Inception evals a config asks for can run: images of 1 or 3 channels, enough of them,
+    a G that makes images from noise, and the network installed."""
+    ev = cfg.eval
+    if not ev.uses_inception:
+        return
+    if TASKS[cfg.model.arch] == "super_resolution":
+        raise PlanError("eval.inception and eval.every_steps are for generators of images from noise, "
+                        "not super-resolution models")
+    metrics = parse_metrics(ev.metrics)
+    for key, n in (("eval.inception_n", ev.inception_n if ev.inception else 0),
+                   ("eval.every_n", ev.every_n if ev.every_steps else 0)):
+        if n:
+            check_count(n, metrics, key)
+            check_reals(index, n, name=key)
+    check_installed()  # a missing network is bad input now, not a failure at the first eval
+
+
 def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
     batch = cfg.data.batch_size
     if batch % world_size:
@@ -78,6 +98,7 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
     if index.num_records < world_size:
         raise PlanError(f"the dataset has {index.num_records} records, fewer than the {world_size} workers")
     model = check_models(cfg, data_shape(index.meta, cfg.model))
+    check_inception_eval(cfg, index)
     return Plan(
         world_size=world_size,
         global_batch=batch,

@@ -34,8 +34,11 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def history_bytes(rows: list[dict]) -> bytes:
+    """history.parquet's bytes: a column per key of any row (periodic evals add theirs to some
+    rows only; from_pylist would keep just the first row's keys), null where a row lacks it."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
+    pq.write_table(pa.Table.from_pydict({key: [row.get(key) for row in rows] for key in keys}), buf)
     return buf.getvalue()
 
 

@@ -41,6 +41,10 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "gan_samples_per_second": ("gauge", "Real samples consumed per second over the last log interval, all ranks.", ()),
     "gan_data_wait_seconds": ("gauge", "Mean time a step waited for its data, over the last log interval.", ()),
     "gan_data_corrupt_samples_total": ("counter", "Corrupt or unreadable samples skipped by the data streams.", ()),
+    "gan_fid": ("gauge", "FID (Inception) of G_ema against the data at the last periodic eval "
+                "(eval.every_steps), with eval.every_n samples on each side.", ()),
+    "gan_kid": ("gauge", "KID (Inception) of G_ema against the data at the last periodic eval.", ()),
+    "gan_eval_seconds": ("gauge", "Wall time of the last periodic eval.", ()),
 }
 
 # Row field -> (metric, labels): the gauges set straight from a log interval's reduced row.
@@ -61,6 +65,9 @@ ROW_GAUGES: dict[str, tuple[str, dict]] = {
     "data_wait_seconds": ("gan_data_wait_seconds", {}),
     "checkpoint_blocked_seconds": ("gan_checkpoint_seconds", {"phase": "blocked"}),
     "checkpoint_write_seconds": ("gan_checkpoint_seconds", {"phase": "write"}),
+    "fid": ("gan_fid", {}),
+    "kid": ("gan_kid", {}),
+    "eval_seconds": ("gan_eval_seconds", {}),
     **{f"alert_{kind}": ("gan_alert_active", {"kind": kind}) for kind in KINDS},
 }
 

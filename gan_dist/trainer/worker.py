@@ -23,6 +23,8 @@ from gan_dist.evaluate import evaluate_generator
 from gan_dist.losses import d_interval_stats
 from gan_dist.monitor.monitor import Action, build_monitor
 from gan_dist.plan import data_shape, make_plan
+from gan_dist.quality.features import Ranks
+from gan_dist.quality.metrics import inception_metrics, n_label
 from gan_dist.results import DataCounts, WorkerResult, describe
 from gan_dist.rundir import HISTORY_FILE, history_bytes, last_logged, write_atomic
 from gan_dist.runtime import init_runtime, rng_state, set_rng_state
@@ -32,6 +34,10 @@ from gan_dist.trainer.prefetch import DevicePrefetcher, to_device
 from gan_dist.trainer.probes import Probes
 from gan_dist.trainer.state import TrainState, build_state, fingerprint, noise_seed
 from gan_dist.trainer.step import build_step_context
+
+
+# A periodic eval's keys in a history row (the Inception metrics at eval.every_n samples).
+INCEPTION_ROW_KEYS = ("fid", "kid", "kid_std", "precision", "recall")
 
 
 class Reporter(Protocol):
@@ -109,10 +115,11 @@ class Worker:
 
     # Log intervals --------------------------------------------------------------
 
-    def start_log(self, meter: Meter) -> PendingRow:
+    def start_log(self, meter: Meter, extra: dict | None = None) -> PendingRow:
         """Start reducing this interval's statistics across ranks (collective) and copying them
         to the host; on a GPU neither waits for the stream, so the step loop can run on and
-        read the row one step later (`finish_log`)."""
+        read the row one step later (`finish_log`). `extra`: values already the same on every
+        rank (a periodic eval's) that join the row as they are."""
         steps = meter.count
         means, seconds = meter.flush()
         means.update(d_interval_stats(means))
@@ -132,6 +139,7 @@ class Worker:
             "samples_per_second": self.plan.global_batch * self.plan.n_critic * steps / max(seconds, 1e-9),
             "checkpoint_blocked_seconds": saves.blocked_seconds[-1] if saves.blocked_seconds else 0.0,
             "checkpoint_write_seconds": saves.write_seconds[-1] if saves.write_seconds else 0.0,
+            "extra": extra or {},
         }
         return PendingRow(names, self.rt.reduce_mean(local), host)
 
@@ -145,6 +153,7 @@ class Worker:
         row["nonfinite_steps"] = int(values[-1])
         row["checkpoint_blocked_seconds"] = pending.host["checkpoint_blocked_seconds"]
         row["checkpoint_write_seconds"] = pending.host["checkpoint_write_seconds"]
+        row.update(pending.host["extra"])
         action, events = self.monitor.judge(row)
         # Collective: the detectors saw the same row on every rank; agree on the action anyway.
         action = Action(code) if (code := self.rt.reduce_max_int(int(action or 0))) else None
@@ -164,6 +173,35 @@ class Worker:
             print(f"alert at step {event.step}: {event.kind} since step {event.onset_step}, action {event.action} "
                   f"({describe(event.evidence)}){note}", flush=True)
             self.reporter.alert(event.to_dict())
+
+    # Evals ----------------------------------------------------------------------
+
+    def inception_eval(self, n: int) -> dict:
+        """The Inception metrics of G_ema against the data's first n images: collective, every
+        rank generating and embedding its share; the same dict on every rank. It draws from its
+        own seeded generators and reads the data through a stream of its own, so training's RNG
+        streams and data cursor are untouched (a run with evals ends as one without)."""
+        cfg = self.cfg
+        classes = self.shape.num_classes if self.ctx.task == "conditional" else 0
+        result = inception_metrics(self.st.G_ema, cfg.model.z_dim, classes, self.index, n, cfg.eval.metrics,
+                                   seed=cfg.seed + 3, device=str(self.rt.device), cache_dir=cfg.data.cache_dir,
+                                   sharding=Ranks(self.rt.rank, self.rt.world_size, self.rt.all_gather_object))
+        return self.rt.all_gather_object(result)[0]  # collective: rank 0's result for every rank
+
+    def periodic_eval(self, meter: Meter) -> dict:
+        """`eval.every_steps`: the Inception metrics of G_ema for this step's history row
+        (collective), under names without n (fid, kid, ...; `eval_n` says n). Its wall time is
+        in the row and left out of the interval's throughput."""
+        n = self.cfg.eval.every_n
+        t0 = time.perf_counter()
+        result = self.inception_eval(n)
+        seconds = time.perf_counter() - t0
+        meter.since += seconds
+        label = n_label(n)
+        row = {name: float(result[f"{name}{label}"]) for name in INCEPTION_ROW_KEYS if f"{name}{label}" in result}
+        self.rt.print0(f"eval at step {self.st.step}: {describe({f'{k}{label}': v for k, v in row.items()})} "
+                       f"({seconds:.0f} s)")
+        return {**row, "eval_n": n, "eval_seconds": seconds}
 
     def write_samples(self) -> None:
         if self.rt.is_main_process:
@@ -191,7 +229,7 @@ class Worker:
         if main:
             metrics.update({k: v for k, v in (st.history[-1] if st.history else {}).items() if k != "time"})
             best = self.cfg.checkpoint.keep_best_metric
-            if best and best not in metrics:
+            if best and best not in metrics and best not in INCEPTION_ROW_KEYS:
                 metrics.update(self.evaluate())  # asked for: the one part that is not a snapshot
         return Snapshot(st.step, rank_state, shared, metrics, self.config_yaml)
 
@@ -225,6 +263,7 @@ class Worker:
         the other ranks). Collective."""
         st, rt = self.st, self.rt
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
+        inception = self.inception_eval(self.cfg.eval.inception_n) if self.cfg.eval.inception else {}
         data = self.data_state()
         # Collective: every rank's fingerprint and sample counts.
         gathered = rt.all_gather_object((fingerprint(st.G, st.D, st.G_ema), data["samples_seen"],
@@ -238,7 +277,7 @@ class Worker:
             train_seconds=train_seconds,
             session_steps=st.step - session_start_step,
             final=last_logged(st.history),
-            eval=self.evaluate(),
+            eval={**self.evaluate(), **inception},
             data=DataCounts(samples_seen=sum(g[1] for g in gathered), corrupt_samples=sum(g[3] for g in gathered)),
             nonfinite_steps=st.nonfinite_steps,
             alerts=self.monitor.events,
