@@ -18,8 +18,8 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -161,15 +161,42 @@ def _parents_to_make(path: Path) -> list[Path]:
     return missing
 
 
-def pack_atomically(final_dir: Path, fill: "callable[[Path], DatasetIndex]") -> None:
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _make_tmp_dir(final_dir: Path) -> Path:
+    """A new hidden sibling of `final_dir`, made with os.mkdir: the umask's normal
+    permissions (tempfile.mkdtemp makes 0700, which other users, pods running as
+    another uid or a shared NFS export cannot read once it is renamed into place)."""
+    while True:
+        tmp = final_dir.parent / f".{final_dir.name}.tmp-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def pack_atomically(final_dir: Path, fill: "callable[[Path], DatasetIndex]", hint: str = "") -> None:
     """Run `fill(tmp_dir)` and rename tmp_dir to `final_dir` once it returns.
 
     If another process completed `final_dir` first, ours is discarded. On
     failure nothing is left behind, not even the parent folders made for it.
-    """
+    A folder that cannot be made (under a file, read-only) is a DataError
+    ending in `hint`, before any work."""
     made = _parents_to_make(final_dir.parent)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+    existing = made[-1].parent if made else final_dir.parent
+    if not existing.is_dir():
+        raise DataError(f"cannot create {final_dir}: {existing} is a file, not a folder{hint}")
+    try:
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _make_tmp_dir(final_dir)
+    except OSError as exc:
+        _remove_empty(made)
+        raise DataError(f"cannot create {final_dir}: {exc.strerror or exc}{hint}") from None
     done = False
     try:
         fill(tmp)
@@ -183,9 +210,7 @@ def pack_atomically(final_dir: Path, fill: "callable[[Path], DatasetIndex]") -> 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         if not done:
-            for folder in made:  # innermost first
-                if folder.exists() and not any(folder.iterdir()):
-                    folder.rmdir()
+            _remove_empty(made)
 
 
 def mixture_records(mixture, num_points: int, points_per_record: int, seed: int) -> Iterator[Record]:
