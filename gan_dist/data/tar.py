@@ -82,10 +82,14 @@ class _Buffer:
 
 
 def members(stream: BinaryIO | bytes, check: bool = True) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of each regular file, in order; TarError if the tar is cut or damaged.
+    """(name, data) of each regular file, in order; TarError if the tar is cut short.
 
     `stream` may be the whole tar as bytes (faster); `check=False` skips the
-    header checksums, for bytes already verified by their sha256."""
+    header checksums, for bytes already verified by their sha256. With
+    `check`, a header whose checksum fails (a flipped byte in a damaged
+    shard) is skipped with the member it starts: reading goes on from the
+    next block that is a valid header, so the damage costs that member's
+    record, not the rest of the shard."""
     stream = _Buffer(stream) if isinstance(stream, (bytes, bytearray)) else stream
     skip = stream.skip if isinstance(stream, _Buffer) else stream.read
     long_name = None
@@ -95,7 +99,13 @@ def members(stream: BinaryIO | bytes, check: bool = True) -> Iterator[tuple[str,
             return  # end of archive
         if len(block) < BLOCK:
             raise TarError("truncated header")
-        name, size, kind = _header(block, check)
+        try:
+            name, size, kind = _header(block, check)
+        except TarError:
+            if not check:
+                raise
+            long_name = None  # it named the member whose header is lost
+            continue  # resynchronise: try the next block as a header
         data = _read(stream, size)
         if len(data) < size:
             raise TarError(f"truncated member {name} ({len(data)} of {size} bytes)")
