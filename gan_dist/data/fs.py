@@ -144,11 +144,20 @@ def read_bytes(url: str) -> bytes:
 
 def read_head(url: str, size: int) -> bytes:
     """The first `size` bytes of `url` (fewer if it is shorter)."""
-    if scheme(url) in ("http", "https"):
+    kind = scheme(url)
+    if kind in ("", "file"):
+        with open(local_path(url), "rb") as f:
+            return f.read(size)
+    if kind in ("http", "https"):
         with HttpStream(url, end=size) as f:
             return f.read(size)
-    with open_stream(url) as f:
-        return f.read(size)
+    fs, path = _pyarrow_fs(url)
+
+    def ranged_read() -> bytes:  # a random-access file reads a byte range, not a buffer's worth
+        with fs.open_input_file(path) as f:
+            return f.read(size)
+
+    return _pyarrow_call(url, ranged_read)
 
 
 def file_size(url: str) -> int:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
 
-from gan_dist.data import braces, fs
+from gan_dist.data import braces, builtin, fs
 from gan_dist.data.errors import DataError
 from gan_dist.data.index import INDEX_FILE, DatasetIndex, ShardInfo
 from gan_dist.data.pack import builtin_names, pack_atomically, pack_builtin
@@ -65,6 +65,9 @@ def builtin_folder(name: str, cache_dir: str = "") -> str:
         raise DataError(f"unknown builtin dataset {name!r} (known: {', '.join(builtin_names())})")
     folder = cache_root(cache_dir) / "builtin" / f"{name}-v{BUILTIN_VERSION}"
     if not (folder / INDEX_FILE).exists():
+        spec = builtin.IMAGES.get(name)
+        if spec is not None and spec.check is not None:
+            spec.check()  # before any folder is made: a missing package is one line, nothing written
         pack_atomically(folder, lambda tmp: pack_builtin(name, tmp),
                         hint=" (the builtin cache: set GAN_DIST_CACHE or data.cache_dir to a writable folder)")
     return str(folder)

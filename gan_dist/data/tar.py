@@ -58,6 +58,15 @@ def _header(block: bytes, check: bool = True) -> tuple[str, int, bytes]:
     return name.decode("utf-8", "surrogateescape"), _number(block[124:136]), block[156:157]
 
 
+def check_header(block: bytes) -> str:
+    """The member name of a valid header block; TarError says what is wrong with one that is not."""
+    if len(block) < BLOCK:
+        raise TarError(f"{len(block)} bytes, shorter than a header")
+    if block == _ZERO:
+        raise TarError("an empty block (an empty archive)")
+    return _header(block)[0]
+
+
 def _pax_path(data: bytes) -> str | None:
     for line in data.split(b"\n"):
         _, _, record = line.partition(b" ")
