@@ -273,6 +273,8 @@ class HttpStream(io.RawIOBase):
         while True:
             try:
                 count = self._response.readinto(buffer)
+                if count == 0 and len(buffer) and self._response.length:  # http.client returns 0 when a response is cut short
+                    raise http.client.IncompleteRead(b"", self._response.length)
                 self.position += count
                 return count
             except (OSError, http.client.HTTPException) as exc:

@@ -50,8 +50,13 @@ def _number(field: bytes) -> int:
 
 def _header(block: bytes, check: bool = True) -> tuple[str, int, bytes]:
     """(name, size, type flag) of a header block, its checksum verified if `check`."""
-    if check and _number(block[148:156]) != sum(block) - sum(block[148:156]) + 8 * 32:
-        raise TarError("header checksum mismatch")
+    if check:
+        try:
+            stored = _number(block[148:156])
+        except TarError:
+            raise TarError("header checksum mismatch (its checksum field is not a number)") from None
+        if stored != sum(block) - sum(block[148:156]) + 8 * 32:
+            raise TarError("header checksum mismatch")
     name = block[0:100].split(b"\0", 1)[0]
     if block[257:262] == b"ustar" and block[345] != 0:
         name = block[345:500].split(b"\0", 1)[0] + b"/" + name
