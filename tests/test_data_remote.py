@@ -18,6 +18,7 @@ from data_helpers import image_dataset, random_images
 from gan_dist.cli import main
 from gan_dist.data import fs
 from gan_dist.data.errors import DataError
+from gan_dist.data.inspect import check_dataset
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 
@@ -62,6 +63,7 @@ def test_stream_over_http(http_url, dataset):
     local = resolve_source(str(dataset))
     index = resolve_source(f"{http_url}/ds")
     assert index.num_samples == 30 and index.url(0) == f"{http_url}/ds/shard-000000.tar"
+    check_dataset(index)  # a HEAD and a 512-byte ranged GET per shard
     same_batches(index, local)
     same_batches(index, local, verify=False)  # streamed GETs instead of whole-shard reads
     # a brace pattern picks shards by name, from the index (HTTP has no listing)
@@ -109,6 +111,7 @@ def test_stream_from_s3_with_endpoint_override(s3_server, dataset, monkeypatch):
     # the endpoint in the URL...
     index = resolve_source(f"s3://gan-data/ds?endpoint_override={s3_server}&scheme=http")
     assert index.url(1) == f"s3://gan-data/ds/shard-000001.tar?endpoint_override={s3_server}&scheme=http"
+    check_dataset(index)
     same_batches(index, local)
     # ...or in the environment, as for any S3 client (AWS_ENDPOINT_URL)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{s3_server}")
