@@ -101,20 +101,6 @@ class RetryableError(OSError):
     """A failure that another attempt may not meet (timeout, refused, reset, 5xx)."""
 
 
-def with_retries(url: str, attempt: Callable[[], T]) -> T:
-    """`attempt()`, tried again after a RetryableError up to io_retries() times,
-    waiting 0.5 s, 1 s, 2 s, ... in between; the last error names the URL and the tries."""
-    retries = io_retries()
-    for number in range(retries + 1):
-        try:
-            return attempt()
-        except RetryableError as exc:
-            if number == retries:
-                raise final_error(exc, f"{url}: {exc} ({retries + 1} attempt(s))") from None
-            time.sleep(FIRST_BACKOFF_SECONDS * 2**number)
-    raise AssertionError("unreachable")
-
-
 def final_error(exc: RetryableError, message: str) -> OSError:
     """The error to raise when retries are spent: of the kind of the first cause
     (TimeoutError, ConnectionRefusedError, ...), so callers can tell them apart."""
@@ -142,36 +128,24 @@ def read_bytes(url: str) -> bytes:
         return f.read()
 
 
-def read_head(url: str, size: int) -> bytes:
-    """The first `size` bytes of `url` (fewer if it is shorter)."""
+def read_head(url: str, size: int) -> tuple[bytes, int]:
+    """(the first `size` bytes of `url`, its whole size in bytes): one ranged read
+    (over HTTP one GET, its size from Content-Range: no HEAD, which some servers
+    and presigned URLs refuse). FileNotFoundError if it is not there."""
     kind = scheme(url)
     if kind in ("", "file"):
         with open(local_path(url), "rb") as f:
-            return f.read(size)
+            return f.read(size), os.fstat(f.fileno()).st_size
     if kind in ("http", "https"):
         with HttpStream(url, end=size) as f:
-            return f.read(size)
+            return f.read(size), f.total_size
     fs, path = _pyarrow_fs(url)
 
-    def ranged_read() -> bytes:  # a random-access file reads a byte range, not a buffer's worth
+    def ranged_read() -> tuple[bytes, int]:  # a random-access file reads a byte range, not a buffer's worth
         with fs.open_input_file(path) as f:
-            return f.read(size)
+            return f.read(size), f.size()
 
     return _pyarrow_call(url, ranged_read)
-
-
-def file_size(url: str) -> int:
-    """Size of `url` in bytes; FileNotFoundError if it is not there."""
-    kind = scheme(url)
-    if kind in ("", "file"):
-        return os.stat(local_path(url)).st_size
-    if kind in ("http", "https"):
-        return with_retries(url, lambda: _http_size(url))
-    fs, path = _pyarrow_fs(url)
-    info = _pyarrow_call(url, lambda: fs.get_file_info(path))
-    if info.size is None:
-        raise FileNotFoundError(f"{url}: not found")
-    return info.size
 
 
 # HTTP -----------------------------------------------------------------------------------
@@ -219,14 +193,6 @@ def _network_error(reason) -> OSError:
     return OSError(str(reason))
 
 
-def _http_size(url: str) -> int:
-    with _http_request(url, "HEAD") as response:
-        length = response.headers.get("Content-Length")
-    if length is None or not length.isdigit():
-        raise OSError(f"{url}: the server gives no Content-Length")
-    return int(length)
-
-
 class HttpStream(io.RawIOBase):
     """A streamed GET of `url` (bytes [0, end) if `end`), read front to back.
 
@@ -239,6 +205,7 @@ class HttpStream(io.RawIOBase):
     def __init__(self, url: str, end: int | None = None):
         super().__init__()
         self.url, self.end, self.position = url, end, 0
+        self.total_size: int | None = None  # of the whole file, when the server says
         self._retries_left, self._attempts = io_retries(), 0
         self._response = None
         self._response = self._retry(self._open_at_position)
@@ -248,6 +215,7 @@ class HttpStream(io.RawIOBase):
 
     def _open_at_position(self):
         response = _http_request(self.url, start=self.position, end=self.end)
+        self.total_size = _total_size(response, self.url)
         if self.position and response.status != 206:  # Range ignored: skip what we have
             _skip(response, self.position)
         return response
@@ -301,6 +269,15 @@ class HttpStream(io.RawIOBase):
         if self._response is not None:
             self._response.close()
         super().close()
+
+
+def _total_size(response, url: str) -> int | None:
+    """The file's size: from Content-Range (`bytes 0-511/12345`) for a range, else Content-Length."""
+    if response.status == 206:
+        total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
 
 
 def _skip(response, count: int) -> None:
