@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,9 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_helpers import random_images, replace_member, tar_members
+from data_helpers import image_dataset, random_images, replace_member, tar_members, truncate
 from gan_dist.cli import main
+from gan_dist.data.errors import DataError
 from gan_dist.data.index import INDEX_FILE, DatasetIndex
+from gan_dist.data.inspect import check_dataset
 from gan_dist.data.pack import PackOptions, pack
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
@@ -187,7 +190,7 @@ def test_pack_bad_input_exits_2_and_writes_nothing(case, tmp_path, capsys):
     code, _, err = run_main(capsys, "data", "pack", str(src), "--out", str(out))
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gan-dist: error:"), res.stderr
+    assert len(lines) == 1 and lines[0].startswith("gan-dist: error:"), err
     expected = {"missing": "no such file", "no-images": "no images", "bad-parquet": "unreadable Parquet",
                 "mixed-sizes": "differ in size", "out-exists": "already exists"}[case]
     assert expected in lines[0]
@@ -257,3 +260,47 @@ def test_interrupted_pack_leaves_nothing_that_looks_complete(tmp_path, cache_dir
     assert proc.wait(timeout=60) != 0
     assert not out.exists()
     assert not list(tmp_path.glob(".ds.tmp-*"))  # Ctrl-C cleans up; a kill -9 would leave only this hidden folder
+
+
+def test_packed_datasets_and_the_builtin_cache_get_the_umask_permissions(tmp_path):
+    """Not 0700 (tempfile.mkdtemp's): pods running as another uid, or a shared NFS
+    export, must be able to read a dataset packed by someone else."""
+    pixels, labels = random_images(5, size=8)
+    np.savez(tmp_path / "d.npz", images=pixels, labels=labels)
+    old = os.umask(0o022)
+    try:
+        pack(str(tmp_path / "d.npz"), tmp_path / "deep" / "ds", PackOptions())
+        cached = resolve_source("builtin:digits", cache_dir=str(tmp_path / "cache"))
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "deep", tmp_path / "deep" / "ds", Path(cached.root), Path(cached.root).parent):
+        assert folder.stat().st_mode & 0o777 == 0o755, folder
+        for f in folder.glob("*.*"):
+            assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+def test_an_image_folder_with_a_stray_parquet_file_packs_its_images(image_folder, tmp_path, caplog):
+    root, files = image_folder
+    pq.write_table(pa.table({"notes": ["not images"]}), root / "stats.parquet")
+    with caplog.at_level(logging.WARNING, logger="gan_dist.data"):
+        index = pack(str(root), tmp_path / "ds", PackOptions())
+    assert index.num_samples == len(files) and index.meta["classes"] == ["cat", "dog"]
+    assert "packing the images" in caplog.text
+    # asked for a column: the tables are read (and this one has no image column)
+    with pytest.raises(DataError, match="no column 'image'"):
+        pack(str(root), tmp_path / "ds2", PackOptions(), image_column="image")
+
+
+def test_check_dataset_refuses_what_cannot_work_and_warns_of_damage(tmp_path, caplog):
+    index = image_dataset(tmp_path / "ds", 12, per_shard=4)
+    check_dataset(index)  # sound: silent
+    truncate(tmp_path / "ds" / "shard-000001.tar", 0.8)  # damaged, but it can hold its records
+    with caplog.at_level(logging.WARNING, logger="gan_dist.data"):
+        check_dataset(index)
+    assert "shard-000001.tar: damaged" in caplog.text
+    (tmp_path / "ds" / "shard-000002.tar").write_bytes(b"\x01" * 4096)
+    with pytest.raises(DataError, match=r"shard-000002.tar: not a tar \(its first header: header checksum mismatch"):
+        check_dataset(index)
+    (tmp_path / "ds" / "shard-000000.tar").unlink()
+    with pytest.raises(DataError, match=r"shard-000000.tar: missing \(and 1 more shard\(s\) with problems\)"):
+        check_dataset(index)

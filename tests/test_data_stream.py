@@ -122,17 +122,16 @@ def test_corrupt_image_is_skipped_counted_and_warned(tmp_path, caplog):
     assert stream.state_dict()["corrupt_samples"] == 1
 
 
-@pytest.mark.parametrize("verify,expected_bad", [(False, None), (True, 8)])
-def test_truncated_shard(verify, expected_bad, tmp_path):
+@pytest.mark.parametrize("verify", [False, True])
+def test_truncated_shard(verify, tmp_path):
     image_dataset(tmp_path, 24, per_shard=8)
     truncate(tmp_path / "shard-000002.tar", 0.45)
     stream, ys = read_epoch(tmp_path, verify=verify, max_corrupt_fraction=0.5)
-    if verify:  # the checksum fails: the whole shard is skipped
-        assert stream.corrupt_samples == 8 and len(ys) == 16
-    else:  # streamed: the records before the cut are used, the rest skipped
-        readable = len({n.split(".")[0] for n in _members_before_cut(tmp_path / "shard-000002.tar")})
-        assert 0 < stream.corrupt_samples < 8 and len(ys) == 24 - stream.corrupt_samples
-        assert stream.corrupt_samples >= 8 - readable
+    # streamed, or read whole and found damaged (checksum mismatch): either way the
+    # records before the cut are used and only the rest is skipped
+    readable = len({n.split(".")[0] for n in _members_before_cut(tmp_path / "shard-000002.tar")})
+    assert 0 < stream.corrupt_samples < 8 and len(ys) == 24 - stream.corrupt_samples
+    assert stream.corrupt_samples >= 8 - readable
 
 
 def _members_before_cut(path):
@@ -147,14 +146,38 @@ def _members_before_cut(path):
     return names
 
 
-def test_missing_shard_and_checksum_mismatch_are_counted(tmp_path):
+def test_missing_shard_and_checksum_mismatch_are_counted(tmp_path, caplog):
     image_dataset(tmp_path, 40, per_shard=8)
     (tmp_path / "shard-000000.tar").unlink()
     data = bytearray((tmp_path / "shard-000003.tar").read_bytes())
-    data[600] ^= 0xFF  # one flipped byte, in the first image
+    data[600] ^= 0xFF  # in the padding after the first record's label: harmless
+    data[member_offsets(data, ".png")[0] + 512 + 100] ^= 0xFF  # inside the first image
     (tmp_path / "shard-000003.tar").write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="gan_dist.data"):
+        stream, ys = read_epoch(tmp_path, max_corrupt_fraction=0.5)
+    # the missing shard costs its 8 samples; the damaged one only the image the byte fell in
+    assert stream.corrupt_samples == 9 and len(ys) == 31
+    assert "shard-000003.tar is damaged (checksum mismatch" in caplog.text
+
+
+def member_offsets(tar_bytes: bytes, suffix: str) -> list[int]:
+    """Offsets of the USTAR headers of members whose names end with `suffix`."""
+    return [o for o in range(0, len(tar_bytes), 512) if tar_bytes[o + 257:o + 262] == b"ustar"
+            and tar_bytes[o:o + 100].split(b"\0")[0].endswith(suffix.encode())]
+
+
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_flipped_byte_in_a_damaged_shard_costs_one_record(where, tmp_path):
+    """A flipped byte in a member's tar header (its checksum fails: the reader skips
+    to the next valid header) or inside its image loses that record only."""
+    image_dataset(tmp_path, 16, per_shard=16)
+    path = tmp_path / "shard-000000.tar"
+    data = bytearray(path.read_bytes())
+    png_header = member_offsets(data, ".png")[8]  # a record in the middle of the shard
+    data[png_header + 20 if where == "header" else png_header + 512 + 200] ^= 0x55
+    path.write_bytes(bytes(data))
     stream, ys = read_epoch(tmp_path, max_corrupt_fraction=0.5)
-    assert stream.corrupt_samples == 16 and len(ys) == 24
+    assert stream.corrupt_samples == 1 and len(ys) == 15
 
 
 def test_too_many_bad_samples_stop_with_a_clear_error(tmp_path):

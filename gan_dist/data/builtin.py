@@ -10,9 +10,15 @@ Unrolled GAN), with the standard definitions:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
+
+from gan_dist.data import idx
+from gan_dist.data.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -63,14 +69,22 @@ MIXTURE_DATA_SEED = 20140610
 
 
 # Built-in image datasets --------------------------------------------------------
-# Labelled images that need no download, for demos and tests. Each is made
-# from a fixed seed, so every node packs the same pixels.
+# Labelled images that need no download, for demos and tests: made from a fixed
+# seed, or read from files a system package installs, so every node packs the
+# same pixels.
+
+# Image records hold one image each; small shards so that tests can use many ranks.
+IMAGES_PER_SHARD = 256
+
 
 @dataclass(frozen=True)
 class ImageSet:
     name: str
     classes: tuple[str, ...]
     make: "callable[[], tuple[np.ndarray, np.ndarray]]"  # -> uint8 [N, H, W, C], int64 [N]
+    preprocess: str = "none"  # what was done to the original images, recorded in the index
+    per_shard: int = IMAGES_PER_SHARD
+    check: "callable[[], object] | None" = None  # raises DataError if the set cannot be made here
 
 
 def digits(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -123,10 +137,46 @@ def _draw_shape(draw, kind: str, cx: float, cy: float, r: float, colour: tuple) 
         draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=colour)
 
 
+# Fashion-MNIST (Xiao, Rasul and Vollgraf 2017): Zalando's article images, 28x28 grey,
+# 60,000 training and 10,000 test images, 10 balanced classes, from the IDX files that
+# Debian's package `dataset-fashion-mnist` installs. The recipes want 32x32: each image is
+# padded with 2 black pixels on every side (the background is 0 = black), which keeps every
+# original pixel, where resizing would resample them all.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_DIR_ENV = "GAN_DIST_FASHION_MNIST_DIR"  # another folder holding the same four files
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+FASHION_MNIST_SPLITS = {"fashion-mnist": "train", "fashion-mnist-test": "t10k"}
+# 2500 images (about 2 MB of PNG) per shard: 24 training shards, 4 test shards.
+FASHION_MNIST_PER_SHARD = 2500
+
+
+def fashion_mnist_files(name: str) -> Path:
+    """The images file of builtin `name`'s split; DataError saying how to get it if it is missing."""
+    folder = Path(os.environ.get(FASHION_MNIST_DIR_ENV) or FASHION_MNIST_DIR)
+    images = folder / f"{FASHION_MNIST_SPLITS[name]}-images-idx3-ubyte.gz"
+    labels = folder / f"{FASHION_MNIST_SPLITS[name]}-labels-idx1-ubyte.gz"
+    missing = [p for p in (images, labels) if not p.is_file()]
+    if missing:
+        raise DataError(f"builtin:{name} needs {missing[0]}, which is missing: install Debian's package with "
+                        f"`apt-get install dataset-fashion-mnist`, or pack IDX files you have with "
+                        f"`gan-dist data pack {images.name} --out DIR` and use data.source=DIR")
+    return images
+
+
+def fashion_mnist(name: str) -> tuple[np.ndarray, np.ndarray]:
+    pixels, labels, _ = idx.read_pair(fashion_mnist_files(name))
+    if pixels.shape[1:] != (28, 28) or labels is None:
+        raise DataError(f"builtin:{name}: expected labelled 28x28 images in {fashion_mnist_files(name)}, "
+                        f"got {list(pixels.shape)}")
+    return idx.pad_to(pixels, 32)[..., None], labels
+
+
 IMAGES = {
-    "digits": ImageSet("digits", tuple(str(d) for d in range(10)), digits),
+    "digits": ImageSet("digits", tuple(str(d) for d in range(10)), digits, preprocess="bicubic8to32"),
     "shapes": ImageSet("shapes", SHAPE_CLASSES, shapes),
     "shapes64": ImageSet("shapes64", SHAPE_CLASSES, lambda: shapes(size=64)),
+    **{name: ImageSet(name, FASHION_MNIST_CLASSES, partial(fashion_mnist, name), preprocess="pad28to32",
+                      per_shard=FASHION_MNIST_PER_SHARD, check=partial(fashion_mnist_files, name))
+       for name in FASHION_MNIST_SPLITS},
 }
-# Image records hold one image each; small shards so that tests can use many ranks.
-IMAGES_PER_SHARD = 256

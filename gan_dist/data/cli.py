@@ -6,15 +6,34 @@ turns into exit code 2.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import re
+import secrets
 import sys
 import time
 from pathlib import Path
 
 from gan_dist.data.errors import DataError
-from gan_dist.data.pack import ENCODINGS, PackOptions, builtin_names, pack
+from gan_dist.data.pack import ENCODINGS, PackOptions, builtin_names, check_can_create, pack, remove_empty
+
+PACK_SOURCES = f"""SRC is one of:
+  an image folder     one subfolder per class (labels in sorted folder order), or images directly in it
+  Parquet             a .parquet file, or a folder of them (a folder that holds more images than
+                      .parquet files is an image folder unless --image-column/--label-column is given);
+                      an image-bytes column and an optional label column (nulls and negatives refused)
+  .npz                arrays of uint8 images [N,H,W(,C)] or [N,C,H,W] and optional integer labels
+  IDX (MNIST format)  PREFIX-images-idx3-ubyte[.gz], its labels PREFIX-labels-idx1-ubyte[.gz] read from
+                      beside it (unlabelled if there is none), or a folder holding one such pair;
+                      MNIST, KMNIST, EMNIST and Fashion-MNIST files (EMNIST's images are stored
+                      transposed and are packed as stored)
+  builtin:NAME        {', '.join(builtin_names())}
+                      (fashion-mnist[-test]: Debian's dataset-fashion-mnist files, each 28x28 image
+                      padded with 2 black pixels a side to 32x32)
+
+The dataset is written into a temporary folder beside --out and renamed into place when complete."""
 
 SIZE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 
@@ -33,9 +52,9 @@ def register(commands) -> None:
     sub = data.add_subparsers(dest="data_command", required=True)
     defaults = PackOptions()
 
-    pack_cmd = sub.add_parser("pack", help="pack an image folder, Parquet, .npz or builtin:NAME into shards")
-    pack_cmd.add_argument("src", help=f"image folder (one subfolder per class, or flat), Parquet file or folder, "
-                                      f".npz file, or builtin:NAME ({', '.join(builtin_names())})")
+    pack_cmd = sub.add_parser("pack", help="pack an image folder, Parquet, .npz, IDX or builtin:NAME into shards",
+                              description=PACK_SOURCES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pack_cmd.add_argument("src", metavar="SRC", help="what to pack (see above)")
     pack_cmd.add_argument("--out", required=True, type=Path, help="dataset folder to create (must not exist, or be empty)")
     pack_cmd.add_argument("--shard-samples", type=int, default=defaults.shard_samples,
                           help="samples per shard at most (default %(default)s)")
@@ -56,7 +75,11 @@ def register(commands) -> None:
     pack_cmd.add_argument("--name", default="", help="dataset name in the index (default: the input's name)")
     pack_cmd.set_defaults(func=cmd_pack)
 
-    inspect_cmd = sub.add_parser("inspect", help="counts, classes and image size of a dataset; verify shards")
+    inspect_cmd = sub.add_parser("inspect", help="counts, classes and image size of a dataset; check or verify shards",
+                                 description="Prints what the index says and checks each shard cheaply (there, a tar, "
+                                             "big enough for its records); --verify reads every shard whole. "
+                                             "Remote reads time out after GAN_DIST_IO_TIMEOUT seconds (default 60), "
+                                             "retried GAN_DIST_IO_RETRIES times (default 3).")
     inspect_cmd.add_argument("source", help="dataset folder or URL (file://, http(s)://, s3://), or builtin:NAME")
     inspect_cmd.add_argument("--verify", action="store_true", help="check every shard's sha256 and record count")
     inspect_cmd.add_argument("--preview", type=Path, metavar="FILE.png", help="write a grid of the first samples")
@@ -88,22 +111,25 @@ def cmd_pack(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from gan_dist.data import inspect
+    from gan_dist.data import inspect  # deferred: the stream and its decoders load only for inspect
     from gan_dist.data.sources import resolve_source
 
     _quiet_warnings()
+    if args.preview:
+        check_output_file(args.preview, "--preview")
     index = resolve_source(args.source)
     facts = inspect.describe(index)
-    if args.verify:
+    if args.verify:  # reads every shard whole: a superset of check_dataset, reported shard by shard
         problems = {index.shards[i].shard: p for i in range(len(index.shards)) if (p := inspect.verify_shard(index, i))}
         facts["verify"] = {"shards_ok": len(index.shards) - len(problems), "problems": problems}
+    else:
+        inspect.check_dataset(index)
     if args.preview:
         try:
             png = inspect.preview_png(index)
         except ValueError as exc:
             raise DataError(f"--preview: {exc}") from None
-        args.preview.parent.mkdir(parents=True, exist_ok=True)
-        args.preview.write_bytes(png)
+        write_output_file(args.preview, png, "--preview")
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
@@ -115,3 +141,24 @@ def cmd_inspect(args) -> int:
         if args.preview:
             print(f"preview   {args.preview}")
     return 1 if args.verify and facts["verify"]["problems"] else 0
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """`path` can become a file: not a folder, not under a file, in a writable folder."""
+    if path.is_dir():
+        raise DataError(f"{flag} {path} is a folder; name a file, e.g. {path / 'preview.png'}")
+    check_can_create(path)
+
+
+def write_output_file(path: Path, data: bytes, flag: str) -> None:
+    """Write `data` to `path` whole or not at all (a temporary sibling renamed into place)."""
+    made = check_can_create(path)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        remove_empty(made)
+        raise DataError(f"{flag} {path}: cannot write it ({exc.strerror or exc})") from None

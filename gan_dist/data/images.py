@@ -55,6 +55,15 @@ def decode(data: bytes, ext: str, channels: int) -> np.ndarray:
     return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)
 
 
+def verify(data: bytes, ext: str) -> None:
+    """Raise if the bytes fail their format's own integrity checks: the CRC of every
+    PNG chunk (Pillow's decode skips the image data's CRCs). JPEG, WebP and
+    Netpbm carry no checksum; their damage shows only if it breaks the decode."""
+    if ext == "png":
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as im:
+            im.verify()
+
+
 def _pnm_pixels(data: bytes, match: re.Match, channels: int) -> np.ndarray:
     depth, width, height = (3 if match.group(1) == b"6" else 1), int(match.group(2)), int(match.group(3))
     pixels = np.frombuffer(data, np.uint8, count=width * height * depth, offset=match.end())

@@ -18,8 +18,8 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -153,7 +153,8 @@ def write_shards(records: Iterable[Record], out_dir: Path, records_per_shard: in
     return writer.finish(meta, num_classes)
 
 
-def _parents_to_make(path: Path) -> list[Path]:
+def parents_to_make(path: Path) -> list[Path]:
+    """The missing folders above and at `path`, innermost first."""
     missing = []
     while not path.exists():
         missing.append(path)
@@ -161,15 +162,51 @@ def _parents_to_make(path: Path) -> list[Path]:
     return missing
 
 
-def pack_atomically(final_dir: Path, fill: "callable[[Path], DatasetIndex]") -> None:
+def remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def check_can_create(path: Path, hint: str = "") -> list[Path]:
+    """The folders to make above `path` (innermost first); DataError if one of
+    its ancestors is a file, or the nearest existing one is not writable."""
+    made = parents_to_make(path.parent)
+    existing = made[-1].parent if made else path.parent
+    if not existing.is_dir():
+        raise DataError(f"cannot create {path}: {existing} is a file, not a folder{hint}")
+    if not os.access(existing, os.W_OK | os.X_OK):  # as root this says yes: the mkdir that follows is the test
+        raise DataError(f"cannot create {path}: {existing} is not writable{hint}")
+    return made
+
+
+def _make_tmp_dir(final_dir: Path) -> Path:
+    """A new hidden sibling of `final_dir`, made with os.mkdir: the umask's normal
+    permissions (tempfile.mkdtemp makes 0700, which other users, pods running as
+    another uid or a shared NFS export cannot read once it is renamed into place)."""
+    while True:
+        tmp = final_dir.parent / f".{final_dir.name}.tmp-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def pack_atomically(final_dir: Path, fill: "callable[[Path], DatasetIndex]", hint: str = "") -> None:
     """Run `fill(tmp_dir)` and rename tmp_dir to `final_dir` once it returns.
 
     If another process completed `final_dir` first, ours is discarded. On
     failure nothing is left behind, not even the parent folders made for it.
-    """
-    made = _parents_to_make(final_dir.parent)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+    A folder that cannot be made (under a file, read-only) is a DataError
+    ending in `hint`, before any work."""
+    made = check_can_create(final_dir, hint)
+    try:
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _make_tmp_dir(final_dir)
+    except OSError as exc:
+        remove_empty(made)
+        raise DataError(f"cannot create {final_dir}: {exc.strerror or exc}{hint}") from None
     done = False
     try:
         fill(tmp)
@@ -183,9 +220,7 @@ def pack_atomically(final_dir: Path, fill: "callable[[Path], DatasetIndex]") -> 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         if not done:
-            for folder in made:  # innermost first
-                if folder.exists() and not any(folder.iterdir()):
-                    folder.rmdir()
+            remove_empty(made)
 
 
 def mixture_records(mixture, num_points: int, points_per_record: int, seed: int) -> Iterator[Record]:
@@ -297,7 +332,9 @@ def pack_images(source: readers.ImageSource, out_dir: Path, opts: PackOptions) -
     meta = {"name": opts.name or source.name, "kind": "image", "sample_shape": [facts.channels, height, width],
             "num_classes": num_classes,
             "classes": source.classes or [str(c) for c in range(num_classes)],
-            "fields": fields, "source": source.where, "encoding": opts.encode, "skipped_inputs": facts.skipped}
+            "fields": fields, "source": source.where, "encoding": opts.encode, "skipped_inputs": facts.skipped,
+            "preprocess": f"resize-crop{opts.size}" if opts.size else "none"}
+    meta.update(source.meta)
     return writer.finish(meta, num_classes)
 
 
@@ -319,7 +356,7 @@ def pack_builtin(name: str, out_dir: Path) -> DatasetIndex:
     if name in builtin.MIXTURES:
         return pack_mixture(name, out_dir)
     if name in builtin.IMAGES:
-        opts = PackOptions(shard_samples=builtin.IMAGES_PER_SHARD, encode="png", seed=builtin.MIXTURE_DATA_SEED)
+        opts = PackOptions(shard_samples=builtin.IMAGES[name].per_shard, encode="png", seed=builtin.MIXTURE_DATA_SEED)
         return pack_images(readers.builtin_image_source(name, opts.shuffle, opts.seed), out_dir, opts)
     raise DataError(f"unknown builtin dataset {name!r} (known: {', '.join(builtin_names())})")
 
@@ -340,12 +377,31 @@ def open_source(src: str, opts: PackOptions, image_column: str | None = None,
         raise DataError(f"{src}: no such file or folder")
     if path.suffix == ".npz":
         return readers.npz_source(src, image_column, label_column, opts.shuffle, opts.seed)
-    if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
+    if readers.is_idx(path):
+        return readers.idx_source(src, opts.shuffle, opts.seed)
+    if path.suffix == ".parquet" or (path.is_dir() and _is_parquet_folder(path, image_column or label_column)):
         return readers.parquet_source(src, image_column or "image", label_column, opts.shuffle, opts.seed)
     if path.is_dir():
         return readers.folder_source(src, opts.shuffle, opts.seed)
-    raise DataError(f"cannot pack {src}: expected an image folder, a Parquet file or folder, "
-                    f"a .npz file or builtin:NAME")
+    raise DataError(f"cannot pack {src}: expected an image folder, a Parquet file or folder, a .npz file, "
+                    f"an IDX images file (*-images-idx3-ubyte[.gz]) or builtin:NAME")
+
+
+def _is_parquet_folder(path: Path, asked: str | None) -> bool:
+    """Read a folder as Parquet when asked (--image-column/--label-column name table
+    columns) or when it holds more .parquet files than images; a stray table in an
+    image folder does not turn it into a table."""
+    tables = sum(1 for p in path.rglob("*.parquet") if not p.name.startswith("."))
+    if not tables:
+        return False
+    if asked:
+        return True
+    pictures = sum(1 for p in path.rglob("*") if p.name.lower().endswith(images.INPUT_SUFFIXES))
+    if pictures >= tables:
+        log.warning("%s holds %d images and %d .parquet file(s): packing the images (pass --image-column "
+                    "to pack the tables instead)", path, pictures, tables)
+        return False
+    return True
 
 
 def pack(src: str, out: Path, opts: PackOptions, image_column: str | None = None,
@@ -355,6 +411,7 @@ def pack(src: str, out: Path, opts: PackOptions, image_column: str | None = None
         raise DataError(f"--encode must be one of {', '.join(ENCODINGS)}, got {opts.encode!r}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} already exists and is not empty; choose another --out or remove it")
+    check_can_create(out)  # before reading the input: a bad --out is bad input, not a late failure
     source = open_source(src, opts, image_column, label_column)
     result: list[DatasetIndex] = []
     if isinstance(source, str):

@@ -1,4 +1,4 @@
-"""What `gan-dist data pack` reads: an image folder, Parquet, .npz, a builtin set.
+"""What `gan-dist data pack` reads: an image folder, Parquet, .npz, IDX, a builtin set.
 
 Each reader checks its input up front (a missing folder, an unreadable
 Parquet file, no images: DataError, before anything is written) and then
@@ -21,9 +21,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gan_dist.data import builtin, images
+from gan_dist.data import builtin, idx, images
 from gan_dist.data.errors import DataError
 
 # Rows per Parquet record batch: the unit of memory while packing a table.
@@ -46,6 +47,7 @@ class ImageSource:
     labelled: bool
     items: Callable[[], Iterator[Item]]
     classes: list[str] = field(default_factory=list)  # label -> name; empty: unnamed
+    meta: dict = field(default_factory=dict)  # more facts for the index (e.g. preprocess)
 
 
 def key_of(i: int) -> str:
@@ -136,7 +138,8 @@ def _hf_class_names(schema: pa.Schema, column: str) -> list[str]:
 def parquet_source(path: str, image_column: str, label_column: str | None, shuffle: bool, seed: int,
                    batch_rows: int = PARQUET_BATCH_ROWS) -> ImageSource:
     """Rows of Parquet file(s): `image_column` holds encoded images, `label_column`
-    (default "label", optional) integer or string labels.
+    (default "label", optional) integer or string labels. A null or negative
+    label is refused before anything is written (DataError naming the row).
 
     Shuffling keeps memory flat: row groups are visited in a random order and
     rows are permuted within each record batch."""
@@ -163,6 +166,8 @@ def parquet_source(path: str, image_column: str, label_column: str | None, shuff
             classes = _hf_class_names(schema, label_column)
         else:
             raise DataError(f"{files[0]}: label column {label_column!r} is {kind}, not integers or strings")
+        for f, pf in zip(files, parquet):
+            _check_labels(pf, label_column, f)
     # (file, row group, first row key) for every row group, in the table's order
     units, offset = [], 0
     for fi, pf in enumerate(parquet):
@@ -189,6 +194,23 @@ def parquet_source(path: str, image_column: str, label_column: str | None, shuff
 
     name = Path(path).resolve().stem
     return ImageSource(path, name, labelled, items, classes)
+
+
+def _check_labels(pf: pq.ParquetFile, column: str, where: str) -> None:
+    """Every label is there and >= 0: a null or negative label is refused, not packed
+    as a class of its own (one pass over the label column, a record batch at a time)."""
+    first = 0
+    for batch in pf.iter_batches(PARQUET_BATCH_ROWS * 64, columns=[column]):
+        labels = batch.column(0)
+        bad = pc.is_null(labels)
+        if pa.types.is_integer(labels.type):
+            bad = pc.or_kleene(bad, pc.less(labels, 0))
+        if pc.any(bad).as_py():
+            row = first + pc.index(bad, True).as_py()
+            value = labels[row - first].as_py()
+            raise DataError(f"{where}: row {row} has label {'null' if value is None else value} in column "
+                            f"{column!r}; every row needs a label >= 0: drop or fix those rows")
+        first += len(labels)
 
 
 def _distinct(parquet: list[pq.ParquetFile], column: str) -> set:
@@ -240,22 +262,42 @@ def _hwc(x: np.ndarray, where: str) -> np.ndarray:
 def npz_source(path: str, image_key: str | None, label_key: str | None, shuffle: bool, seed: int) -> ImageSource:
     try:
         arrays = np.load(path, allow_pickle=False)
-        keys = list(arrays.keys())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: unreadable .npz ({exc})") from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):  # np.load reads .npy bytes whatever the name
+        raise DataError(f"{path}: not a .npz archive (it holds one bare .npy array); save it with np.savez")
+    keys = list(arrays.keys())
     image_key = image_key or next((k for k in IMAGE_KEYS if k in keys), None)
     if image_key not in keys:
         raise DataError(f"{path}: no image array (arrays: {', '.join(keys)}); name it with --image-column")
     if label_key and label_key not in keys:
         raise DataError(f"{path}: no label array {label_key!r} (arrays: {', '.join(keys)})")
     label_key = label_key or next((k for k in LABEL_KEYS if k in keys), None)
-    labels = arrays[label_key] if label_key else None
-    classes = [str(c) for c in arrays["classes"]] if "classes" in keys else []
-    pixels = _hwc(arrays[image_key], path)
+    try:  # each array is read (and checked) only here
+        labels = arrays[label_key] if label_key else None
+        classes = [str(c) for c in arrays["classes"]] if "classes" in keys else []
+        pixels = _hwc(arrays[image_key], path)
+    except (OSError, ValueError, EOFError) as exc:  # a damaged member, or object arrays (pickle)
+        raise DataError(f"{path}: unreadable .npz array ({exc})") from None
     return array_source(path, Path(path).stem, pixels, labels, classes, shuffle, seed)
+
+
+def idx_source(path: str, shuffle: bool, seed: int) -> ImageSource:
+    """An IDX split (MNIST's format): an images file, its labels beside it, or a folder holding one pair."""
+    pixels, labels, name = idx.read_pair(Path(path))
+    return array_source(path, name, pixels[..., None], labels, [], shuffle, seed)
+
+
+def is_idx(path: Path) -> bool:
+    """An IDX images file, or a folder holding one (and no class subfolders)."""
+    if path.is_file():
+        return idx.is_images_file(path.name)
+    return path.is_dir() and any(p.is_file() and idx.is_images_file(p.name) for p in path.iterdir())
 
 
 def builtin_image_source(name: str, shuffle: bool, seed: int) -> ImageSource:
     spec = builtin.IMAGES[name]
     pixels, labels = spec.make()
-    return array_source(f"builtin:{name}", name, pixels, labels, list(spec.classes), shuffle, seed)
+    source = array_source(f"builtin:{name}", name, pixels, labels, list(spec.classes), shuffle, seed)
+    source.meta["preprocess"] = spec.preprocess
+    return source

@@ -24,10 +24,14 @@ The cursor (epoch, record, row) is the exact position of the stream, counted
 in the order the rank takes records: a stream loaded from a cursor yields
 exactly what the original would have yielded next.
 
-Bad data (an unreadable record, a truncated tar, a missing shard, a checksum
-mismatch) is skipped with a warning and counted in `corrupt_samples` when the
-cursor passes it, so the count is exact across resumes. A skipped record
-yields no rows; the stream simply cuts the batch from the records after it.
+Bad data (an unreadable record, a truncated tar, a missing shard) is skipped
+with a warning and counted in `corrupt_samples` when the cursor passes it, so
+the count is exact across resumes. A skipped record yields no rows; the
+stream simply cuts the batch from the records after it. One bad sample costs
+one sample: a shard whose checksum fails is reported as damaged and read
+record by record, so a flipped byte loses the record it falls in, not the
+shard. Every remote read has a time limit (data.fs), so a stalled server
+ends in bad records and then an error, never in a hang.
 """
 
 from __future__ import annotations
@@ -142,6 +146,7 @@ def _expected_samples(info, first: int, count: int) -> int:
 class _OpenShard:
     def __init__(self, number: int):
         self.number, self.position = number, 0
+        self.damaged = False  # its checksum failed: every record is checked as it is decoded
         self.records = None  # iterator of raw records
         self.stream = None
         self.broken = ""  # why the rest of this shard cannot be read
@@ -158,6 +163,7 @@ class ShardReader:
     def __init__(self, index: DatasetIndex, verify: bool = True):
         self.index, self.verify = index, verify
         self._open: _OpenShard | None = None
+        self.damaged: set[str] = set()  # shards whose checksum failed (read record by record)
 
     def read(self, order: np.ndarray, bounds: np.ndarray, start: int, end: int) -> list:
         """Raw records (dicts of tar members) or `Bad`s at positions [start, end)."""
@@ -184,10 +190,17 @@ class ShardReader:
         try:
             if self.verify:
                 data = fs.read_bytes(url)
-                if hashlib.sha256(data).hexdigest() != info.sha256:
-                    opened.broken = f"{url}: checksum mismatch ({len(data)} bytes, index says {info.num_bytes})"
-                    return opened
-                opened.records = tar.records(data, url, check=False)  # intact: no need to check headers
+                intact = hashlib.sha256(data).hexdigest() == info.sha256
+                if not intact:
+                    # One bad sample costs one sample: read the damaged shard record by record
+                    # (headers checked, resynchronised past a bad one); what does not decode is
+                    # skipped and counted like any bad record.
+                    self.damaged.add(url)
+                    opened.damaged = True
+                    log.warning("shard %s is damaged (checksum mismatch: %d bytes, the index says %d): "
+                                "reading it record by record and skipping what does not decode",
+                                url, len(data), info.num_bytes)
+                opened.records = tar.records(data, url, check=not intact)  # intact: no need to check headers
             else:
                 opened.stream = fs.open_stream(url)
                 opened.records = tar.records(opened.stream, url)
@@ -204,6 +217,8 @@ class ShardReader:
             try:
                 record = next(shard.records)
                 record["__expect__"] = _expected_samples(info, position, 1)
+                if shard.damaged:
+                    record["__damaged__"] = True  # decoded strictly: its bytes are suspect
                 return record
             except StopIteration:
                 shard.broken = f"{self.index.url(shard.number)}: {position} records, index says {info.num_records}"
@@ -271,14 +286,18 @@ class RecordDecoder:
             ext = next((e for e in exts if e in sample), None)
             if ext is None:
                 raise BadRecord(f"record {sample.get('__key__')} has no .{' or .'.join(exts)} member")
-            out[name] = self._decode(sample[ext], ext)
+            out[name] = self._decode(sample[ext], ext, strict=sample.get("__damaged__", False))
         rows = {len(a) for a in out.values()}
         if len(rows) > 1:
             raise BadRecord(f"record {sample.get('__key__')}: fields have different row counts {sorted(rows)}")
         return out
 
-    def _decode(self, data: bytes, ext: str) -> np.ndarray:
+    def _decode(self, data: bytes, ext: str, strict: bool = False) -> np.ndarray:
+        """`strict` (a record of a damaged shard) also checks the format's own
+        checksums (PNG's CRCs), which a plain decode does not read."""
         try:
+            if strict:
+                images.verify(data, ext)
             if ext.endswith("npy"):
                 return load_npy(data)
             if ext == "cls":

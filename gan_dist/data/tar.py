@@ -50,12 +50,26 @@ def _number(field: bytes) -> int:
 
 def _header(block: bytes, check: bool = True) -> tuple[str, int, bytes]:
     """(name, size, type flag) of a header block, its checksum verified if `check`."""
-    if check and _number(block[148:156]) != sum(block) - sum(block[148:156]) + 8 * 32:
-        raise TarError("header checksum mismatch")
+    if check:
+        try:
+            stored = _number(block[148:156])
+        except TarError:
+            raise TarError("header checksum mismatch (its checksum field is not a number)") from None
+        if stored != sum(block) - sum(block[148:156]) + 8 * 32:
+            raise TarError("header checksum mismatch")
     name = block[0:100].split(b"\0", 1)[0]
     if block[257:262] == b"ustar" and block[345] != 0:
         name = block[345:500].split(b"\0", 1)[0] + b"/" + name
     return name.decode("utf-8", "surrogateescape"), _number(block[124:136]), block[156:157]
+
+
+def check_header(block: bytes) -> str:
+    """The member name of a valid header block; TarError says what is wrong with one that is not."""
+    if len(block) < BLOCK:
+        raise TarError(f"{len(block)} bytes, shorter than a header")
+    if block == _ZERO:
+        raise TarError("an empty block (an empty archive)")
+    return _header(block)[0]
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -82,10 +96,14 @@ class _Buffer:
 
 
 def members(stream: BinaryIO | bytes, check: bool = True) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of each regular file, in order; TarError if the tar is cut or damaged.
+    """(name, data) of each regular file, in order; TarError if the tar is cut short.
 
     `stream` may be the whole tar as bytes (faster); `check=False` skips the
-    header checksums, for bytes already verified by their sha256."""
+    header checksums, for bytes already verified by their sha256. With
+    `check`, a header whose checksum fails (a flipped byte in a damaged
+    shard) is skipped with the member it starts: reading goes on from the
+    next block that is a valid header, so the damage costs that member's
+    record, not the rest of the shard."""
     stream = _Buffer(stream) if isinstance(stream, (bytes, bytearray)) else stream
     skip = stream.skip if isinstance(stream, _Buffer) else stream.read
     long_name = None
@@ -95,7 +113,13 @@ def members(stream: BinaryIO | bytes, check: bool = True) -> Iterator[tuple[str,
             return  # end of archive
         if len(block) < BLOCK:
             raise TarError("truncated header")
-        name, size, kind = _header(block, check)
+        try:
+            name, size, kind = _header(block, check)
+        except TarError:
+            if not check:
+                raise
+            long_name = None  # it named the member whose header is lost
+            continue  # resynchronise: try the next block as a header
         data = _read(stream, size)
         if len(data) < size:
             raise TarError(f"truncated member {name} ({len(data)} of {size} bytes)")

