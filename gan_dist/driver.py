@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from gan_dist import checkpoint as ckpt
 from gan_dist.config import Config, ConfigError
+from gan_dist.data.inspect import check_dataset
 from gan_dist.data.sources import resolve_source
 from gan_dist.monitor.hub import Hub, RunHub
 from gan_dist.monitor.metrics import TARGETS_FILE
@@ -92,6 +93,7 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
     # Inside a Ray Job (or with RAY_ADDRESS exported) the run joins that cluster.
     cfg.run.address = cfg.run.address or os.environ.get("RAY_ADDRESS", "")
     index = resolve_source(cfg.data.source, cfg.data.cache_dir)
+    check_dataset(index)  # every shard there and a tar, big enough for its records: a read of 512 bytes each
     session = None
     try:
         if cfg.run.use_ray and cfg.run.address:

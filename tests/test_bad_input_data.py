@@ -236,6 +236,13 @@ ROWS = [
         tmp, w, shards=lambda ds: (ds / "shard-000002.tar").unlink())), "shard-000002.tar: missing"),
     Row("inspect-field-without-decoder", inspect(lambda tmp, w: spoiled(
         tmp, w, meta=_meta_set("fields", {"x": "bmp", "y": "cls"}))), "no decoder for .bmp members"),
+    # the same, found by a dry run (and by any run, before it starts)
+    Row("dry-run-counts-and-sizes-lie", dry_run(lambda tmp, w: spoiled(
+        tmp, w, rows=lambda r: r[0].update(num_records=10**12, num_bytes=10**15))),
+        "bytes cannot hold the 1,000,000,000,000 records the index claims"),
+    Row("dry-run-shard-not-a-tar", dry_run(lambda tmp, w: spoiled(tmp, w, shards=_garbage_shard)), "not a tar"),
+    Row("dry-run-field-without-decoder", dry_run(lambda tmp, w: spoiled(
+        tmp, w, meta=_meta_set("fields", {"x": "bmp", "y": "cls"}))), "no decoder for .bmp members"),
     Row("inspect-index-not-parquet", inspect(lambda tmp, w: _not_parquet_index(tmp)), "unreadable index"),
     # patterns in data.source
     Row("inspect-brace-billion", lambda tmp, w: ["data", "inspect", f"{w.root}/ds/shard-{{000000000..999999999}}.tar"],

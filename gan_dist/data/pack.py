@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
 from gan_dist.data import builtin, images, readers
@@ -124,6 +123,10 @@ class ShardWriter:
         return index
 
     def _open_shard(self) -> None:
+        # Deferred on purpose: webdataset imports torch, which `data inspect`, `submit` and
+        # `--help` (they import this module) do not need.
+        import webdataset as wds
+
         self._file = _HashingFile(self.out_dir / f"shard-{len(self.shards):06d}.tar")
         self._tar = wds.TarWriter(self._file, encoder=False, mtime=0, user="gan-dist", group="gan-dist")
 
