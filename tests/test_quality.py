@@ -219,6 +219,9 @@ def test_real_features_are_embedded_once_and_cached(tmp_path, count_embeds, cach
     path.write_bytes(b"not an npz")  # a damaged entry is made again
     assert np.array_equal(features.real_features(index, 6, features.Ranks(), cache_dir=str(tmp_path)), first)
     assert sum(count_embeds) == 12
+    # Fewer reals of the same data are the first rows of more (one seeded pass): nothing embedded.
+    assert np.array_equal(features.real_features(index, 4, features.Ranks(), cache_dir=str(tmp_path)), first[:4])
+    assert sum(count_embeds) == 12
 
 
 class TinyG(nn.Module):

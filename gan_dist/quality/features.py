@@ -187,6 +187,19 @@ def save_cached(path: Path, features: np.ndarray) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def cached_prefix(index: DatasetIndex, n: int, cache_dir: str = "") -> np.ndarray | None:
+    """The first n rows of the cached features of more reals of the same data, if any: the
+    reals of (index, n) are the first n of one seeded pass, whatever n, so a 2,000-sample
+    eval reuses the 10,000 reals of another."""
+    pattern = real_cache_path(index, n, cache_dir).name.replace(f"-n{n}-", "-n*-")
+    for path in sorted(real_cache_path(index, n, cache_dir).parent.glob(pattern),
+                       key=lambda p: int(p.name.split("-n", 1)[1].split("-", 1)[0])):
+        more = int(path.name.split("-n", 1)[1].split("-", 1)[0])
+        if more > n and (features := load_cached(path, more)) is not None:
+            return features[:n]
+    return None
+
+
 def read_reals(index: DatasetIndex, n: int) -> np.ndarray:
     """The reals of (index, n): float32 NCHW images in [-1, 1]."""
     return read_real(index, n, seed=REAL_SEED)[0]
@@ -198,7 +211,10 @@ def real_features(index: DatasetIndex, n: int, sharding: Sharding, *, cache_dir:
     shares and cached. Every process follows the main one's finding, so they call the same
     collectives."""
     path = real_cache_path(index, n, cache_dir)
-    cached = load_cached(path, n) if sharding.is_main else None
+    cached = None
+    if sharding.is_main:
+        cached = load_cached(path, n)
+        cached = cached if cached is not None else cached_prefix(index, n, cache_dir)
     if sharding.agree(cached is not None):
         return cached
     features = sharding.run(partial(image_share, read_reals(index, n), device=device), progress)
