@@ -12,6 +12,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every test belongs to one of these tiers (docs/testing.md); `slow` combines with them.
+TIERS = ("unit", "gloo", "ray", "integration")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: a fast subset checks every test too
+def pytest_collection_modifyitems(config, items):
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
+    if untiered:
+        listed = "\n  ".join(untiered[:20]) + (f"\n  ... and {len(untiered) - 20} more" if len(untiered) > 20 else "")
+        raise pytest.UsageError(f"{len(untiered)} test(s) carry none of the tier markers {', '.join(TIERS)} "
+                                f"(docs/testing.md; a module-level `pytestmark` tiers a whole file):\n  {listed}")
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:

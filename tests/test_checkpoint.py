@@ -16,6 +16,8 @@ import yaml
 from gan_dist import checkpoint as ckpt
 from gan_dist.cli import main
 
+pytestmark = pytest.mark.unit
+
 PAYLOAD_MARK = "gan-dist-pwned"
 
 

@@ -7,6 +7,8 @@ import pytest
 from gan_dist.cli import main
 from gan_dist.config import Config, ConfigError, recipe_names, resolve
 
+pytestmark = pytest.mark.unit
+
 
 def test_shipped_recipes_resolve():
     assert {"ring8", "grid25"} <= set(recipe_names())

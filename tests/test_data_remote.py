@@ -15,6 +15,8 @@ from gan_dist.data.errors import DataError
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:

@@ -16,6 +16,8 @@ from gan_dist.data.errors import DataError
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 
+pytestmark = pytest.mark.unit
+
 # Shard sizes in records; 1 shard is fewer than the ranks and workers below.
 SHARD_LAYOUTS = {1: [13], 3: [5, 9, 2], 7: [4, 1, 6, 3, 3, 5, 2]}
 

@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+pytestmark = pytest.mark.gloo
+
 GLOBAL_BATCH, STEPS = 8, 3
 POINTS = ("points", (2,), 8)
 IMAGES = ("image", (3, 16, 16), 4)

@@ -12,6 +12,8 @@ import torch.multiprocessing as mp
 
 from gan_dist.config import resolve
 
+pytestmark = pytest.mark.gloo
+
 
 def _worker(rank: int, world_size: int, out: str, cache: str) -> None:
     from conftest import join_gloo_group, leave_gloo_group

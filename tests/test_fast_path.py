@@ -17,6 +17,8 @@ from gan_dist.trainer.prefetch import DevicePrefetcher
 from gan_dist.trainer.state import build_state, fingerprint
 from gan_dist.trainer.step import build_step_context, train_step
 
+pytestmark = pytest.mark.unit
+
 POINTS = DataShape("points", (2,))
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from gan_dist.cli import main
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ARGS = ["--workers", "2", "--set", "model.hidden=32", "--set", "data.batch_size=64",
         "--set", "train.log_every=20", "--set", "train.checkpoint_every=60", "--set", "train.sample_every=1000",

@@ -22,6 +22,8 @@ from gan_dist.runtime import init_runtime
 from gan_dist.trainer.state import build_state, fingerprint
 from gan_dist.trainer.step import build_step_context, train_step
 
+pytestmark = pytest.mark.unit
+
 POINTS = DataShape("points", (2,))
 BATCH = 16
 

@@ -73,6 +73,7 @@ def pod_templates(rayjob: dict) -> dict[str, dict]:
     return templates
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_every_object(rendered, overlay):
     kinds = sorted(d["kind"] for d in rendered[overlay])
@@ -80,6 +81,7 @@ def test_overlay_renders_every_object(rendered, overlay):
                      "PrometheusRule", "RayJob"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_core_objects_and_pod_templates_validate(rendered, overlay):
     docs = rendered[overlay]
@@ -94,6 +96,7 @@ def test_core_objects_and_pod_templates_validate(rendered, overlay):
             pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {exc.message} at {list(exc.path)}")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_custom_resources_validate_strictly(rendered, schemas, overlay):
     docs = rendered[overlay]
@@ -107,6 +110,7 @@ def test_custom_resources_validate_strictly(rendered, schemas, overlay):
         assert crd_schema.errors(obj, schemas) == [], f"{obj['kind']} {obj['metadata']['name']}"
 
 
+@pytest.mark.integration
 def test_misspelt_fields_fail_strict_validation(rendered, schemas):
     fixture = yaml.safe_load((REPO / "tests" / "fixtures" / "rayjob-misspelt.yaml").read_text())
     found = crd_schema.errors(fixture, schemas)
@@ -124,6 +128,7 @@ def test_misspelt_fields_fail_strict_validation(rendered, schemas):
     assert any("'podMetricEndpoints' was unexpected" in e for e in crd_schema.errors(monitor, schemas))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rayjob_runs_a_resumable_secure_cluster(rendered, overlay):
     docs = rendered[overlay]
@@ -161,6 +166,7 @@ def test_rayjob_runs_a_resumable_secure_cluster(rendered, overlay):
     assert recipe["data"]["recipe.yaml"] == (REPO / "k8s" / "base" / "recipe.yaml").read_text()
 
 
+@pytest.mark.integration
 def test_gpu_overlay_asks_for_gpus_and_tolerates_their_taint(rendered):
     rayjob = one(rendered["gpu"], "RayJob")
     (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
@@ -175,6 +181,7 @@ def test_gpu_overlay_asks_for_gpus_and_tolerates_their_taint(rendered):
     assert one(rendered["gpu"], "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+@pytest.mark.integration
 def test_monitors_scrape_ray_and_the_run(rendered):
     docs = rendered["gpu"]
     monitors = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodMonitor"}
@@ -189,6 +196,7 @@ def test_monitors_scrape_ray_and_the_run(rendered):
 
 # Alert rules and the dashboard ------------------------------------------------------
 
+@pytest.mark.integration
 def test_prometheusrule_is_generated_from_alerts_yml(rendered):
     sys.path.insert(0, str(REPO / "cluster" / "prometheus"))
     try:
@@ -202,6 +210,7 @@ def test_prometheusrule_is_generated_from_alerts_yml(rendered):
         assert one(rendered[overlay], "PrometheusRule")["spec"] == alerts
 
 
+@pytest.mark.integration
 def test_rules_and_config_pass_promtool(rendered, tmp_path):
     promtool = tool("promtool")
     # The rules as Kubernetes will load them, and as a plain Prometheus loads them.
@@ -218,6 +227,7 @@ def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\b(gan_[a-z_]+)\b", expr))
 
 
+@pytest.mark.integration
 def test_alerts_and_dashboard_use_declared_metrics(rendered):
     rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
     alerted = set().union(*(metric_names(r["expr"]) for r in rules))
@@ -242,6 +252,7 @@ def test_alerts_and_dashboard_use_declared_metrics(rendered):
 
 # Ray cluster launcher and image --------------------------------------------------------
 
+@pytest.mark.unit
 def test_cluster_launcher_config_passes_rays_schema():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -256,6 +267,7 @@ def test_cluster_launcher_config_passes_rays_schema():
         validate_config(prepare_config(config))
 
 
+@pytest.mark.integration
 def test_ray_version_agrees_everywhere(rendered):
     pinned = re.search(r"^ray==(\S+)$", (REPO / "constraints.txt").read_text(), re.M).group(1)
     dockerfile = (REPO / "cluster" / "Dockerfile").read_text()
@@ -264,6 +276,7 @@ def test_ray_version_agrees_everywhere(rendered):
         assert one(rendered[overlay], "RayJob")["spec"]["rayClusterSpec"]["rayVersion"] == pinned
 
 
+@pytest.mark.integration
 def test_local_cluster_script_is_valid_bash():
     run("bash", "-n", "cluster/local-cluster.sh")
     run("bash", "-n", "launch/submit-example.sh")

@@ -19,6 +19,8 @@ from gan_dist.runtime import init_runtime
 from gan_dist.trainer.state import build_state
 from gan_dist.trainer.step import build_step_context, train_step
 
+pytestmark = pytest.mark.unit
+
 
 def image_index(size: int, channels: int = 3, classes: int = 10) -> DatasetIndex:
     """An index as a packed image dataset would have it (make_plan reads only the index)."""

@@ -25,6 +25,8 @@ from gan_dist.monitor.metrics import CATALOG, TARGETS_FILE
 from gan_dist.monitor.signals import class_signals, collapse_score, duplicate_rate
 from gan_dist.trainer import loop
 
+pytestmark = pytest.mark.unit
+
 HEALTHY = {"loss_d": 1.30, "loss_g": 0.75, "d_acc_real": 0.7, "d_acc_fake": 0.6, "grad_norm_d": 0.5,
            "grad_norm_g": 1.0, "collapse_score": 0.05, "nonfinite_steps": 0}
 

@@ -27,6 +27,8 @@ import yaml
 
 from gan_dist.monitor.metrics import TARGETS_FILE
 
+pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 ALERTS = REPO / "cluster" / "prometheus" / "alerts.yml"
 

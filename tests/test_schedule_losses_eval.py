@@ -16,6 +16,8 @@ from gan_dist.evaluate import domain_kid, mode_metrics
 from gan_dist.losses import ADVERSARIAL_LOSSES
 from gan_dist.schedule import build_schedule, lr_at
 
+pytestmark = pytest.mark.unit
+
 
 def test_n_critic_d_steps_then_one_g_step():
     schedule = build_schedule(ScheduleConfig(n_critic=3))
