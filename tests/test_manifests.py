@@ -54,11 +54,20 @@ def rendered() -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def schemas() -> Path:
+    """The CRD schemas; their absence is a failure, never a skip (CI must validate)."""
     folder = crd_schema.schemas_dir()
-    if not folder.is_dir():
-        pytest.skip(f"no CRD schemas at {folder}: set {crd_schema.SCHEMAS_ENV} to a folder holding the "
-                    f"KubeRay (ray.io) and Prometheus Operator (monitoring.coreos.com) CRD YAMLs")
+    absent = crd_schema.missing(folder)
+    assert not absent, (f"no CRD for {', '.join(absent)} in {folder}: tests/schemas/ holds the vendored "
+                        f"KubeRay and Prometheus Operator CRDs ({crd_schema.SCHEMAS_ENV} overrides the folder)")
     return folder
+
+
+@pytest.mark.unit
+def test_schemas_are_vendored_and_a_missing_one_is_named(tmp_path):
+    assert crd_schema.missing(crd_schema.VENDORED) == []
+    (tmp_path / "ray.io_rayjobs.yaml").write_bytes((crd_schema.VENDORED / "ray.io_rayjobs.yaml").read_bytes())
+    assert crd_schema.missing(tmp_path) == ["ray.io/v1 RayCluster", "monitoring.coreos.com/v1 PodMonitor",
+                                             "monitoring.coreos.com/v1 PrometheusRule"]
 
 
 def one(docs: list[dict], kind: str) -> dict:
