@@ -35,17 +35,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """Mixed precision lives in Accelerate's process-wide state: each run chooses its own,
-    and no fp16 state leaks into other tests."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    yield
-    AcceleratorState._reset_state()
-
-
 def build(case: str, scale: float | None = None, autocast: bool = False):
     """State, runtime and step context for ring8's MLP; with `scale`, fp16's scaler emulated."""
     cfg = resolve("ring8", ["model.hidden=16", f"data.batch_size={BATCH}", "optim.lr_g=1e-3",
