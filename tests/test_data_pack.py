@@ -189,7 +189,7 @@ def test_pack_bad_input_exits_2_and_writes_nothing(case, tmp_path, capsys):
     code, _, err = run_main(capsys, "data", "pack", str(src), "--out", str(out))
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gan-dist: error:"), res.stderr
+    assert len(lines) == 1 and lines[0].startswith("gan-dist: error:"), err
     expected = {"missing": "no such file", "no-images": "no images", "bad-parquet": "unreadable Parquet",
                 "mixed-sizes": "differ in size", "out-exists": "already exists"}[case]
     assert expected in lines[0]

@@ -52,6 +52,7 @@ def test_nonfinite_update_is_skipped_and_counted(fused, on_host, no_host_sync):
     real = {"x": torch.rand(32, 2), "y": None}
     train_step(st, rt, ctx, lambda: real)
     d_before, opt_before = fingerprint(st.D), [v.clone() for v in st.opt_D.state[st.D.net[0].weight].values()]
+    assert len(opt_before) == 3  # step, exp_avg, exp_avg_sq: compared below
     poisoned = {"x": real["x"] * float("nan"), "y": None}
     if fused and not on_host:  # decided on the device: no host sync anywhere in the step
         with no_host_sync:

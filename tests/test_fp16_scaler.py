@@ -114,6 +114,7 @@ def test_nonfinite_update_is_skipped_halves_the_scale_and_is_counted(case, poiso
     weight = st.D.net[0].weight
     d_before, g_before = fingerprint(st.D), fingerprint(st.G)
     adam_before = {k: v.clone() for k, v in st.opt_D.state[weight].items()}
+    assert set(adam_before) == {"step", "exp_avg", "exp_avg_sq"}  # compared below
 
     skipped = d_updates_at(ctx, st.step)  # every D update of this step sees the poison
     if poison == "loss":  # NaN real data: D's loss is NaN

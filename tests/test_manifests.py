@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -272,7 +273,7 @@ def test_cluster_launcher_config_passes_rays_schema():
     assert any("--num-gpus=0" in cmd and "--num-cpus=0" in cmd for cmd in config["head_start_ray_commands"])
     assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] > 0
     head["node_confg"] = head.pop("node_config")
-    with pytest.raises(Exception, match="node_config"):
+    with pytest.raises(jsonschema.ValidationError, match="'node_config' is a required property"):
         validate_config(prepare_config(config))
 
 

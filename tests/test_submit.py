@@ -64,8 +64,9 @@ def test_recipe_file_is_passed_relative_to_the_uploaded_folder(capsys, tmp_path)
 
 def test_submit_leaves_train_arguments_alone(capsys):
     # submit copies train's arguments and replaces --address: train must keep its own.
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])
+    assert exit_.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert "Ray cluster address; default: start a local Ray" in help_text and "--no-ray" in help_text
 
