@@ -229,6 +229,7 @@ def test_class_coverage_under_a_classifier_joins_the_collapse_score():
     assert float(class_signals(few, Quadrants(), 4)["mode_coverage_ratio"]) == 0.25
 
 
+@pytest.mark.slow  # packs images, trains the eval's classifier, then G: about 15-30 s here
 def test_labelled_images_get_live_class_coverage_and_the_image_eval(tmp_path, cache_dir):
     """A short run on labelled images: the eval's classifier, trained at the start, gives the
     history's class coverage while the run goes, and the eval's class metrics at the end."""
