@@ -1,4 +1,6 @@
-"""Shared fixtures: an isolated data cache, run storage, and a CLI runner."""
+"""Shared fixtures (an isolated data cache, a CLI runner, gloo groups), the test tiers, and
+the isolation every test gets: environment variables and Accelerate's process-wide state are
+restored after it."""
 
 from __future__ import annotations
 
@@ -9,14 +11,72 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState, PartialState
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Every test belongs to one of these tiers (docs/testing.md); `slow` combines with them.
+TIERS = ("unit", "gloo", "ray", "integration")
+
+# Variables a session fixture sets for the whole session on purpose; the isolation below
+# restores them to these values instead of removing them.
+SESSION_ENV: dict[str, str] = {}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: a fast subset checks every test too
+def pytest_collection_modifyitems(config, items):
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
+    if untiered:
+        listed = "\n  ".join(untiered[:20]) + (f"\n  ... and {len(untiered) - 20} more" if len(untiered) > 20 else "")
+        raise pytest.UsageError(f"{len(untiered)} test(s) carry none of the tier markers {', '.join(TIERS)} "
+                                f"(docs/testing.md; a module-level `pytestmark` tiers a whole file):\n  {listed}")
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+    os.environ.update(SESSION_ENV)
+
+
+def _reset_accelerate() -> None:
+    """Forget the Accelerator a test made in this process: its state is process-wide
+    (mixed precision, device, distributed type) and the next Accelerator would adopt it.
+    The calls accelerate's own AccelerateTestCase.tearDown makes."""
+    if AcceleratorState._shared_state or PartialState._shared_state or GradientState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _isolate_module():
+    """What a module-scoped fixture changed ends with its module."""
+    saved, threads = dict(os.environ), torch.get_num_threads()
+    yield
+    _restore_environment(saved)
+    _reset_accelerate()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_test():
+    """Environment variables (GAN_DIST_CACHE, RANK, WORLD_SIZE, MASTER_ADDR, RAY_*, OMP_NUM_THREADS,
+    anything a test or the code under test set), Accelerate's singletons and torch's thread
+    count are restored after each test."""
+    saved, threads = dict(os.environ), torch.get_num_threads()
+    yield
+    _restore_environment(saved)
+    _reset_accelerate()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """Builtin datasets are packed once per test session into a private cache."""
+    """Builtin datasets are packed once per test session into a private cache; GAN_DIST_CACHE
+    names it for the whole session, in this process and the ones it starts."""
     path = tmp_path_factory.mktemp("gan-dist-cache")
+    SESSION_ENV["GAN_DIST_CACHE"] = str(path)
     os.environ["GAN_DIST_CACHE"] = str(path)
     return path
 

@@ -19,13 +19,22 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+VENDORED = Path(__file__).resolve().parent / "schemas"  # upstream CRDs, see its README.md
 SCHEMAS_ENV = "GAN_DIST_CRD_SCHEMAS"
+# The custom resources the manifests hold (a RayJob's rayClusterSpec is checked as a RayCluster).
+REQUIRED = (("ray.io/v1", "RayJob"), ("ray.io/v1", "RayCluster"), ("monitoring.coreos.com/v1", "PodMonitor"),
+            ("monitoring.coreos.com/v1", "PrometheusRule"))
 
 
 def schemas_dir() -> Path:
-    """$GAN_DIST_CRD_SCHEMAS, else ../shared/schemas beside the repository."""
-    return Path(os.environ.get(SCHEMAS_ENV) or REPO.parent / "shared" / "schemas")
+    """$GAN_DIST_CRD_SCHEMAS, else the copies vendored in tests/schemas."""
+    return Path(os.environ.get(SCHEMAS_ENV) or VENDORED)
+
+
+def missing(folder: Path) -> list[str]:
+    """The REQUIRED kinds that `folder` holds no CRD for, as 'apiVersion kind'."""
+    found = crd_schemas(folder) if folder.is_dir() else {}
+    return [f"{api_version} {kind}" for api_version, kind in REQUIRED if (api_version, kind) not in found]
 
 
 @lru_cache(maxsize=None)

@@ -33,6 +33,8 @@ from conftest import run_cli
 from data_helpers import image_dataset, random_images
 from gan_dist.data.index import INDEX_FILE, META_KEY, SCHEMA, DatasetIndex
 
+pytestmark = pytest.mark.unit
+
 REMOTE_ENV = {"GAN_DIST_IO_TIMEOUT": "1", "GAN_DIST_IO_RETRIES": "1"}
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from gan_dist.bench import quality
 
+pytestmark = pytest.mark.unit
+
 
 def ev(modes, hq, kl, num_modes=25):
     return {"modes_covered": modes, "num_modes": num_modes, "high_quality_fraction": hq, "mode_kl": kl}

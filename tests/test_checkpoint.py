@@ -10,11 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from gan_dist import checkpoint as ckpt
 from gan_dist.cli import main
+
+pytestmark = pytest.mark.unit
 
 PAYLOAD_MARK = "gan-dist-pwned"
 
@@ -80,12 +83,12 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, cache_dir
     assert resumed["steps"] == 60 and resumed["status"] == "completed"
     assert resumed["fingerprint"] == reference["fingerprint"]
     assert resumed["data"]["samples_seen"] == reference["data"]["samples_seen"]
-    import pyarrow.parquet as pq
-
     steps = pq.read_table(tmp_path / "resumed" / "history.parquet").column("step").to_pylist()
     assert steps == list(range(10, 61, 10))  # history continues without gaps or repeats
-    # The resolved config is stored in every checkpoint and in the run directory.
-    for folder in ckpt.step_dirs(tmp_path / "resumed"):
+    # The resolved config is stored in every checkpoint (the last two are kept) and in the run directory.
+    folders = ckpt.step_dirs(tmp_path / "resumed")
+    assert [f.name for f in folders] == ["step-000060", "step-000040"]
+    for folder in folders:
         assert yaml.safe_load((folder / "config.yaml").read_text())["run"]["name"] == "resumed"
 
 
@@ -137,7 +140,14 @@ def test_time_based_checkpoints(tmp_path, cache_dir):
 def test_best_checkpoint_is_kept_by_its_eval_metric(tmp_path, cache_dir):
     _train(tmp_path, "best", 60, model__hidden=16, data__batch_size=32, train__checkpoint_every=10,
            train__keep_checkpoints=1, train__keep_best_metric="high_quality_fraction")
+    # Each checkpoint's metrics are its step's history row: the best of all six is the newest
+    # step with the highest high_quality_fraction, and it is kept beside the last one.
+    rows = pq.read_table(tmp_path / "best" / "history.parquet").to_pylist()
+    score = {row["step"]: row["high_quality_fraction"] for row in rows}
+    assert sorted(score) == [10, 20, 30, 40, 50, 60]
+    best = max(step for step, value in score.items() if value == max(score.values()))
     folders = ckpt.step_dirs(tmp_path / "best")
-    metrics = [ckpt.verify(f)["metrics"] for f in folders]
-    assert folders[0].name == "step-000060" and 1 <= len(folders) <= 2
-    assert all("high_quality_fraction" in m and "loss_d" in m for m in metrics)
+    assert [f.name for f in folders] == [f"step-{s:06d}" for s in sorted({60, best}, reverse=True)]
+    for folder in folders:
+        metrics = ckpt.verify(folder)["metrics"]
+        assert metrics["high_quality_fraction"] == score[metrics["step"]] and "loss_d" in metrics

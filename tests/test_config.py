@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import pytest
+import yaml
 
 from gan_dist.cli import main
 from gan_dist.config import Config, ConfigError, recipe_names, resolve
 
+pytestmark = pytest.mark.unit
 
-def test_shipped_recipes_resolve():
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_shipped_recipes_resolve_to_what_their_files_say():
     assert {"ring8", "grid25"} <= set(recipe_names())
     for name in recipe_names():
         cfg = resolve(name)
         assert cfg.recipe == name
-        assert cfg.data.source and cfg.metrics.port >= 0 and cfg.seed >= 0
+        written = flat(yaml.safe_load((resources.files("gan_dist") / "recipes" / f"{name}.yaml").read_text()))
+        resolved = flat(cfg.to_dict())
+        assert len(written) >= 10 and {key: resolved.get(key) for key in written} == written, name
 
 
 def test_veegan_protocol_in_ring8_and_grid25():

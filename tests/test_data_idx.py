@@ -20,6 +20,8 @@ from gan_dist.data.index import INDEX_FILE, DatasetIndex
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 
+pytestmark = pytest.mark.unit
+
 
 def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
     """An IDX file: 00 00 TYPE DIMS, big-endian uint32 dims, the values (written here, from the format)."""

@@ -28,6 +28,8 @@ from gan_dist.data.pack import PackOptions, pack
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 
+pytestmark = pytest.mark.unit
+
 
 def png_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()

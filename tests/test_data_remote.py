@@ -22,6 +22,8 @@ from gan_dist.data.inspect import check_dataset
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:

@@ -13,6 +13,8 @@ from gan_dist.data.errors import DataError
 from gan_dist.data.index import DatasetIndex, ShardInfo
 from gan_dist.data.sources import NamePattern, _select, resolve_source
 
+pytestmark = pytest.mark.unit
+
 PATTERNS = ["a{1..3}b", "{a..c}", "index.html{,.backup}", "python{2.{5..7},3.{2,3}}", "item{01..10}",
             "{10..1..3}x", "s-{000000..000012}.tar", "{a,b}{0..2}{x,y}", "plain", "{x}", "{}",
             "a\\{b,c\\}", "{-3..3}", "{a..e..2}", "ds/{a/x,b/y}.tar"]

@@ -13,6 +13,8 @@ from gan_dist.data.pack import npy_bytes, write_shards
 from gan_dist.data.sources import DataError, resolve_source
 from gan_dist.data.stream import RankStream, rank_slice, shards_of_rank
 
+pytestmark = pytest.mark.unit
+
 
 def make_dataset(folder: Path, num_records: int, rows: int, records_per_shard: int) -> DatasetIndex:
     """Records whose rows carry unique sample ids (x = [id, id], y = id)."""

@@ -12,10 +12,11 @@ from gan_dist.config import resolve
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 STEPS, BATCH, WORKERS = 300, 512, 2
 
 
-@pytest.mark.ray
 def test_ray_run_on_corrupt_and_truncated_shards_completes_and_counts(tmp_path, cli):
     data = tmp_path / "ring8"
     assert cli("data", "pack", "builtin:ring8", "--out", str(data)).returncode == 0

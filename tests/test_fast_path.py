@@ -17,6 +17,8 @@ from gan_dist.trainer.prefetch import DevicePrefetcher
 from gan_dist.trainer.state import build_state, fingerprint
 from gan_dist.trainer.step import build_step_context, train_step
 
+pytestmark = pytest.mark.unit
+
 POINTS = DataShape("points", (2,))
 
 
@@ -50,6 +52,7 @@ def test_nonfinite_update_is_skipped_and_counted(fused, on_host, no_host_sync):
     real = {"x": torch.rand(32, 2), "y": None}
     train_step(st, rt, ctx, lambda: real)
     d_before, opt_before = fingerprint(st.D), [v.clone() for v in st.opt_D.state[st.D.net[0].weight].values()]
+    assert len(opt_before) == 3  # step, exp_avg, exp_avg_sq: compared below
     poisoned = {"x": real["x"] * float("nan"), "y": None}
     if fused and not on_host:  # decided on the device: no host sync anywhere in the step
         with no_host_sync:

@@ -20,7 +20,7 @@ import pytest
 
 from gan_dist.cli import main
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ARGS = ["--workers", "2", "--set", "model.hidden=32", "--set", "data.batch_size=64",
         "--set", "train.log_every=20", "--set", "checkpoint.every=60", "--set", "train.sample_every=1000",
@@ -97,7 +97,7 @@ def test_sigkill_of_a_worker_is_survived_bit_for_bit_and_a_truncated_checkpoint_
     # one before and trains the last 60 steps again, to the same weights.
     state = tmp_path / "killed" / "step-000240" / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="checksum"):
         code, resumed = train(cluster, tmp_path, "killed", 240)
     assert code == 0 and resumed["status"] == "completed" and resumed["steps"] == 240
     assert resumed["checkpoints"]["fallbacks"] == 1

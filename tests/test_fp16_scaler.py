@@ -22,6 +22,8 @@ from gan_dist.runtime import init_runtime
 from gan_dist.trainer.state import build_state, fingerprint
 from gan_dist.trainer.step import build_step_context, train_step
 
+pytestmark = pytest.mark.unit
+
 POINTS = DataShape("points", (2,))
 BATCH = 16
 
@@ -31,17 +33,6 @@ CASES = {
     "r1_lazy": ["loss.r1_gamma=1", "loss.r1_interval=2"],
     "plain_unfused_adam": ["perf.fused_adam=false"],  # the scaler decides with a host sync
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """Mixed precision lives in Accelerate's process-wide state: each run chooses its own,
-    and no fp16 state leaks into other tests."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    yield
-    AcceleratorState._reset_state()
 
 
 def build(case: str, scale: float | None = None, autocast: bool = False):
@@ -123,6 +114,7 @@ def test_nonfinite_update_is_skipped_halves_the_scale_and_is_counted(case, poiso
     weight = st.D.net[0].weight
     d_before, g_before = fingerprint(st.D), fingerprint(st.G)
     adam_before = {k: v.clone() for k, v in st.opt_D.state[weight].items()}
+    assert set(adam_before) == {"step", "exp_avg", "exp_avg_sq"}  # compared below
 
     skipped = d_updates_at(ctx, st.step)  # every D update of this step sees the poison
     if poison == "loss":  # NaN real data: D's loss is NaN

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("GAN_DIST_REGEN_GOLDEN") == "1"

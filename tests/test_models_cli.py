@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,12 +13,17 @@ from PIL import Image
 from gan_dist import checkpoint as ckpt
 from gan_dist.cli import main
 from gan_dist.config import resolve
+from gan_dist.data.builtin import ring8
 from gan_dist.data.index import DatasetIndex, ShardInfo
+from gan_dist.evaluate import generate
+from gan_dist.inference import load_generator
 from gan_dist.models import DataShape, build_models
 from gan_dist.plan import PlanError, make_plan
 from gan_dist.runtime import init_runtime
 from gan_dist.trainer.state import build_state
 from gan_dist.trainer.step import build_step_context, train_step
+
+pytestmark = pytest.mark.unit
 
 
 def image_index(size: int, channels: int = 3, classes: int = 10) -> DatasetIndex:
@@ -92,6 +98,7 @@ def test_a_conditional_step_trains_the_classes_of_the_batch(class_weight):
     rows = lambda: {n: p.detach().clone() for n, p in [*st.G.named_parameters(), *st.D.named_parameters()]  # noqa: E731
                     if "gain" in n or "bias.weight" in n or "embed" in n}
     before = rows()
+    assert "embed.weight" in before and any("gain" in name for name in before), sorted(before)
     batch = {"x": torch.rand(8, 1, 16, 16) * 2 - 1, "y": torch.tensor([3, 5] * 4)}
     stats = train_step(st, rt, ctx, lambda: batch)
     assert ("class_loss_d" in stats and "class_loss_g" in stats) == bool(class_weight)
@@ -161,4 +168,16 @@ def test_sample_refuses_a_checkpoint_of_another_architecture(run_dir, tmp_path, 
 def test_eval_prints_json_metrics(run_dir, capsys):
     assert main(["eval", str(run_dir)]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["step"] == 40 and result["num_modes"] == 8 and 0 <= result["modes_covered"] <= 8
+    assert result["step"] == 40 and result["num_modes"] == 8
+    # The checkpoint's G_ema gives what the run's own final eval gave, in memory.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {k: v for k, v in result.items() if k != "step"} == pytest.approx(summary["eval"])
+    # And the protocol, counted here: the eval's samples, each nearest a ring8 centre and of
+    # high quality within 3 std of it; a mode is covered by one such sample.
+    gen = load_generator(str(run_dir))
+    samples = generate(gen.G_ema, gen.cfg.eval.num_samples, gen.cfg.model.z_dim, gen.cfg.seed + 1, "cpu")
+    mixture = ring8()
+    dist = np.linalg.norm(samples[:, None, :] - np.asarray(mixture.means)[None], axis=2)
+    good = dist.min(axis=1) < 3 * mixture.std
+    assert result["modes_covered"] == len(set(dist.argmin(axis=1)[good]))
+    assert result["high_quality_fraction"] == pytest.approx(good.mean())

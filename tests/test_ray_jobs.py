@@ -27,7 +27,7 @@ import pytest
 from conftest import REPO, run_cli
 from gan_dist.cli import main
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 SHORT_RUN = ["--max-steps", "200", "--set", "train.log_every=100", "--set", "checkpoint.every=100",

@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SHORT = ["--set", "model.hidden=64", "--set", "train.log_every=50", "--set", "checkpoint.every=100",
          "--set", "train.sample_every=100"]

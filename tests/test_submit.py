@@ -11,6 +11,8 @@ import pytest
 from gan_dist import submit
 from gan_dist.cli import job_entrypoint, main
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
