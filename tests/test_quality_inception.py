@@ -14,6 +14,7 @@ from gan_dist.quality import distances, features, inception
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.unit
 def test_fid_and_kid_grow_with_the_noise_on_real_images(cache_dir):
     real = features.read_reals(resolve_source("builtin:digits"), 64)
     rng = np.random.default_rng(0)
