@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
+
+from tqdm import tqdm
 
 from gan_dist import __version__, submit
 from gan_dist.bench import cli as bench_cli
 from gan_dist.config import ConfigError, check_run_name, resolve
 from gan_dist.data import cli as data_cli
 from gan_dist.jobspec import SubmitError
-from gan_dist.train_args import add_train_arguments, positive_int, train_overrides
+from gan_dist.train_args import add_train_arguments, class_list, positive_int, train_overrides
 from gan_dist.quality import DEFAULT_N, METRICS
 
 
@@ -42,10 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="write a PNG of samples from a checkpoint's G_ema")
     sample.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     sample.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
-    sample.add_argument("--class", dest="class_label", type=int, help="class to generate (conditional models)")
+    sample.add_argument("--class", dest="classes", type=class_list, metavar="K[,K...]",
+                        help="classes to generate (conditional models; default all, one grid row each)")
+    sample.add_argument("--per-class", type=positive_int, metavar="N",
+                        help="samples of each class (conditional models; default --n over the classes)")
     sample.add_argument("--input", help="low-resolution image to upscale (super-resolution models)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    sample.add_argument("--out", required=True, help="output PNG file")
+    sample.add_argument("--out", required=True,
+                        help="a PNG file (a grid), or a folder: one PNG per sample (a subfolder per class), "
+                             "which `gan-dist data pack` packs as a data set")
     sample.set_defaults(func=cmd_sample)
 
     evaluate = commands.add_parser("eval", help="a checkpoint's quality metrics as JSON, or two data sets compared")
@@ -94,10 +102,16 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     # Deferred on purpose: torch loads only for commands that need it.
-    from gan_dist.inference import load_generator, sample_png, upscale_png, write_png
+    from gan_dist.inference import load_generator, sample_folder, sample_png, upscale_png, write_png
 
     gen = load_generator(args.checkpoint)
-    data = upscale_png(gen, args.input) if args.input else sample_png(gen, args.n, args.class_label, args.seed)
+    if not args.input and not args.out.lower().endswith(".png"):  # a folder of samples
+        with tqdm(total=None, unit="image", desc="sampling", file=sys.stderr) as bar:
+            count = sample_folder(gen, Path(args.out), args.n, args.classes, args.seed, args.per_class, bar.update)
+        print(f"wrote {count} images to {args.out} from {gen.cfg.model.arch} G_ema at step {gen.step}")
+        return 0
+    data = (upscale_png(gen, args.input) if args.input
+            else sample_png(gen, args.n, args.classes, args.seed, args.per_class))
     write_png(args.out, data)
     print(f"wrote {args.out} from {gen.cfg.model.arch} G_ema at step {gen.step}")
     return 0

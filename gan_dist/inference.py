@@ -7,8 +7,12 @@ and the data's metadata (shape, classes, mixture), so sampling needs no data.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -54,13 +58,46 @@ def load_generator(path: str) -> Generator:
     return Generator(cfg, G.eval().requires_grad_(False), meta, int(state["step"]))
 
 
-def sample_png(gen: Generator, n: int, class_label: int | None, seed: int) -> bytes:
-    """A PNG of n samples: an image grid, or for 2-D data a scatter over the real mixture."""
-    if class_label is not None:
-        if gen.task != "conditional":
-            raise ValueError(f"--class needs a conditional model, this one is {gen.cfg.model.arch}")
-        if not 0 <= class_label < gen.meta["num_classes"]:
-            raise ValueError(f"--class {class_label} is out of range: the model has {gen.meta['num_classes']} classes")
+def class_names(meta: dict) -> list[str]:
+    return list(meta.get("classes") or [str(k) for k in range(meta.get("num_classes", 0))])
+
+
+def pick_classes(gen: Generator, classes: list[int] | None) -> list[int]:
+    """The classes to generate: those asked for (a conditional model only), else all of them."""
+    if classes is None:
+        return list(range(gen.meta["num_classes"])) if gen.task == "conditional" else []
+    if gen.task != "conditional":
+        raise ValueError(f"--class needs a conditional model, this one is {gen.cfg.model.arch}")
+    for k in classes:
+        if not 0 <= k < gen.meta["num_classes"]:
+            raise ValueError(f"--class {k} is out of range: the model has {gen.meta['num_classes']} classes")
+    return classes
+
+
+@torch.no_grad()
+def generate_labelled(G, labels: np.ndarray | None, n: int, z_dim: int, seed: int, batch: int = 256,
+                      progress=None) -> Iterator[np.ndarray]:
+    """n images of G in batches (with `labels`, one per image, for a conditional G), from a
+    noise generator seeded by `seed` alone."""
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        z = torch.randn(m, z_dim, generator=gen)
+        images = G(z, torch.from_numpy(labels[start:start + m])) if labels is not None else G(z)
+        if progress is not None:
+            progress(m)
+        yield images.float().numpy()
+
+
+def caption(gen: Generator) -> tuple[str, dict]:
+    text = {"recipe": gen.cfg.recipe, "step": str(gen.step), "arch": gen.cfg.model.arch}
+    return f"{gen.cfg.recipe}: G_ema at step {gen.step}", text
+
+
+def sample_png(gen: Generator, n: int, classes: list[int] | None, seed: int, per_class: int | None = None) -> bytes:
+    """A PNG of samples: an image grid (for a conditional model one row per class, labelled),
+    or for 2-D data a scatter over the real mixture."""
+    picked = pick_classes(gen, classes)
     if gen.task == "super_resolution":
         raise ValueError("a super-resolution model upscales an image: give --input LR.png")
     if gen.meta["kind"] == "points":
@@ -68,14 +105,59 @@ def sample_png(gen: Generator, n: int, class_label: int | None, seed: int) -> by
         mixture = gen.meta.get("mixture")
         real = Mixture2D.from_meta("data", mixture).sample(1000, np.random.default_rng(seed))[0] if mixture else fake
         return scatter_png(real, fake)
-    if class_label is None:
-        classes = gen.meta["num_classes"] if gen.task == "conditional" else 0
-        images, _ = generate_images(gen.G_ema, n, gen.cfg.model.z_dim, seed, "cpu", classes)
+    title, text = caption(gen)
+    if not picked:
+        images = np.concatenate(list(generate_labelled(gen.G_ema, None, n, gen.cfg.model.z_dim, seed)))
+        return image_grid_png(images, columns=max(1, int(np.ceil(np.sqrt(n)))), caption=title, text=text)
+    columns = per_class or max(1, n // len(picked))
+    labels = np.repeat(np.asarray(picked, dtype=np.int64), columns)
+    images = np.concatenate(list(generate_labelled(gen.G_ema, labels, len(labels), gen.cfg.model.z_dim, seed)))
+    names = class_names(gen.meta)
+    return image_grid_png(images, columns=columns, caption=title, text=text,
+                          row_labels=[f"{k} {names[k]}" for k in picked])
+
+
+def class_folder(k: int, name: str) -> str:
+    """A class's folder: its index first, so that sorted folders keep the classes' order
+    (`gan-dist data pack` numbers classes by their sorted folder names)."""
+    return f"{k:03d}-" + re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def sample_folder(gen: Generator, out: Path, n: int, classes: list[int] | None, seed: int,
+                  per_class: int | None = None, progress=None) -> int:
+    """Write samples as one PNG file each into folder `out` (one subfolder per class for a
+    conditional model, so `gan-dist data pack OUT` packs them as a labelled data set): n in
+    all, or `per_class` of each class. Written into a temporary folder renamed at the end."""
+    picked = pick_classes(gen, classes)
+    if gen.meta["kind"] != "image" or gen.task == "super_resolution":
+        raise ValueError("a folder of samples needs a model that makes images from noise")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out}: exists and is not an empty folder")
+    if picked:
+        count = per_class or -(-n // len(picked))
+        labels = np.repeat(np.asarray(picked, dtype=np.int64), count)
     else:
-        z = torch.randn(n, gen.cfg.model.z_dim, generator=torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            images = gen.G_ema(z, torch.full((n,), class_label)).numpy()
-    return image_grid_png(images, columns=max(1, int(np.ceil(np.sqrt(n)))))
+        labels = None
+    total = len(labels) if labels is not None else n
+    names = class_names(gen.meta)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    try:
+        i = 0
+        for images in generate_labelled(gen.G_ema, labels, total, gen.cfg.model.z_dim, seed, progress=progress):
+            for image in images:
+                folder = tmp / class_folder(int(labels[i]), names[int(labels[i])]) if labels is not None else tmp
+                folder.mkdir(exist_ok=True)
+                pixels = ((np.clip(image, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0)
+                Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(folder / f"{i:06d}.png")
+                i += 1
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return total
 
 
 def upscale_png(gen: Generator, lr_path: str) -> bytes:

@@ -71,6 +71,7 @@ class RunSummary:
     restarts: int
     images_per_second: float
     wall_seconds: float
+    train_seconds: float  # of it, the training loop's (this session's), periodic evals included
     final: dict[str, Any]
     eval: dict[str, Any]
     alerts: list[dict]
@@ -99,12 +100,13 @@ class RunSummary:
         elif error:
             common["reason"] = error
         if result is not None:
-            return cls(steps=result.steps, world_size=result.world_size,
+            return cls(steps=result.steps, world_size=result.world_size, train_seconds=result.train_seconds,
                        images_per_second=result.images_per_second, final=result.final, eval=result.eval,
                        rollbacks=result.rollbacks, data=result.data, fingerprint=result.fingerprint,
                        rank_fingerprints=result.rank_fingerprints, checkpoints=result.checkpoints, **common)
         return cls(steps=last.get("step", snap.start_step if snap else 0),
                    world_size=(snap.world_size if snap else 0) or planned_workers, images_per_second=0.0,
+                   train_seconds=0.0,
                    final={k: v for k, v in last.items() if k not in ("step", "time")}, eval={},
                    rollbacks=last.get("rollbacks", 0), data=DataCounts(), fingerprint=None, rank_fingerprints=[],
                    checkpoints=CheckpointStats(), **common)

@@ -24,6 +24,17 @@ def workers_count(text: str) -> str:
     return text if text == "auto" else str(positive_int(text))
 
 
+def class_list(text: str) -> list[int]:
+    """An argparse type: class indices, comma-separated (3 or 3,5,7)."""
+    try:
+        classes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class indices like 3 or 3,5, got {text!r}") from None
+    if not classes:
+        raise argparse.ArgumentTypeError("no class given")
+    return classes
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)

@@ -26,78 +26,10 @@ import statistics
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from gan_dist.bench.classic import ClassicLoop
 from gan_dist.bench.overhead import bench_config, build_worker, free_port, memory_batches, rounds
 from gan_dist.trainer.loop import train_steps
-
-
-def classic_generator(nz: int, ngf: int, nc: int) -> nn.Module:
-    return nn.Sequential(
-        nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(True),
-        nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
-        nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
-        nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
-        nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh())
-
-
-def classic_discriminator(ndf: int, nc: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False), nn.Sigmoid())
-
-
-def weights_init(m: nn.Module) -> None:
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.normal_(m.weight, 1.0, 0.02)
-        nn.init.zeros_(m.bias)
-
-
-class ClassicLoop:
-    """The classic example's training loop over batches held on the device."""
-
-    def __init__(self, nz: int, width: int, batches: list[torch.Tensor], device: torch.device, reads: bool):
-        self.netG = classic_generator(nz, width, batches[0].shape[1]).to(device)
-        self.netD = classic_discriminator(width, batches[0].shape[1]).to(device)
-        self.netG.apply(weights_init)
-        self.netD.apply(weights_init)
-        self.optG = torch.optim.Adam(self.netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        self.optD = torch.optim.Adam(self.netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        self.criterion = nn.BCELoss()
-        self.batches, self.nz, self.device, self.reads, self.i = batches, nz, device, reads, 0
-
-    def step(self) -> None:
-        real = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        b = real.size(0)
-        # (1) Update D: maximize log(D(x)) + log(1 - D(G(z))).
-        self.netD.zero_grad()
-        label = torch.full((b,), 1.0, device=self.device)
-        output = self.netD(real).view(-1)
-        errD_real = self.criterion(output, label)
-        errD_real.backward()
-        noise = torch.randn(b, self.nz, 1, 1, device=self.device)
-        fake = self.netG(noise)
-        label.fill_(0.0)
-        output_fake = self.netD(fake.detach()).view(-1)
-        errD_fake = self.criterion(output_fake, label)
-        errD_fake.backward()
-        self.optD.step()
-        # (2) Update G: maximize log(D(G(z))).
-        self.netG.zero_grad()
-        label.fill_(1.0)
-        output_g = self.netD(fake).view(-1)
-        errG = self.criterion(output_g, label)
-        errG.backward()
-        self.optG.step()
-        if self.reads:  # what the example prints every step: host syncs
-            (errD_real + errD_fake).item(), errG.item(), output.mean().item()
-            output_fake.mean().item(), output_g.mean().item()
 
 
 def gpu_bench(overrides: list[str], device: torch.device, root: Path, rounds_: int = 5, segment: int = 0) -> dict:
@@ -114,8 +46,8 @@ def gpu_bench(overrides: list[str], device: torch.device, root: Path, rounds_: i
                          f"{'x'.join(map(str, w.shape.sample_shape[1:]))}")
     steps, batch = w.cfg.train.log_every, w.plan.batch_per_rank
     held = [b.to(device) for b in memory_batches(w, 4)]
-    classic = ClassicLoop(w.cfg.model.z_dim, w.cfg.model.channels, held, device, reads=True)
-    no_reads = ClassicLoop(w.cfg.model.z_dim, w.cfg.model.channels, held, device, reads=False)
+    classic = ClassicLoop(w.cfg.model.z_dim, w.cfg.model.channels, device, reads=True, batches=held)
+    no_reads = ClassicLoop(w.cfg.model.z_dim, w.cfg.model.channels, device, reads=False, batches=held)
 
     def segment_of(step):
         def run() -> None:

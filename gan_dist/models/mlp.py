@@ -1,5 +1,6 @@
-"""The MLP GAN (Goodfellow et al. 2014), as in the VEEGAN protocol on 2-D mixtures:
-G and D are MLPs with `depth` hidden layers of `hidden` units."""
+"""The MLP GAN (Goodfellow et al. 2014): G and D are MLPs with `depth` hidden layers of
+`hidden` units. On 2-D mixtures (the VEEGAN protocol) G's output is linear; on images G
+ends in tanh (the data lives in [-1, 1]) and D sees the flattened image."""
 
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ def mlp(in_dim: int, hidden: int, depth: int, out_dim: int, activation: str) -> 
 
 
 class Generator(nn.Module):
-    def __init__(self, z_dim: int, hidden: int, depth: int, sample_shape: tuple[int, ...], activation: str):
+    def __init__(self, z_dim: int, hidden: int, depth: int, sample_shape: tuple[int, ...], activation: str,
+                 bounded: bool = False):
         super().__init__()
         self.z_dim = z_dim
         self.sample_shape = tuple(sample_shape)
         self.net = mlp(z_dim, hidden, depth, math.prod(sample_shape), activation)
+        if bounded:  # images: squash to [-1, 1] as the data
+            self.net.append(nn.Tanh())
 
     def forward(self, z, y=None):
         return self.net(z).view(z.shape[0], *self.sample_shape)
@@ -46,6 +50,6 @@ class Discriminator(nn.Module):
 
 
 def build_mlp_gan(cfg, shape):
-    G = Generator(cfg.z_dim, cfg.hidden, cfg.depth, shape.sample_shape, cfg.activation)
+    G = Generator(cfg.z_dim, cfg.hidden, cfg.depth, shape.sample_shape, cfg.activation, bounded=shape.kind == "image")
     D = Discriminator(cfg.hidden, cfg.depth, shape.sample_shape, cfg.activation)
     return G, D

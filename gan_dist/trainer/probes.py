@@ -22,7 +22,9 @@ class Probes:
     def __init__(self, task: str, num_classes: int, z_dim: int, sr_scale: int, seed: int, size: int, device):
         self.task, self.num_classes, self.z_dim, self.sr_scale, self.seed = task, num_classes, z_dim, sr_scale, seed
         self.device = device
-        self.z = torch.randn(max(size, GRID_SAMPLES), z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+        # Enough for the collapse probe and a grid of 8 per class.
+        count = max(size, GRID_SAMPLES, 8 * num_classes)
+        self.z = torch.randn(count, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
 
     def inputs(self, n: int, last_real: Tensor) -> tuple:
         """G's inputs on the fixed probe noise (with labels cycling through the classes),
@@ -47,17 +49,26 @@ class Probes:
         return fake
 
     @torch.no_grad()
-    def grid_png(self, G_ema: nn.Module, last_real: Tensor, data_meta: dict) -> bytes:
-        """The sample grid: G_ema's images on the probe noise; for 2-D data a scatter over the
-        real mixture; for super-resolution rows of (low resolution, generated, real)."""
+    def grid_png(self, G_ema: nn.Module, last_real: Tensor, data_meta: dict, step: int, recipe: str) -> bytes:
+        """The sample grid, captioned with the recipe and step: G_ema's images on the probe noise
+        (a conditional G: one labelled row per class); for 2-D data a scatter over the real
+        mixture; for super-resolution rows of (low resolution, generated, real)."""
         if data_meta["kind"] == "points":
             mixture = Mixture2D.from_meta(data_meta["name"], data_meta["mixture"])
             real, _ = mixture.sample(1000, np.random.default_rng(self.seed))
             return scatter_png(real, generate(G_ema, 1000, self.z_dim, self.seed, self.device))
+        title, text = f"{recipe}: G_ema at step {step}", {"recipe": recipe, "step": str(step)}
+        if self.task == "conditional":
+            columns = GRID_SAMPLES // 8
+            labels = torch.arange(self.num_classes, device=self.z.device).repeat_interleave(columns)
+            fake = G_ema(self.z[:len(labels)], labels).float().cpu()
+            names = data_meta.get("classes") or [str(k) for k in range(self.num_classes)]
+            return image_grid_png(fake.numpy(), columns=columns, caption=title, text=text,
+                                  row_labels=[f"{k} {names[k]}" for k in range(self.num_classes)])
         inputs = self.inputs(GRID_SAMPLES, last_real)
         fake = G_ema(*inputs).float().cpu()
         if self.task != "super_resolution":
-            return image_grid_png(fake.numpy(), columns=8)
+            return image_grid_png(fake.numpy(), columns=8, caption=title, text=text)
         lr_up = F.interpolate(inputs[0].float().cpu(), size=fake.shape[-2:], mode="nearest")
         fake = torch.stack([lr_up, fake, last_real[:len(fake)].float().cpu()], 1).flatten(0, 1)[:48]
-        return image_grid_png(fake.numpy(), columns=6)
+        return image_grid_png(fake.numpy(), columns=6, caption=f"{title} (low resolution, SR, original)", text=text)

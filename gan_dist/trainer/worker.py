@@ -205,7 +205,7 @@ class Worker:
 
     def write_samples(self) -> None:
         if self.rt.is_main_process:
-            png = self.probes.grid_png(self.st.G_ema, self.last_real, self.index.meta)
+            png = self.probes.grid_png(self.st.G_ema, self.last_real, self.index.meta, self.st.step, self.cfg.recipe)
             write_atomic(self.run_dir / "samples" / f"{ckpt.step_dir_name(self.st.step)}.png", png)
 
     # Checkpoints ----------------------------------------------------------------

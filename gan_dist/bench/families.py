@@ -1,0 +1,180 @@
+"""Every image family on Fashion-MNIST, scored by Inception FID on 10,000 samples, beside
+the published anchor and the classic DCGAN loop trained for the same wall-clock time.
+
+    python -m gan_dist.bench.families [--recipes NAME,...] [--seeds NAME=0,1 ...] [--no-classic]
+                                      [--set KEY=VALUE]... [--out DIR]
+
+Each recipe runs as `gan-dist train RECIPE` would (its own workers, a local Ray), its
+end-of-run eval with `eval.inception` (FID, KID, precision and recall of 10,000 G_ema samples
+against the first 10,000 training images). The classic loop (bench.classic: the
+pytorch/examples DCGAN, with dcgan-fashion's z and width) then trains in this process, on
+all the training images held in memory, for the wall time dcgan-fashion (seed 0) spent
+training (its periodic evals left out), and is scored the same way. Everything goes to
+DIR: the runs, a log per run, the sample grids (grids/), FID-against-steps curves
+(fid-curves.png) and families.json; the table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from gan_dist.api import load_config, train
+from gan_dist.bench.classic import ClassicGenerator, ClassicLoop
+from gan_dist.data.sources import resolve_source
+from gan_dist.evaluate import read_real
+from gan_dist.quality.features import generate_block
+from gan_dist.quality.metrics import inception_metrics
+from gan_dist.visualize import image_grid_png
+
+RECIPES = ("vanilla-fashion", "dcgan-fashion", "wgangp-fashion", "hinge-fashion", "cgan-fashion")
+SEEDS = {"dcgan-fashion": (0, 1), "cgan-fashion": (0, 1)}
+BASELINE = "dcgan-fashion"  # the recipe whose training time the classic loop gets
+N = 10_000
+# Lucic et al. 2018, "Are GANs Created Equal? A Large-Scale Study" (NeurIPS), Table 2: the best
+# FID each model reached on Fashion-MNIST over a large hyper-parameter search (10,000 samples).
+LUCIC_FASHION = {"MM GAN": 29.6, "NS GAN": 26.5, "LSGAN": 30.7, "WGAN": 21.5, "WGAN GP": 24.5,
+                 "DRAGAN": 27.6, "BEGAN": 22.9, "VAE": 58.7}
+BEST_GAN = min(v for k, v in LUCIC_FASHION.items() if k != "VAE")
+
+
+def run_recipe(recipe: str, seed: int, out: Path, overrides: list[str]) -> dict:
+    name = f"{recipe}-s{seed}"
+    cfg = load_config(recipe, [f"seed={seed}", f"run.storage={out / 'runs'}", f"run.name={name}",
+                               f"eval.inception_n={N}", *overrides])
+    log = out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"families: {name} ({cfg.train.max_steps} steps, log {log}) ...", flush=True)
+    with open(log, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        result = train(cfg)
+    run_dir = result.run_dir
+    rows = pq.read_table(run_dir / "history.parquet").to_pylist()
+    eval_seconds = sum(r.get("eval_seconds") or 0.0 for r in rows)
+    grids = sorted((run_dir / "samples").glob("step-*.png"))
+    grid = out / "grids" / f"{name}.png"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    if grids:
+        shutil.copy(grids[-1], grid)
+    s = result.summary
+    row = {"recipe": recipe, "seed": seed, "status": s.status, "steps": s.steps, "workers": s.world_size,
+           "wall_seconds": s.wall_seconds, "train_seconds": s.train_seconds - eval_seconds,
+           "eval_seconds_during_training": eval_seconds,
+           "eval": {k: v for k, v in s.eval.items() if isinstance(v, (int, float, str))},
+           "fid_curve": [(r["step"], r["fid"]) for r in rows if r.get("fid") is not None],
+           "grid": str(grid.relative_to(out))}
+    print(f"families: {name}: {line(row)}", flush=True)
+    return row
+
+
+def run_classic(seconds: float, out: Path, z_dim: int, width: int, seed: int = 0, threads: int = 2) -> dict:
+    """The classic loop for `seconds` of wall time on all the training images, then its eval."""
+    torch.set_num_threads(threads)
+    index = resolve_source("builtin:fashion-mnist")
+    images = torch.from_numpy(read_real(index, index.num_samples, seed=seed)[0])
+    loop = ClassicLoop(z_dim, width, torch.device("cpu"), reads=True, images=images, batch_size=64, seed=seed)
+    print(f"families: the classic loop for {seconds:.0f} s ...", flush=True)
+    trained = loop.train_for(seconds)
+    G = ClassicGenerator(loop.netG).eval()
+    t0 = time.perf_counter()
+    metrics = inception_metrics(G, z_dim, 0, index, N, seed=seed + 3)
+    grid = out / "grids" / "classic-dcgan.png"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        images = np.concatenate([generate_block(G, block, 64, z_dim, seed) for block in (0, 1)])
+        grid.write_bytes(image_grid_png(images, columns=8))
+    row = {"recipe": "classic pytorch/examples DCGAN", "seed": seed, "status": "completed",
+           "steps": trained["steps"], "workers": 1, "torch_threads": threads,
+           "wall_seconds": trained["seconds"] + time.perf_counter() - t0, "train_seconds": trained["seconds"],
+           "eval": metrics, "fid_curve": [], "grid": str(grid.relative_to(out))}
+    print(f"families: classic: {line(row)}", flush=True)
+    return row
+
+
+def line(row: dict) -> str:
+    ev = row["eval"]
+    extra = f", class_match {ev['class_match']:.3f}" if "class_match" in ev else ""
+    return (f"FID10k {ev.get('fid10k', float('nan')):.2f}, KID10k {ev.get('kid10k', float('nan')):.4f}, "
+            f"precision {ev.get('precision10k', float('nan')):.3f}, recall {ev.get('recall10k', float('nan')):.3f}"
+            f"{extra}; {row['steps']} steps, {row['train_seconds'] / 60:.1f} min training")
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| recipe | seed | FID10k | KID10k | precision | recall | steps | training | workers |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        ev = r["eval"]
+        out.append(f"| {r['recipe']} | {r['seed']} | {ev['fid10k']:.2f} | {ev['kid10k']:.4f} | "
+                   f"{ev['precision10k']:.3f} | {ev['recall10k']:.3f} | {r['steps']:,} | "
+                   f"{r['train_seconds'] / 60:.0f} min | {r['workers']} |")
+    return "\n".join(out)
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """FID (periodic evals, eval.every_n samples) against steps, one line per run."""
+    import matplotlib  # deferred on purpose: the plot is the only part that needs it
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in rows:
+        if r["fid_curve"]:
+            steps, fids = zip(*r["fid_curve"])
+            ax.plot(steps, fids, marker="o", label=f"{r['recipe']} (seed {r['seed']})")
+    ax.axhline(BEST_GAN, color="grey", linestyle="--", label=f"Lucic et al. 2018, best GAN ({BEST_GAN})")
+    ax.set_xlabel("G steps")
+    ax.set_ylabel("FID (Inception, periodic eval samples)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--seeds", action="append", default=[], metavar="RECIPE=S1,S2",
+                        help="seeds of a recipe (default: 0, and 0,1 for dcgan-fashion and cgan-fashion)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
+    parser.add_argument("--no-classic", action="store_true", help="leave out the classic loop")
+    parser.add_argument("--out", type=Path, default=Path("families"))
+    args = parser.parse_args()
+    seeds = dict(SEEDS)
+    for item in args.seeds:
+        name, _, values = item.partition("=")
+        seeds[name] = tuple(int(v) for v in values.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    rows = [run_recipe(r, s, args.out, args.set) for r in args.recipes.split(",") for s in seeds.get(r, (0,))]
+    if not args.no_classic:
+        base = next((r for r in rows if r["recipe"] == BASELINE and r["seed"] == 0), None)
+        if base is None:
+            raise SystemExit(f"the classic loop needs {BASELINE} seed 0 in the same command (its training time)")
+        cfg = load_config(BASELINE)
+        rows.append(run_classic(base["train_seconds"], args.out, cfg.model.z_dim, cfg.model.channels))
+    plot_curves(rows, args.out / "fid-curves.png")
+    result = {"rows": rows, "lucic_2018_fashion": LUCIC_FASHION, "best_published_gan": BEST_GAN,
+              "command": "python -m gan_dist.bench.families " + " ".join(
+                  [f"--recipes {args.recipes}", *(f"--seeds {s}" for s in args.seeds),
+                   *(f"--set {s}" for s in args.set), "--no-classic" * args.no_classic]).strip(),
+              "seconds": time.time() - started,
+              "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    (args.out / "families.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

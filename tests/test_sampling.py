@@ -1,0 +1,58 @@
+"""`gan-dist sample`: labelled grids (one row per class for a conditional model, a caption and
+PNG text chunks), and folders of single PNGs that `gan-dist data pack` packs as a data set."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from gan_dist.cli import main
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def cgan_run(tmp_path_factory, cache_dir) -> Path:
+    storage = tmp_path_factory.mktemp("runs")
+    assert main(["train", "cgan-digits", "--no-ray", "--max-steps", "4", "--storage", str(storage), "--name", "c",
+                 "--set", "train.log_every=2", "--set", "metrics.port=0", "--set", "monitor.class_coverage=false",
+                 "--set", "eval.num_samples=32"]) == 0
+    return storage / "c"
+
+
+def test_a_conditional_grid_has_a_labelled_row_per_class(cgan_run, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(cgan_run), "--per-class", "3", "--class", "1,4", "--out", str(out)]) == 0
+    image = Image.open(out)
+    assert image.text["gan-dist:rows"] == "1 1 | 4 4" and image.text["gan-dist:step"] == "4"
+    assert image.text["gan-dist:recipe"] == "cgan-digits"
+    # The run's own grids say what they show, too.
+    grid = Image.open(io.BytesIO((cgan_run / "samples" / "step-000004.png").read_bytes()))
+    assert grid.text["gan-dist:rows"].split(" | ") == [f"{k} {k}" for k in range(10)]
+    assert grid.text["gan-dist:caption"] == "cgan-digits: G_ema at step 4"
+
+
+def test_a_folder_of_samples_packs_as_a_labelled_data_set(cgan_run, tmp_path, capsys):
+    out = tmp_path / "synthetic"
+    assert main(["sample", str(cgan_run), "--per-class", "5", "--class", "2,7", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["002-2", "007-7"]
+    assert all(len(list((out / c).glob("*.png"))) == 5 for c in ("002-2", "007-7"))
+    assert Image.open(next((out / "002-2").glob("*.png"))).size == (32, 32)
+    assert "wrote 10 images" in capsys.readouterr().out
+    assert main(["data", "pack", str(out), "--out", str(tmp_path / "packed")]) == 0
+    assert "packed 10 samples (2 classes" in capsys.readouterr().out
+    # An existing folder that is not empty is refused, and nothing is left behind.
+    assert main(["sample", str(cgan_run), "--n", "4", "--out", str(out)]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "synthetic"]
+
+
+def test_class_options_need_a_conditional_model(tmp_path, capsys, cache_dir):
+    assert main(["train", "--no-ray", "--max-steps", "2", "--storage", str(tmp_path), "--name", "r",
+                 "--set", "model.hidden=8", "--set", "metrics.port=0", "--set", "eval.num_samples=64"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "r"), "--class", "1", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--class needs a conditional model" in capsys.readouterr().err
