@@ -117,6 +117,28 @@ def classifier_cache_path(index) -> Path:
     return cache_root("") / "classifiers" / f"{digest}-v{CLASSIFIER_VERSION}.pt"
 
 
+def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int = 1500) -> DomainClassifier:
+    """The eval's classifier trained on images x [N, C, H, W] with labels y: deterministic
+    (seeded weights and batches), a fixed number of Adam steps whatever N."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DomainClassifier(x.shape[1], num_classes)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (128,), generator=gen)
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def classifier_accuracy(net: DomainClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(torch.cat([net(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)]).eq(y).float().mean())
+
+
 def domain_classifier(index, device, steps: int = 1500, max_images: int = 20000) -> tuple[DomainClassifier, float]:
     """The data's classifier, trained once (deterministically) and cached by the shards' checksums."""
     meta = index.meta
@@ -130,20 +152,8 @@ def domain_classifier(index, device, steps: int = 1500, max_images: int = 20000)
     x, y = read_real(index, min(max_images, index.num_samples), seed=12345)
     x, y = torch.from_numpy(x), torch.from_numpy(y).long()
     split = max(len(x) // 10, 1)
-    gen = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = DomainClassifier(channels, num_classes)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    # A fixed number of optimizer steps, whatever the data set's size.
-    for _ in range(steps):
-        idx = torch.randint(split, len(x), (128,), generator=gen)
-        loss = F.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        accuracy = float((net(x[:split]).argmax(1) == y[:split]).float().mean())
+    net = train_classifier(x[split:], y[split:], num_classes, steps)
+    accuracy = classifier_accuracy(net, x[:split], y[:split])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     torch.save({"state": net.state_dict(), "accuracy": accuracy}, tmp)
@@ -183,6 +193,23 @@ def generate_images(G, n: int, z_dim: int, seed: int, device, num_classes: int =
         out.append((G(z, y) if num_classes else G(z)).float().cpu().numpy())
         labels.append(y.cpu().numpy() if y is not None else np.full(m, -1))
     return np.concatenate(out), np.concatenate(labels)
+
+
+def classification_accuracy_score(G, z_dim: int, index, test_index, n: int, seed: int, device,
+                                  steps: int = 1500) -> dict:
+    """The classification accuracy score (Ravuri & Vinyals 2019) of a conditional G: the eval's
+    classifier trained on n images of G (labels cycling through the classes) and tested on the
+    real test split, beside the same classifier trained on n real training images. How much of
+    the data's class information G's images carry (1 - cas / cas_real is what is lost)."""
+    K = index.meta["num_classes"]
+    fake, labels = generate_images(G, n, z_dim, seed, device, K)
+    real, real_labels = read_real(index, n, seed=seed + 1)
+    test, test_labels = read_real(test_index, test_index.num_samples, seed=0)
+    test, test_labels = torch.from_numpy(test), torch.from_numpy(test_labels).long()
+    on_fake = train_classifier(torch.from_numpy(fake), torch.from_numpy(labels).long(), K, steps)
+    on_real = train_classifier(torch.from_numpy(real), torch.from_numpy(real_labels).long(), K, steps)
+    return {"cas": classifier_accuracy(on_fake, test, test_labels),
+            "cas_real": classifier_accuracy(on_real, test, test_labels), "cas_n": n}
 
 
 # A class counts as generated when it gets at least this fraction of its fair share of samples.

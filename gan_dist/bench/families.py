@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from gan_dist.api import load_config, train
+from gan_dist.api import load_config, load_generator, train
 from gan_dist.bench.classic import ClassicGenerator, ClassicLoop
 from gan_dist.data.sources import resolve_source
-from gan_dist.evaluate import read_real
+from gan_dist.evaluate import classification_accuracy_score, read_real
 from gan_dist.quality.features import generate_block
 from gan_dist.quality.metrics import inception_metrics
 from gan_dist.visualize import image_grid_png
@@ -66,6 +66,10 @@ def run_recipe(recipe: str, seed: int, out: Path, overrides: list[str]) -> dict:
     if grids:
         shutil.copy(grids[-1], grid)
     s = result.summary
+    if cfg.model.arch == "cgan":  # how much class information G's images carry
+        gen = load_generator(run_dir)
+        s.eval.update(classification_accuracy_score(gen.G_ema, cfg.model.z_dim, resolve_source(cfg.data.source),
+                                                    resolve_source("builtin:fashion-mnist-test"), N, seed + 5, "cpu"))
     row = {"recipe": recipe, "seed": seed, "status": s.status, "steps": s.steps, "workers": s.world_size,
            "wall_seconds": s.wall_seconds, "train_seconds": s.train_seconds - eval_seconds,
            "eval_seconds_during_training": eval_seconds,
@@ -103,6 +107,7 @@ def run_classic(seconds: float, out: Path, z_dim: int, width: int, seed: int = 0
 def line(row: dict) -> str:
     ev = row["eval"]
     extra = f", class_match {ev['class_match']:.3f}" if "class_match" in ev else ""
+    extra += f", CAS {ev['cas']:.3f} (real {ev['cas_real']:.3f})" if "cas" in ev else ""
     return (f"FID10k {ev.get('fid10k', float('nan')):.2f}, KID10k {ev.get('kid10k', float('nan')):.4f}, "
             f"precision {ev.get('precision10k', float('nan')):.3f}, recall {ev.get('recall10k', float('nan')):.3f}"
             f"{extra}; {row['steps']} steps, {row['train_seconds'] / 60:.1f} min training")
