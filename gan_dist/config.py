@@ -735,6 +735,17 @@ def resolve(ref: str | None, overrides: list[str] = (), warn: Callable[[str], No
     return cfg
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested mapping with dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def load_yaml_config(text: str) -> Config:
     """A resolved config as written to a run directory or a checkpoint (keys that moved since
     it was written are moved silently)."""

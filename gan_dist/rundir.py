@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gan_dist import checkpoint as ckpt
-from gan_dist.config import Config, ConfigError, load_yaml_config
+from gan_dist.config import Config, ConfigError, flatten, load_yaml_config
 
 CONFIG_FILE, SUMMARY_FILE, HISTORY_FILE, ERROR_LOG = "config.yaml", "summary.json", "history.parquet", "error.log"
 
@@ -57,8 +57,8 @@ def check_resume(cfg: Config, run_dir: Path) -> int | None:
     if not saved.exists():
         return None
     # Through the config classes: keys added since the run started take their defaults.
-    old = _flatten(load_yaml_config(saved.read_text()).to_dict())
-    new = _flatten(cfg.to_dict())
+    old = flatten(load_yaml_config(saved.read_text()).to_dict())
+    new = flatten(cfg.to_dict())
     for key in sorted(set(old) | set(new)):
         if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
             continue
@@ -66,16 +66,6 @@ def check_resume(cfg: Config, run_dir: Path) -> int | None:
                           f"use another --name for a new run")
     latest = ckpt.find_latest(run_dir)
     return int(ckpt.verify(latest)["step"]) if latest else 0
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -8,20 +8,9 @@ import pytest
 import yaml
 
 from gan_dist.cli import main
-from gan_dist.config import Config, ConfigError, recipe_names, resolve
+from gan_dist.config import Config, ConfigError, flatten as flat, recipe_names, resolve
 
 pytestmark = pytest.mark.unit
-
-
-def flat(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}"""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def test_shipped_recipes_resolve_to_what_their_files_say():

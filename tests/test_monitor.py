@@ -333,19 +333,23 @@ class _Pushgateway(BaseHTTPRequestHandler):
         pass
 
 
-def test_final_values_are_pushed_with_basic_auth_and_credentials_are_never_printed(tmp_path, cli):
-    """Basic auth from a file (or the environment), never in the URL, which is printed and stored."""
+@pytest.fixture
+def pushgateway():
+    """A Pushgateway stand-in on loopback that records what is pushed; its URL."""
     server = HTTPServer(("127.0.0.1", 0), _Pushgateway)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    try:
-        hub = RunHub(max_steps=10)
-        hub.progress(dict(HEALTHY, step=10))
-        assert hub.close(f"http://127.0.0.1:{server.server_port}", "run-8", ("alice", "s3cret")) is None
-        assert _Pushgateway.auth[-1] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_final_values_are_pushed_with_basic_auth_and_credentials_are_never_printed(tmp_path, cli, pushgateway):
+    """Basic auth from a file (or the environment), never in the URL, which is printed and stored."""
+    hub = RunHub(max_steps=10)
+    hub.progress(dict(HEALTHY, step=10))
+    assert hub.close(pushgateway, "run-8", ("alice", "s3cret")) is None
+    assert _Pushgateway.auth[-1] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
     r = cli("train", "--dry-run", "--set", "metrics.pushgateway=http://alice:s3cret@127.0.0.1:9091")
     assert r.returncode == 2 and "must not hold credentials" in r.stderr and "s3cret" not in r.stderr + r.stdout
     (tmp_path / "auth").write_text("alice:s3cret\n")
@@ -357,22 +361,15 @@ def test_final_values_are_pushed_with_basic_auth_and_credentials_are_never_print
     assert r.returncode == 2 and "pushgateway_auth_file" in r.stderr
 
 
-def test_final_values_are_pushed_to_a_pushgateway(tmp_path):
-    server = HTTPServer(("127.0.0.1", 0), _Pushgateway)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        hub = RunHub(max_steps=10)
-        hub.progress(dict(HEALTHY, step=10))
-        assert hub.close(f"http://127.0.0.1:{server.server_port}", "run-7") is None
-        path, body = _Pushgateway.received[-1]
-        assert path == "/metrics/job/gan-dist/run/run-7"
-        assert "gan_train_step 10.0" in body
-        unreachable = RunHub(max_steps=10).close("http://127.0.0.1:9", "run-7")
-        assert "could not push metrics" in unreachable
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_final_values_are_pushed_to_a_pushgateway(tmp_path, pushgateway):
+    hub = RunHub(max_steps=10)
+    hub.progress(dict(HEALTHY, step=10))
+    assert hub.close(pushgateway, "run-7") is None
+    path, body = _Pushgateway.received[-1]
+    assert path == "/metrics/job/gan-dist/run/run-7"
+    assert "gan_train_step 10.0" in body
+    unreachable = RunHub(max_steps=10).close("http://127.0.0.1:9", "run-7")
+    assert "could not push metrics" in unreachable
 
 
 # Policies in real runs -------------------------------------------------------------------
