@@ -131,7 +131,7 @@ def job_entrypoint(argv: list[str]) -> int:
         if not cfg.run.name:
             raise SubmitError("a Ray job needs a stable run name (--name RUN) so that a retry resumes it")
         check_run_name(cfg.run.name, "run.name")
-        if "://" not in cfg.run.storage and not cfg.run.storage.startswith("/"):
+        if not cfg.run.storage.startswith("/"):
             raise SubmitError(f"run.storage {cfg.run.storage!r} is relative: a Ray job needs shared storage "
                               f"that every node sees (--storage /mnt/shared/runs)")
     except ConfigError as exc:

@@ -148,11 +148,12 @@ def job_config(args, address: str) -> tuple[Config, list[str]]:
 
 
 def cluster_storage(storage: str, address: str) -> str:
-    """Storage as every node sees it: absolute; a relative path only makes sense on this machine."""
-    if "://" in storage or Path(storage).is_absolute():
+    """Storage as every node sees it: absolute; a relative path only makes sense on this machine.
+    (A URI is refused before this: run directories are paths, config.RunConfig.validate.)"""
+    if Path(storage).is_absolute():
         return storage
     if urlparse(address).hostname not in LOCAL_HOSTS:
-        raise SubmitError(f"run.storage {storage!r} is relative: give --storage a path or URI that every node "
+        raise SubmitError(f"run.storage {storage!r} is relative: give --storage a path that every node "
                           f"of the cluster at {address} sees (shared storage), e.g. /mnt/shared/runs")
     return str(Path(storage).expanduser().absolute())
 

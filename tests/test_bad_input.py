@@ -25,13 +25,24 @@ pytestmark = pytest.mark.unit
 @dataclass(frozen=True)
 class Case:
     argv: tuple[str, ...]
-    expect: str  # a part of the one error line
+    expect: str  # a part of the one error line ({tmp} as in argv)
     code: int = 2
     setup: Callable[[Path], None] | None = None
 
 
-def write(name: str, text: str) -> Callable[[Path], None]:
+def write(name: str, text: str | bytes) -> Callable[[Path], None]:
+    if isinstance(text, bytes):
+        return lambda tmp: (tmp / name).write_bytes(text)
     return lambda tmp: (tmp / name).write_text(text)
+
+
+def billion_laughs() -> str:
+    """The classic alias bomb: 9 levels of 9 aliases, 9**9 strings once expanded, in 400 bytes."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefg", "bcdefgh"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    lines.append("seed: [" + ",".join(["*h"] * 9) + "]")
+    return "\n".join(lines) + "\n"
 
 
 TRAIN = ("train", "--storage", "{tmp}/runs", "--name", "r")
@@ -83,6 +94,46 @@ CASES: dict[str, Case] = {
                                         setup=write("evil.yaml", "recipe: ../../../../tmp/x\n")),
     "name with ..": Case(("train", "--name", "a..b", "--storage", "{tmp}/runs"), "run.name must be"),
     "name of 300 characters": Case(("train", "--name", "n" * 300, "--storage", "{tmp}/runs"), "run.name must be"),
+    # Memory from tiny inputs (issue 17, item 6): YAML aliases and nesting are bounded, and so are
+    # model sizes (the plan counts weights on torch's meta device, allocating nothing).
+    "billion laughs recipe": Case(("train", "{tmp}/lol.yaml", "--storage", "{tmp}/runs", "--dry-run"),
+                                  "recipe {tmp}/lol.yaml expands to over 10,000 values",
+                                  setup=write("lol.yaml", billion_laughs())),
+    "billion laughs in --set": Case((*TRAIN, "--set", "seed=[&a [1,1,1,1,1,1,1,1,1,1], " + ", ".join(
+        f"&{b} [" + ",".join([f"*{a}"] * 10) + "]" for a, b in zip("abcd", "bcde")) + "]"),
+        "--set seed expands to over 10,000 values"),
+    "recipe nesting 20000 deep": Case(("train", "{tmp}/deep.yaml", "--storage", "{tmp}/runs"),
+                                      "nests deeper than 32 levels",
+                                      setup=write("deep.yaml", "seed: " + "[" * 20000 + "]" * 20000 + "\n")),
+    "recipe containing itself": Case(("train", "{tmp}/loop.yaml", "--storage", "{tmp}/runs"),
+                                     "contains itself through an alias", setup=write("loop.yaml", "seed: &s [*s]\n")),
+    "model.depth 100000000": Case((*TRAIN, "--dry-run", "--set", "model.depth=100000000"),
+                                  "model.depth must be <= 1,000, got 100,000,000"),
+    "model.hidden 1e12": Case((*TRAIN, "--dry-run", "--set", "model.hidden=1e12"), "model.hidden must be int"),
+    "model.hidden 10**12": Case((*TRAIN, "--dry-run", "--set", "model.hidden=1000000000000"),
+                                "model.hidden must be <= 65,536"),
+    "model of 4e12 weights": Case((*TRAIN, "--dry-run", "--set", "model.hidden=65536", "--set", "model.depth=1000"),
+                                  "G of model.arch mlp would have 4,290,754,772,994 weights, over the"),
+    "conv model of 4e10 weights": Case((*TRAIN, "--dry-run", "--set", "model.arch=dcgan", "--set",
+                                        "data.source=builtin:digits", "--set", "model.channels=16384"),
+                                       "G of model.arch dcgan would have 43,218,599,936 weights"),
+    # Tracebacks instead of one line (item 7) and misleading messages (the minor items).
+    "recipe with int and str keys": Case(("train", "{tmp}/mixed.yaml", "--storage", "{tmp}/runs"),
+                                         "config has the key 1 (int): config keys are names",
+                                         setup=write("mixed.yaml", "1: 2\nfoo: 3\nseed: 4\n")),
+    "section with int and str keys": Case(("train", "{tmp}/mixed.yaml", "--storage", "{tmp}/runs"),
+                                          "model has the key 7 (int)",
+                                          setup=write("mixed.yaml", "model:\n  7: a\n  depth: 2\n")),
+    "binary recipe file": Case(("train", "{tmp}/bin.yaml", "--storage", "{tmp}/runs"),
+                               "recipe file {tmp}/bin.yaml is not a text file",
+                               setup=write("bin.yaml", bytes(range(128, 256)) * 3)),
+    # Object storage for run directories (item 12): refused, with what to do instead.
+    "storage s3://": Case(("train", "--storage", "s3://bucket/runs", "--no-ray", "--max-steps", "1"),
+                          "run.storage must be a folder path, got the URI 's3://bucket/runs'"),
+    "storage file://": Case(("train", "--storage", "file://{tmp}/runs", "--dry-run"),
+                            "mount object storage"),
+    "submit storage gs://": Case(("submit", "--address", "http://127.0.0.1:8265", "--storage", "gs://b/runs",
+                                  "--name", "r", "--dry-run"), "run.storage must be a folder path"),
 }
 
 
@@ -96,6 +147,6 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeyp
     out = capsys.readouterr()
     lines = out.err.strip().splitlines()
     assert code == case.code, out.err
-    assert len(lines) == 1 and case.expect in lines[0], out.err
+    assert len(lines) == 1 and case.expect.replace("{tmp}", str(tmp_path)) in lines[0], out.err
     assert "Traceback" not in out.err + out.out
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "bad input wrote something"
