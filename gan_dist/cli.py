@@ -20,8 +20,12 @@ from gan_dist.bench import cli as bench_cli
 from gan_dist.config import ConfigError, check_run_name, resolve
 from gan_dist.data import cli as data_cli
 from gan_dist.jobspec import SubmitError
-from gan_dist.train_args import add_train_arguments, positive_int, train_overrides
+from gan_dist.train_args import add_train_arguments, count_up_to, train_overrides
 from gan_dist.quality import DEFAULT_N, METRICS
+
+
+# The most samples `gan-dist sample` draws into one PNG.
+MAX_SAMPLES = 10_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="write a PNG of samples from a checkpoint's G_ema")
     sample.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
-    sample.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--n", type=count_up_to(MAX_SAMPLES), default=64,
+                        help=f"number of samples (default 64, at most {MAX_SAMPLES:,})")
     sample.add_argument("--class", dest="class_label", type=int, help="class to generate (conditional models)")
     sample.add_argument("--input", help="low-resolution image to upscale (super-resolution models)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
@@ -94,8 +99,9 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     # Deferred on purpose: torch loads only for commands that need it.
-    from gan_dist.inference import load_generator, sample_png, upscale_png, write_png
+    from gan_dist.inference import check_png_out, load_generator, sample_png, upscale_png, write_png
 
+    check_png_out(args.out)  # before loading anything: a bad --out fails at once
     gen = load_generator(args.checkpoint)
     data = upscale_png(gen, args.input) if args.input else sample_png(gen, args.n, args.class_label, args.seed)
     write_png(args.out, data)

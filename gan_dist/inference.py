@@ -7,6 +7,7 @@ and the data's metadata (shape, classes, mixture), so sampling needs no data.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,14 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from gan_dist import checkpoint as ckpt
-from gan_dist.config import Config, load_yaml_config
+from gan_dist.config import Config, first_line
 from gan_dist.data.builtin import Mixture2D
+from gan_dist.data.index import check_meta
 from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import evaluate_generator, generate, generate_images
 from gan_dist.models import TASKS, build_models
 from gan_dist.plan import data_shape
+from gan_dist.rundir import check_writable
 from gan_dist.visualize import image_grid_png, scatter_png
 
 
@@ -38,24 +41,34 @@ class Generator:
 
 
 def load_generator(path: str) -> Generator:
-    """G_ema of checkpoint (or run directory) `path`; a mismatch of weights and config is a CheckpointError."""
+    """G_ema of checkpoint (or run directory) `path`. A damaged checkpoint (a config, state or
+    data metadata that does not load, weights that do not fit the config) is a CheckpointError."""
     folder = ckpt.resolve_checkpoint(path)
-    cfg = load_yaml_config((folder / "config.yaml").read_text())
-    state = ckpt.load_shared(folder)
+    cfg = ckpt.read_config(folder)
+    state = ckpt.load_shared(folder, need=("G_ema", "step"))
     meta = state.get("data_meta")
     if meta is None:
         raise ckpt.CheckpointError(f"{folder}: no data metadata (written by an older gan-dist?)")
+    check_meta(meta, f"{folder}/state.pt data_meta")
     try:
         G, _ = build_models(cfg.model, data_shape(meta, cfg.model))
         G.load_state_dict(state["G_ema"])
-    except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ckpt.CheckpointError(f"{folder}: its weights do not fit model.arch {cfg.model.arch} ({first})") from None
+    except (ValueError, RuntimeError, TypeError, AttributeError) as exc:  # not a state dict, or the wrong one
+        raise ckpt.CheckpointError(f"{folder}: its weights do not fit model.arch {cfg.model.arch} "
+                                   f"({first_line(exc) or type(exc).__name__})") from None
     return Generator(cfg, G.eval().requires_grad_(False), meta, int(state["step"]))
+
+
+# The most values (samples x values per sample) one `gan-dist sample` makes: 1 GiB as float32.
+MAX_SAMPLE_VALUES = 1 << 28
 
 
 def sample_png(gen: Generator, n: int, class_label: int | None, seed: int) -> bytes:
     """A PNG of n samples: an image grid, or for 2-D data a scatter over the real mixture."""
+    per_sample = int(np.prod(gen.meta["sample_shape"]))
+    if n * per_sample > MAX_SAMPLE_VALUES:
+        raise ValueError(f"--n {n:,} samples of {'x'.join(map(str, gen.meta['sample_shape']))} are "
+                         f"{n * per_sample:,} values, over the {MAX_SAMPLE_VALUES:,} one PNG may hold: ask for fewer")
     if class_label is not None:
         if gen.task != "conditional":
             raise ValueError(f"--class needs a conditional model, this one is {gen.cfg.model.arch}")
@@ -108,11 +121,27 @@ def to_json(result: dict) -> str:
     return json.dumps(result, indent=2, default=float)
 
 
-def write_png(path: str, data: bytes) -> None:
+def check_png_out(path: str) -> Path:
+    """--out, checked before any work: a *.png that is not a folder, in a folder that exists or
+    can be made, and is writable (rundir.check_writable says how that is checked)."""
     out = Path(path)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {path}: the output is a PNG file, name it *.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    if out.is_dir():
+        raise ValueError(f"--out {path} is a folder: name the PNG file to write")
+    check_writable(out.parent.absolute(), f"--out {path}")
+    return out
+
+
+def write_png(path: str, data: bytes) -> None:
+    """Write atomically (a temporary file renamed into place, removed if anything fails)."""
+    out = check_png_out(path)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except OSError as exc:
+        raise ValueError(f"--out {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
