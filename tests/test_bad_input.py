@@ -11,13 +11,29 @@ its `setup`).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from conftest import REPO
+from data_helpers import random_images, replace_member, tar_members
+from gan_dist import checkpoint as ckpt
 from gan_dist.cli import main
+from gan_dist.data.pack import PackOptions, pack_images
+from gan_dist.data.readers import array_source
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +43,9 @@ class Case:
     argv: tuple[str, ...]
     expect: str  # a part of the one error line ({tmp} as in argv)
     code: int = 2
-    setup: Callable[[Path], None] | None = None
+    setup: Callable[[Path], None] | None = None  # runs after the copy of the trained run, if any
+    run: bool = False  # {tmp}/run starts as a copy of a short completed run (trained once: trained_run)
+    env: tuple[tuple[str, str], ...] = ()  # environment variables ({tmp} as in argv)
 
 
 def write(name: str, text: str | bytes) -> Callable[[Path], None]:
@@ -46,6 +64,56 @@ def billion_laughs() -> str:
 
 
 TRAIN = ("train", "--storage", "{tmp}/runs", "--name", "r")
+
+# The trained run's arguments ({tmp}/run): 4 steps, checkpoints at 2 and 4.
+RUN = ("--no-ray", "--storage", "{tmp}", "--name", "run", "--set", "checkpoint.every=2", "--set", "train.log_every=2",
+       "--set", "metrics.port=0")
+CKPT = "{tmp}/run/step-000004"
+
+
+def in_checkpoint(name: str, change: Callable[[bytes], bytes], step: int = 4) -> Callable[[Path], None]:
+    """Rewrite file `name` of the trained run's checkpoint with `change`, and its checksum with
+    it: the damage is inside a file that verifies, not a checksum mismatch."""
+    def damage(tmp: Path) -> None:
+        folder = tmp / "run" / ckpt.step_dir_name(step)
+        data = change((folder / name).read_bytes() if (folder / name).exists() else b"")
+        (folder / name).write_bytes(data)
+        manifest = json.loads((folder / "manifest-00000.json").read_text())
+        manifest["files"][name] = hashlib.sha256(data).hexdigest()
+        (folder / "manifest-00000.json").write_text(json.dumps(manifest))
+    return damage
+
+
+def state_without(*keys: str) -> Callable[[bytes], bytes]:
+    return lambda data: ckpt.to_bytes({k: v for k, v in ckpt.from_bytes(data, "state").items() if k not in keys})
+
+
+def meta_without(key: str) -> Callable[[bytes], bytes]:
+    def change(data: bytes) -> bytes:
+        state = ckpt.from_bytes(data, "state")
+        state["data_meta"] = {k: v for k, v in state["data_meta"].items() if k != key}
+        return ckpt.to_bytes(state)
+    return change
+
+
+def manifest(change: Callable[[dict], object]) -> Callable[[Path], None]:
+    """Replace the newest checkpoint's rank-0 manifest by change(manifest)."""
+    def damage(tmp: Path) -> None:
+        path = tmp / "run" / "step-000004" / "manifest-00000.json"
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return damage
+
+
+def remove(*names: str) -> Callable[[Path], None]:
+    def damage(tmp: Path) -> None:
+        for name in names:
+            path = tmp / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return damage
+
+
+def steps(*changes: Callable[[Path], None]) -> Callable[[Path], None]:
+    return lambda tmp: [change(tmp) for change in changes] and None
 
 CASES: dict[str, Case] = {
     # 0 is not "not given": every count a user types is checked (issue 16, item 7).
@@ -134,13 +202,101 @@ CASES: dict[str, Case] = {
                             "mount object storage"),
     "submit storage gs://": Case(("submit", "--address", "http://127.0.0.1:8265", "--storage", "gs://b/runs",
                                   "--name", "r", "--dry-run"), "run.storage must be a folder path"),
+    # Storage and metrics checked before anything is written (item 7), dry run and real run alike.
+    # Read-only folders: see UNPRIVILEGED_CASES (root passes mode bits); /sys refuses even root.
+    "storage is a file": Case(("train", "--storage", "{tmp}/f", "--no-ray", "--max-steps", "1"),
+                              "run.storage {tmp}/f: {tmp}/f is a file, not a folder", setup=write("f", "x")),
+    "storage under a file, dry run": Case(("train", "--storage", "{tmp}/f/runs", "--dry-run"),
+                                          "run.storage {tmp}/f/runs: {tmp}/f is a file", setup=write("f", "x")),
+    "storage under a file": Case(("train", "--storage", "{tmp}/f/runs", "--no-ray", "--max-steps", "1"),
+                                 "run.storage {tmp}/f/runs: {tmp}/f is a file", setup=write("f", "x")),
+    "storage in sysfs": Case(("train", "--storage", "/sys/gan-dist-runs", "--no-ray", "--max-steps", "1"),
+                             "cannot create folders in /sys"),
+    "storage in sysfs, dry run": Case(("train", "--storage", "/sys/gan-dist-runs", "--dry-run"),
+                                      "cannot create folders in /sys"),
+    "cache_dir is a file": Case((*TRAIN, "--set", "data.cache_dir={tmp}/f"), "{tmp}/f is a file",
+                                setup=write("f", "x")),
+    "metrics.host unresolvable": Case((*TRAIN, "--no-ray", "--set", "metrics.host=no-such-host.invalid"),
+                                      "metrics.host 'no-such-host.invalid' does not resolve"),
+    "metrics.host unresolvable, dry run": Case((*TRAIN, "--dry-run", "--set", "metrics.host=no-such-host.invalid"),
+                                               "does not resolve"),
+    "metrics.host not of this machine": Case((*TRAIN, "--no-ray", "--set", "metrics.host=192.0.2.1"),
+                                             "metrics.host '192.0.2.1' (192.0.2.1) is not an address of this machine"),
+    # sample's output (item 7) and its size (item 6), refused before any work.
+    "sample --n 10**12": Case(("sample", "{tmp}/none", "--n", "1000000000000", "--out", "{tmp}/x.png"),
+                              "--n: must be <= 10,000"),
+    "sample --out a folder": Case(("sample", "{tmp}/run", "--out", "{tmp}/dir.png"), "--out {tmp}/dir.png is a folder",
+                                  run=True, setup=lambda tmp: (tmp / "dir.png").mkdir()),
+    "sample --out under a file": Case(("sample", "{tmp}/run", "--out", "{tmp}/f/x.png"),
+                                      "--out {tmp}/f/x.png: {tmp}/f is a file", run=True, setup=write("f", "x")),
+    "sample --out in sysfs": Case(("sample", "{tmp}/run", "--out", "/sys/x.png"), "cannot create folders in /sys",
+                                  run=True),
+    # Damaged checkpoints (item 8): sample and eval exit 2, naming the checkpoint.
+    "zero-byte state.pt": Case(("sample", CKPT, "--out", "{tmp}/x.png"), "state.pt: refused to load (",
+                               run=True, setup=in_checkpoint("state.pt", lambda data: b"")),
+    "zero-byte state.pt, eval": Case(("eval", CKPT), "state.pt: refused to load (", run=True,
+                                     setup=in_checkpoint("state.pt", lambda data: b"")),
+    "manifest {}": Case(("sample", CKPT, "--out", "{tmp}/x.png"), "manifest for rank 0 has no valid world_size",
+                        run=True, setup=manifest(lambda m: {})),
+    "manifest []": Case(("eval", CKPT), "manifest for rank 0 must be a JSON object, got list", run=True,
+                        setup=manifest(lambda m: [])),
+    "manifest world_size '1'": Case(("sample", CKPT, "--out", "{tmp}/x.png"), "has no valid world_size",
+                                    run=True, setup=manifest(lambda m: {**m, "world_size": "1"})),
+    "manifest world_size 0": Case(("sample", CKPT, "--out", "{tmp}/x.png"), "has no valid world_size",
+                                  run=True, setup=manifest(lambda m: {**m, "world_size": 0})),
+    "manifest naming /etc/passwd": Case(("sample", CKPT, "--out", "{tmp}/x.png"), "must map plain file names",
+                                        run=True, setup=manifest(lambda m: {**m, "files": {
+                                            **m["files"], "../../../../etc/passwd": "0" * 64}})),
+    "checkpoint config.yaml invalid": Case(("sample", CKPT, "--out", "{tmp}/x.png"),
+                                           "config.yaml is not a valid config", run=True,
+                                           setup=in_checkpoint("config.yaml", lambda data: b"model: [unclosed\n")),
+    "checkpoint config.yaml of other keys": Case(("eval", CKPT), "config.yaml is not a valid config: unknown config key",
+                                                 run=True, setup=in_checkpoint("config.yaml", lambda d: b"x: 1\n")),
+    "checkpoint config.yaml missing": Case(("sample", CKPT, "--out", "{tmp}/x.png"), "config.yaml is missing",
+                                           run=True, setup=remove("run/step-000004/config.yaml")),
+    "checkpoint config.yaml unlisted": Case(("eval", CKPT), "rank 0's manifest does not list config.yaml", run=True,
+                                            setup=steps(remove("run/step-000004/config.yaml"), manifest(lambda m: {
+                                                **m, "files": {k: v for k, v in m["files"].items()
+                                                               if k != "config.yaml"}}))),
+    "state.pt without step": Case(("sample", CKPT, "--out", "{tmp}/x.png"), "state.pt lacks step", run=True,
+                                  setup=in_checkpoint("state.pt", state_without("step"))),
+    "state.pt without data_meta": Case(("eval", CKPT), "no data metadata", run=True,
+                                       setup=in_checkpoint("state.pt", state_without("data_meta"))),
+    "state.pt without sample_shape": Case(("sample", CKPT, "--out", "{tmp}/x.png"), "metadata sample_shape must be",
+                                          run=True, setup=in_checkpoint("state.pt", meta_without("sample_shape"))),
+    "state.pt of a list": Case(("eval", CKPT), "state.pt holds a list", run=True,
+                               setup=in_checkpoint("state.pt", lambda data: ckpt.to_bytes([1, 2]))),
+    "run config.yaml invalid on resume": Case(("train", "--max-steps", "6", *RUN), "run/config.yaml is not a valid "
+                                              "config", run=True, setup=write("run/config.yaml", "seed: [1\n")),
+    # The resume guard (item 11): without the run's config.yaml and newest checkpoint, the older
+    # checkpoint's own config still refuses other settings.
+    "resume guard bypass": Case(("train", "--max-steps", "6", *RUN, "--set", "loss.kind=hinge", "--set",
+                                 "optim.lr_g=0.01"), "run run's checkpoint step-000002 was written with loss.kind=",
+                                run=True, setup=remove("run/config.yaml", "run/step-000004")),
 }
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeypatch, capsys, cache_dir):
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cache_dir) -> Path:
+    """A completed 4-step ring8 run without Ray (checkpoints at steps 2 and 4), trained once."""
+    root = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--max-steps", "4", *(arg.replace("{tmp}", str(root)) for arg in RUN)]) == 0
+    return root / "run"
+
+
+def prepare(case: Case, tmp: Path, request) -> None:
+    if case.run:
+        shutil.copytree(request.getfixturevalue("trained_run"), tmp / "run")
     if case.setup is not None:
-        case.setup(tmp_path)
+        case.setup(tmp)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeypatch, capsys, cache_dir, request):
+    prepare(case, tmp_path, request)
+    capsys.readouterr()
+    for key, value in case.env:
+        monkeypatch.setenv(key, value.replace("{tmp}", str(tmp_path)))
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     monkeypatch.chdir(tmp_path)
     code = main([arg.replace("{tmp}", str(tmp_path)) for arg in case.argv])
@@ -150,3 +306,235 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeyp
     assert len(lines) == 1 and case.expect.replace("{tmp}", str(tmp_path)) in lines[0], out.err
     assert "Traceback" not in out.err + out.out
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "bad input wrote something"
+
+
+# Hangs (item 5): a SIGTERM reaches a run blocked in I/O -----------------------------------------
+
+class _StallingFiles(http.server.SimpleHTTPRequestHandler):
+    """Static files; once `stall` is set, a whole-shard GET (a training read, not the ranged
+    probe of a dry run) gets its headers and then no byte more until `release`."""
+    stall, stalled, release = threading.Event(), threading.Event(), threading.Event()
+
+    def log_message(self, *args):
+        pass
+
+    def copyfile(self, source, outputfile):
+        if self.stall.is_set() and self.path.endswith(".tar") and "Range" not in self.headers:
+            self.stalled.set()
+            self.release.wait(120)
+            return
+        super().copyfile(source, outputfile)
+
+
+@pytest.fixture
+def stalling_server(tmp_path, cache_dir):
+    """ring8's packed shards served over HTTP from 127.0.0.1; its handler class's events stall them."""
+    assert main(["train", "--dry-run", "--storage", str(tmp_path / "probe")]) == 0  # packs ring8 into the cache
+    shutil.copytree(cache_dir / "builtin" / "ring8-v1", tmp_path / "www" / "ring8")
+    for event in (_StallingFiles.stall, _StallingFiles.stalled, _StallingFiles.release):
+        event.clear()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_StallingFiles, directory=str(tmp_path / "www")))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ring8"
+    _StallingFiles.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_sigterm_stops_a_run_blocked_on_a_stalled_shard_without_saving_a_half_step(tmp_path, stalling_server, capsys):
+    """A --no-ray run with n_critic 2 reads a batch after each D update: a SIGTERM while that
+    read stalls (the read's own timeout is 10 minutes here) ends the run within seconds,
+    saves nothing (every checkpoint is one of the regular ones), writes summary.json naming
+    the checkpoint a resume starts from, and that resume ends as an uninterrupted run does."""
+    common = ["--no-ray", "--storage", str(tmp_path), "--set", "schedule.n_critic=2", "--set", "checkpoint.every=5",
+              "--set", "train.log_every=5", "--set", "metrics.port=0"]
+    argv = ["train", "--name", "stalled", "--max-steps", "100000", "--set", f"data.source={stalling_server}", *common]
+    env = dict(os.environ, GAN_DIST_IO_TIMEOUT="600", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gan_dist", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)
+    try:
+        run_dir = tmp_path / "stalled"
+        deadline = time.monotonic() + 120
+        while not (run_dir / "step-000005").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _StallingFiles.stall.set()
+        assert _StallingFiles.stalled.wait(120), "the run never read a shard after the stall began"
+        time.sleep(0.5)  # blocked in the read now
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM did not stop a run blocked on a stalled shard")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and not (run_dir / "error.log").exists(), err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    newest = ckpt.find_latest(run_dir)
+    assert summary["status"] == "stopped" and "SIGTERM while waiting for data" in summary["reason"]
+    assert summary["reason"].endswith(f"to resume from {newest.name}")
+    steps = [int(folder.name.split("-")[1]) for folder in ckpt.step_dirs(run_dir)]
+    assert steps and all(step % 5 == 0 for step in steps), f"a stop saved a step of its own: {steps}"
+
+    _StallingFiles.stall.clear()
+    _StallingFiles.release.set()
+    until = str(max(steps) + 5)
+    assert main(["train", "--name", "stalled", "--max-steps", until, "--set", f"data.source={stalling_server}",
+                 *common]) == 0
+    local = str(tmp_path / "www" / "ring8")
+    assert main(["train", "--name", "straight", "--max-steps", until, "--set", f"data.source={local}", *common]) == 0
+    capsys.readouterr()
+    resumed, straight = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("stalled", "straight"))
+    assert resumed["fingerprint"] == straight["fingerprint"]
+
+
+# Read-only folders and privileged ports ------------------------------------------------------
+# A process with CAP_DAC_OVERRIDE (root, which runs these tests here) writes into any folder
+# whatever its mode bits, and binds ports below 1024. These rows run gan-dist in a subprocess
+# as a user would: when the tests run as root, without those capabilities (setpriv drops them
+# from the bounding set), so a folder of mode 0555 refuses writes as it does for everyone else.
+
+def read_only(name: str) -> Callable[[Path], None]:
+    def make(tmp: Path) -> None:
+        (tmp / name).mkdir()
+        (tmp / name).chmod(0o555)
+    return make
+
+
+UNPRIVILEGED_CASES: dict[str, Case] = {
+    "storage read-only, dry run": Case(("train", "--storage", "{tmp}/ro/runs", "--dry-run"),
+                                       "run.storage {tmp}/ro/runs: {tmp}/ro is not writable by this user",
+                                       setup=read_only("ro")),
+    "storage read-only": Case(("train", "--storage", "{tmp}/ro/runs", "--no-ray", "--max-steps", "1"),
+                              "{tmp}/ro is not writable by this user", setup=read_only("ro")),
+    "GAN_DIST_CACHE read-only": Case(("train", "--storage", "{tmp}/runs", "--dry-run"), "{tmp}/ro is not writable",
+                                     setup=read_only("ro"), env=(("GAN_DIST_CACHE", "{tmp}/ro/cache"),)),
+    "sample --out read-only": Case(("sample", "{tmp}/run", "--out", "{tmp}/ro/x.png"),
+                                   "--out {tmp}/ro/x.png: {tmp}/ro is not writable by this user", run=True,
+                                   setup=read_only("ro")),
+    "metrics.port 80": Case(("train", "--storage", "{tmp}/runs", "--no-ray", "--set", "metrics.port=80"),
+                            "metrics.port 80 on 127.0.0.1: permission denied"),
+}
+
+DROPPED = "-dac_override,-dac_read_search,-fowner,-net_bind_service"
+
+
+def unprivileged(argv: list[str]) -> list[str]:
+    """argv run without the capabilities that pass mode bits and bind ports below 1024."""
+    if os.geteuid() != 0:
+        return argv
+    assert shutil.which("setpriv"), "setpriv (util-linux) drops root's capabilities for these rows"
+    return ["setpriv", "--bounding-set", DROPPED, "--inh-caps", DROPPED, *argv]
+
+
+@pytest.mark.parametrize("case", UNPRIVILEGED_CASES.values(), ids=UNPRIVILEGED_CASES.keys())
+def test_unprivileged_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, cache_dir, request):
+    prepare(case, tmp_path, request)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    env = {**os.environ, "GAN_DIST_CACHE": str(cache_dir),
+           **{key: value.replace("{tmp}", str(tmp_path)) for key, value in case.env}}
+    argv = [sys.executable, "-m", "gan_dist", *(arg.replace("{tmp}", str(tmp_path)) for arg in case.argv)]
+    proc = subprocess.run(unprivileged(argv), capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == case.code, proc.stderr
+    assert len(lines) == 1 and case.expect.replace("{tmp}", str(tmp_path)) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "bad input wrote something"
+
+
+def test_a_port_this_user_may_not_bind_is_not_called_taken():
+    """RunMetrics.serve falls back to a free port for a port that is taken or denied, and says which."""
+    code = ("import warnings; from gan_dist.monitor.metrics import RunMetrics\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    warnings.simplefilter('always'); port = RunMetrics().serve('127.0.0.1', 80)\n"
+            "print(port, seen[0].message)")
+    proc = subprocess.run(unprivileged([sys.executable, "-c", code]), capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    port, message = proc.stdout.split(" ", 1)
+    assert int(port) != 80 and "may not be bound by this user" in message and "taken" not in message
+
+
+# Damaged checkpoints on resume (item 8) and the summaries of failed attempts (item 15) --------
+
+def truncated_weight(net: str) -> Callable[[bytes], bytes]:
+    """state.pt whose first weight of `net` has one row: G loads, then `net` fails half-way."""
+    def change(data: bytes) -> bytes:
+        state = ckpt.from_bytes(data, "state")
+        first = next(iter(state[net]))
+        state[net][first] = state[net][first][:1]
+        return ckpt.to_bytes(state)
+    return change
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, cache_dir) -> dict:
+    """The summary of the trained run's settings trained straight to step 6."""
+    root = tmp_path_factory.mktemp("straight")
+    assert main(["train", "--max-steps", "6", *(arg.replace("{tmp}", str(root)) for arg in RUN)]) == 0
+    return json.loads((root / "run" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("damage", [
+    in_checkpoint("state.pt", state_without("step")),
+    in_checkpoint("state.pt", lambda data: b""),
+    in_checkpoint("state.pt", truncated_weight("D")),
+    in_checkpoint("config.yaml", lambda data: b"seed: [1\n"),
+    in_checkpoint("state.pt", lambda data: ckpt.to_bytes({**ckpt.from_bytes(data, "state"), "step": 3})),
+], ids=["no step", "zero bytes", "D half-loaded", "config invalid", "step disagrees"])
+def test_resume_falls_back_past_a_newest_checkpoint_that_verifies_but_does_not_load(
+        damage, tmp_path, trained_run, straight_run, capsys):
+    shutil.copytree(trained_run, tmp_path / "run")
+    damage(tmp_path)
+    assert main(["train", "--max-steps", "6", *(arg.replace("{tmp}", str(tmp_path)) for arg in RUN)]) == 0
+    out = capsys.readouterr().out
+    resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["steps"] == 6
+    assert resumed["checkpoints"]["fallbacks"] >= 1
+    assert "resumed from step-000002" in out
+    # Loaded whole from step 2, never from a half-loaded state: the run ends as a straight one.
+    assert resumed["fingerprint"] == straight_run["fingerprint"]
+
+
+def test_a_resume_that_fails_keeps_the_completed_summary(tmp_path, trained_run, capsys):
+    """No checkpoint loads: the resume fails (it does not start afresh over a run that has
+    checkpoints), and its summary goes beside the completed run's, named on the console."""
+    shutil.copytree(trained_run, tmp_path / "run")
+    for step in (2, 4):
+        in_checkpoint("state.pt", state_without("step"), step=step)(tmp_path)
+    completed = (tmp_path / "run" / "summary.json").read_text()
+    assert main(["train", "--max-steps", "6", *(arg.replace("{tmp}", str(tmp_path)) for arg in RUN)]) == 1
+    err = capsys.readouterr().err
+    assert (tmp_path / "run" / "summary.json").read_text() == completed
+    failed = list((tmp_path / "run").glob("summary-failed-*.json"))
+    assert len(failed) == 1 and json.loads(failed[0].read_text())["status"] == "failed"
+    assert "no checkpoint of" in err and f"summary in {failed[0].name}: the completed run's summary.json is kept" in err
+    assert ckpt.step_dirs(tmp_path / "run"), "the damaged checkpoints are left for the user"
+
+
+def test_a_run_that_dies_of_corrupt_data_reports_what_it_read(tmp_path, capsys):
+    """Every shard holds one image that does not decode: past data.max_corrupt_fraction the run
+    dies, and its summary reports the samples read and skipped as of the last log interval,
+    not zeros."""
+    pixels, labels = random_images(64, size=16)
+    (tmp_path / "ds").mkdir()
+    index = pack_images(array_source("t", "t", pixels, labels, ["a", "b", "c"], shuffle=False, seed=0),
+                        tmp_path / "ds", PackOptions(shard_samples=8, encode="png"))
+    for info in index.shards:
+        first = sorted(name for name in tar_members(tmp_path / "ds" / info.shard) if name.endswith(".png"))[0]
+        replace_member(tmp_path / "ds", info.shard, first, b"not a png")
+    argv = ["train", "--no-ray", "--storage", str(tmp_path), "--name", "bad", "--max-steps", "1000",
+            "--set", f"data.source={tmp_path / 'ds'}", "--set", "model.arch=dcgan", "--set", "model.channels=8",
+            "--set", "data.batch_size=4", "--set", "train.log_every=1", "--set", "metrics.port=0",
+            "--set", "monitor.class_coverage=false", "--set", "data.max_corrupt_fraction=0.05"]
+    assert main(argv) == 1
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "max_corrupt_fraction" in summary["error"]
+    last = summary["final"]
+    assert summary["data"]["samples_seen"] == last["samples_seen"] > 0
+    assert summary["data"]["corrupt_samples"] == last["corrupt_samples"] > 0
