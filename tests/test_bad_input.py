@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import io
 import json
 import os
 import shutil
@@ -538,3 +539,94 @@ def test_a_run_that_dies_of_corrupt_data_reports_what_it_read(tmp_path, capsys):
     last = summary["final"]
     assert summary["data"]["samples_seen"] == last["samples_seen"] > 0
     assert summary["data"]["corrupt_samples"] == last["corrupt_samples"] > 0
+
+
+# The Ray dashboard misbehaving under `gan-dist submit` (items 5 and the minor ones) -----------
+
+class _Dashboard(http.server.BaseHTTPRequestHandler):
+    """A stand-in for a broken head, as `mode` says: "silent" reads each request and never
+    answers; "401" and "403" refuse every token; "html" answers 200 with a web page; "json"
+    answers 200 with JSON that is not Ray's; "version-only" answers GET /api/version as Ray
+    2.60 does, then goes silent."""
+    mode = "silent"
+    release = threading.Event()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        version = self.mode == "version-only" and self.path == "/api/version"
+        if self.mode in ("silent", "version-only") and not version:
+            self.release.wait(120)
+            return
+        status, body = {"401": (401, b"Unauthorized"), "403": (403, b"Forbidden"),
+                        "html": (200, b"<html>nginx</html>"), "json": (200, b'{"hello": 1}')}.get(
+            self.mode, (200, b'{"ray_version": "2.60.0", "ray_commit": "x", "version": "x"}'))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT = do_GET
+
+
+@pytest.fixture
+def dashboard():
+    """A dashboard URL on 127.0.0.1 whose behaviour is _Dashboard.mode."""
+    _Dashboard.release.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dashboard)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    _Dashboard.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_submit_to_a_dashboard_that_never_answers_ends_naming_its_url(dashboard, tmp_path):
+    """It accepts the connection (so the TCP check passes) and never answers: before, `submit`
+    waited forever in Ray's client; now each call has a time limit and bounded retries."""
+    _Dashboard.mode = "silent"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(GAN_DIST_SUBMIT_TIMEOUT="1", GAN_DIST_SUBMIT_RETRIES="1", HOME=str(tmp_path))
+    argv = [sys.executable, "-m", "gan_dist", "submit", "--address", dashboard, "--name", "r", "--storage",
+            str(tmp_path / "runs")]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("submit hung on a dashboard that never answers")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"the Ray dashboard at {dashboard} did not answer GET /api/version (time limit 1 s, 2 attempt(s)" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("mode, token, expect", [
+    ("401", True, "did not accept the token from {tmp}/token (401 Unauthorized)"),
+    ("403", True, "did not accept the token from {tmp}/token (403 Forbidden)"),
+    ("401", False, "requires a token and none was found"),
+    ("html", False, "is not a working Ray dashboard (GET /api/version: "),
+    ("json", False, "is not a working Ray dashboard (GET /api/version: "),
+])
+def test_submit_names_what_the_dashboard_did_wrong(mode, token, expect, dashboard, tmp_path, monkeypatch, capsys):
+    _Dashboard.mode = mode
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    (tmp_path / "token").write_text("secret-token-value\n")
+    argv = ["submit", "--address", dashboard, "--name", "r", "--storage", str(tmp_path / "runs")]
+    assert main(argv + (["--token-file", str(tmp_path / "token")] if token else [])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expect.replace("{tmp}", str(tmp_path)) in err, err
+    assert "secret-token-value" not in err
+
+
+@pytest.mark.timeout(120)
+def test_following_a_job_ends_when_the_dashboard_stops_answering(dashboard):
+    """The log stream has no time limit of its own; the status polls beside it have one."""
+    from gan_dist.integrations.ray import DashboardUnanswered, follow_job, job_client
+
+    _Dashboard.mode = "version-only"
+    client = job_client(dashboard, None, None, timeout=1, retries=0)
+    with pytest.raises(DashboardUnanswered, match=f"the Ray dashboard at {dashboard} did not answer GET /api/jobs/"):
+        follow_job(client, "raysubmit_x", out=io.StringIO(), poll_seconds=0.2)
