@@ -19,6 +19,7 @@ from gan_dist import __version__, submit
 from gan_dist.bench import cli as bench_cli
 from gan_dist.config import ConfigError, check_run_name, resolve
 from gan_dist.data import cli as data_cli
+from gan_dist.dependencies import missing_dependency
 from gan_dist.jobspec import SubmitError
 from gan_dist.train_args import add_train_arguments, count_up_to, train_overrides
 from gan_dist.quality import DEFAULT_N, METRICS
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # ConfigError, DataError, PlanError, CheckpointError and argument checks
         print(f"gan-dist: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # a command's deferred imports (torch, Ray) in a Python without them
+        print(missing_dependency(exc), file=sys.stderr)
+        return 2
 
 
 def warn(message: str) -> None:
@@ -142,6 +146,9 @@ def job_entrypoint(argv: list[str]) -> int:
                               f"that every node sees (--storage /mnt/shared/runs)")
     except ConfigError as exc:
         print(f"gan-dist: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # the config's checks import torch
+        print(missing_dependency(exc), file=sys.stderr)
         return 2
     return main(["train", *argv])
 

@@ -630,3 +630,27 @@ def test_following_a_job_ends_when_the_dashboard_stops_answering(dashboard):
     client = job_client(dashboard, None, None, timeout=1, retries=0)
     with pytest.raises(DashboardUnanswered, match=f"the Ray dashboard at {dashboard} did not answer GET /api/jobs/"):
         follow_job(client, "raysubmit_x", out=io.StringIO(), poll_seconds=0.2)
+
+
+# A Python without gan-dist's dependencies (item 17) -------------------------------------------
+
+WITHOUT_TORCH = "import sys; sys.modules['torch'] = None  # `import torch` now fails as if it were not installed\n"
+
+
+@pytest.mark.parametrize("python_args, script, missing", [
+    (["-S", "-m", "gan_dist", "train", "--dry-run"], None, "PyYAML"),  # no site-packages at all
+    (["-c"], "import runpy, sys; sys.argv = ['gan-dist', 'train', '--dry-run']; "
+             "runpy.run_module('gan_dist', run_name='__main__')", "torch"),
+    (["-S", "launch/ray_job.py", "ring8", "--name", "r", "--storage", "/mnt/runs"], None, "PyYAML"),
+    (["-c"], "import runpy, sys; sys.argv = ['ray_job.py', 'ring8', '--name', 'r', '--storage', '/mnt/runs']; "
+             "runpy.run_path('launch/ray_job.py', run_name='__main__')", "torch"),
+], ids=["-m gan_dist without site-packages", "-m gan_dist without torch", "ray_job.py without site-packages",
+        "ray_job.py without torch"])
+def test_a_python_without_the_dependencies_says_which_and_what_to_do(python_args, script, missing, tmp_path):
+    argv = [sys.executable, *python_args] + ([WITHOUT_TORCH + script] if script else [])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"this Python ({sys.executable}) lacks {missing}, which gan-dist needs: install" in lines[0]
+    assert "Traceback" not in proc.stderr
