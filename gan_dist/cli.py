@@ -25,8 +25,8 @@ from gan_dist.train_args import add_train_arguments, count_up_to, train_override
 from gan_dist.quality import DEFAULT_N, METRICS
 
 
-# The most samples `gan-dist sample` draws into one PNG.
-MAX_SAMPLES = 10_000
+# The most samples one `gan-dist sample` draws (a grid PNG holds fewer: inference.MAX_GRID_SAMPLES).
+MAX_SAMPLES = 1_000_000
 
 
 class _Parser(argparse.ArgumentParser):

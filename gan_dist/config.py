@@ -602,7 +602,7 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,4000}", value.strip()):  # int() refuses more digits
             return int(value)
     elif kind is float:
         number = None
@@ -765,6 +765,10 @@ def load_yaml(text: str, what: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{what} is not valid YAML{at}: {getattr(exc, 'problem', None) or first_line(exc)}") from None
+    except ValueError as exc:  # a value YAML cannot make (an integer of 5,000 digits), or our own ConfigError
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{what} is not valid YAML: {shown(first_line(exc), quote=False)}") from None
 
 
 def _check_expanded_size(root: yaml.Node, what: str) -> None:

@@ -59,16 +59,22 @@ def load_generator(path: str) -> Generator:
     return Generator(cfg, G.eval().requires_grad_(False), meta, int(state["step"]))
 
 
-# The most values (samples x values per sample) one `gan-dist sample` makes: 1 GiB as float32.
-MAX_SAMPLE_VALUES = 1 << 28
+# The most samples in one PNG, and the most values (samples x values per sample): 1 GiB as float32.
+MAX_GRID_SAMPLES, MAX_GRID_VALUES = 10_000, 1 << 28
+
+
+def check_grid_size(n: int, sample_shape: list[int]) -> None:
+    """A grid PNG of n samples is made in memory at once: bounded."""
+    values = n * int(np.prod(sample_shape))
+    if n > MAX_GRID_SAMPLES or values > MAX_GRID_VALUES:
+        raise ValueError(f"--n {n:,} samples of {'x'.join(map(str, sample_shape))} ({values:,} values) are too many "
+                         f"for one PNG (at most {MAX_GRID_SAMPLES:,} samples and {MAX_GRID_VALUES:,} values): "
+                         f"ask for fewer")
 
 
 def sample_png(gen: Generator, n: int, class_label: int | None, seed: int) -> bytes:
     """A PNG of n samples: an image grid, or for 2-D data a scatter over the real mixture."""
-    per_sample = int(np.prod(gen.meta["sample_shape"]))
-    if n * per_sample > MAX_SAMPLE_VALUES:
-        raise ValueError(f"--n {n:,} samples of {'x'.join(map(str, gen.meta['sample_shape']))} are "
-                         f"{n * per_sample:,} values, over the {MAX_SAMPLE_VALUES:,} one PNG may hold: ask for fewer")
+    check_grid_size(n, gen.meta["sample_shape"])
     if class_label is not None:
         if gen.task != "conditional":
             raise ValueError(f"--class needs a conditional model, this one is {gen.cfg.model.arch}")
