@@ -608,8 +608,8 @@ def test_submit_to_a_dashboard_that_never_answers_ends_naming_its_url(dashboard,
 
 
 @pytest.mark.parametrize("mode, token, expect", [
-    ("401", True, "did not accept the token from {tmp}/token (401 Unauthorized)"),
-    ("403", True, "did not accept the token from {tmp}/token (403 Forbidden)"),
+    ("401", True, "rejected the token from {tmp}/token (401 Unauthorized)"),
+    ("403", True, "rejected the token from {tmp}/token (403 Forbidden)"),
     ("401", False, "requires a token and none was found"),
     ("html", False, "is not a working Ray dashboard (GET /api/version: "),
     ("json", False, "is not a working Ray dashboard (GET /api/version: "),

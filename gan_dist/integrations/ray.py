@@ -363,7 +363,7 @@ def job_client(address: str, token: str | None, token_source: str | None, timeou
                               f"--token-file FILE or set RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it)"
                               ) from None
         status = "401 Unauthorized" if exc.message.startswith("Authentication required") else "403 Forbidden"
-        raise SubmitError(f"the Ray cluster at {address} did not accept the token from {token_source} ({status}): "
+        raise SubmitError(f"the Ray cluster at {address} rejected the token from {token_source} ({status}): "
                           f"use this cluster's token (`ray get-auth-token` on the head prints it)") from None
     except (ConnectionError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         # ValueError: a 200 whose body is not JSON (requests' JSONDecodeError); KeyError, TypeError:
