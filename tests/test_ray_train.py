@@ -76,7 +76,7 @@ def test_run_directory_is_complete(first_run):
 def test_same_name_finds_the_run_and_resumes(first_run, cache_dir):
     from conftest import run_cli
 
-    storage, _ = first_run
+    storage, _, _ = first_run
     result = run_cli("train", "--storage", str(storage), "--name", "ray2", "--workers", "2", "--max-steps", "300",
                      *SHORT, cache=cache_dir, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
