@@ -130,8 +130,9 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
-        except OSError as exc:  # checked above (check_writable); this is the storage changing since
-            raise ConfigError(f"run.storage {cfg.run.storage}: cannot write {run_dir} ({exc.strerror or exc})") from None
+        except OSError as exc:  # checked above (check_writable): the storage changed since
+            raise ConfigError(f"run.storage {cfg.run.storage}: cannot write {run_dir} "
+                              f"({exc.strerror or exc})") from None
         return run(cfg, run_dir, placement, session, verbose, push_auth)
     finally:
         if session is not None:
