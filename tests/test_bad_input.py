@@ -6,7 +6,15 @@ Rows run `gan-dist` in this process (main(argv)): an exception escaping main is 
 traceback a user would see, and fails the row. `{tmp}` in a row stands for the row's own
 empty folder, which is also the working directory; the check that nothing was written
 compares that folder's listing before and after (inputs a row needs are written first, by
-its `setup`).
+its `setup`; a row with `run=True` starts with a copy of a short completed run at {tmp}/run,
+which its setup may damage).
+
+UNPRIVILEGED_CASES have the same format but run in a subprocess without root's powers to
+pass mode bits and bind low ports (read-only folders, port 80). Cases that need a server, a
+signal or a hang check (a SIGTERM to a run blocked on a stalled shard, a Ray dashboard that
+never answers) and the cases whose outcome is not exit 2 (a resume that falls back, the
+summary of a failed run) are tests of their own below the tables. The data plane's rows are
+in tests/test_bad_input_data.py; the rules are in docs/bad-input.md.
 """
 
 from __future__ import annotations
