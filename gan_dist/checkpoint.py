@@ -35,8 +35,16 @@ from typing import Iterator
 import torch
 
 from gan_dist import __version__
+from gan_dist.config import Config, ConfigError, first_line, load_yaml_config
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+# A file a manifest may name: a plain name inside the checkpoint folder (no path, no "..").
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+# What rank 0's manifest must list: every reader of a checkpoint needs both.
+SHARED_FILES = ("state.pt", "config.yaml")
+# What state.pt holds for a training restore (sample and eval need fewer: inference.load_generator).
+TRAINING_KEYS = ("G", "D", "G_ema", "opt_G", "opt_D", "step", "history")
 
 
 class CheckpointError(ValueError):
@@ -74,14 +82,22 @@ def from_bytes(data: bytes, what: str):
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses pickled code with an UnpicklingError
-        raise CheckpointError(f"{what}: refused to load ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        reason = first_line(exc) or "no message"  # an empty file's error has none
+        raise CheckpointError(f"{what}: refused to load ({type(exc).__name__}: {reason})") from None
 
 
 def verify(folder: Path) -> dict:
-    """Rank 0's manifest if every rank's files are present and match; else CheckpointError."""
+    """Rank 0's manifest if every rank's manifest is sound and agrees with it, rank 0's lists
+    state.pt and config.yaml, and every file listed is present and matches its checksum;
+    else CheckpointError."""
     head = _read_manifest(folder, 0)
+    missing = [name for name in SHARED_FILES if name not in head["files"]]
+    if missing:
+        raise CheckpointError(f"{folder}: rank 0's manifest does not list {', '.join(missing)}")
     for rank in range(head["world_size"]):
         manifest = head if rank == 0 else _read_manifest(folder, rank)
+        if (manifest["world_size"], manifest["step"]) != (head["world_size"], head["step"]):
+            raise CheckpointError(f"{folder}: the manifests of ranks 0 and {rank} disagree on the step or world size")
         for name, digest in manifest["files"].items():
             path = folder / name
             if not path.is_file():
@@ -94,19 +110,78 @@ def verify(folder: Path) -> dict:
 def _read_manifest(folder: Path, rank: int) -> dict:
     path = folder / f"manifest-{rank:05d}.json"
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{folder}: no manifest for rank {rank} (incomplete checkpoint)") from None
-    except ValueError:
+    except (ValueError, OSError):  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{folder}: manifest for rank {rank} is not valid JSON") from None
+    problem = _manifest_problem(manifest, rank)
+    if problem:
+        raise CheckpointError(f"{folder}: manifest for rank {rank} {problem}")
+    return manifest
 
 
-def load_shared(folder: Path) -> dict:
-    return from_bytes((folder / "state.pt").read_bytes(), f"{folder}/state.pt")
+def _manifest_problem(manifest, rank: int) -> str | None:
+    """What is wrong with a manifest's fields, or None. A world size of 0 would check no rank's
+    files at all, so counts are integers >= 1 (booleans and strings are not counts)."""
+    if not isinstance(manifest, dict):
+        return f"must be a JSON object, got {type(manifest).__name__}"
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if not (count(manifest.get("world_size")) and 1 <= manifest["world_size"] <= 1 << 16):
+        return f"has no valid world_size (an integer >= 1), got {manifest.get('world_size')!r:.40}"
+    if not (count(manifest.get("rank")) and manifest["rank"] == rank < manifest["world_size"]):
+        return f"names rank {manifest.get('rank')!r:.40}"
+    if not (count(manifest.get("step")) and manifest["step"] >= 0):
+        return f"has no valid step, got {manifest.get('step')!r:.40}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(n, str) and FILE_NAME.fullmatch(n) and ".." not in n
+                                              and isinstance(d, str) and SHA256.fullmatch(d)
+                                              for n, d in files.items()):
+        return "must map plain file names to sha256 digests under files"
+    if not isinstance(manifest.get("metrics", {}), dict):
+        return "has metrics that are not a mapping"
+    return None
+
+
+def load_shared(folder: Path, need: tuple[str, ...] = TRAINING_KEYS) -> dict:
+    """state.pt, checked to hold the keys `need` (and a step that is a count) before anyone
+    uses it: a load must never stop half-way through applying it."""
+    state = from_bytes((folder / "state.pt").read_bytes(), f"{folder}/state.pt")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{folder}/state.pt holds a {type(state).__name__}, not the run's state")
+    missing = [key for key in need if key not in state]
+    if missing:
+        raise CheckpointError(f"{folder}/state.pt lacks {', '.join(missing)}")
+    step = state.get("step", 0)
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise CheckpointError(f"{folder}/state.pt has no valid step, got {step!r:.40}")
+    return state
 
 
 def load_rank(folder: Path, rank: int) -> dict:
-    return from_bytes((folder / f"rank-{rank:05d}.pt").read_bytes(), f"{folder}/rank-{rank:05d}.pt")
+    name = f"rank-{rank:05d}.pt"
+    if not (folder / name).is_file():
+        raise CheckpointError(f"{folder}: {name} is missing")
+    return from_bytes((folder / name).read_bytes(), f"{folder}/{name}")
+
+
+def read_config(folder: Path) -> Config:
+    """The resolved config stored in a checkpoint; CheckpointError when it is missing or not valid."""
+    try:
+        return load_yaml_config((folder / "config.yaml").read_text())
+    except OSError as exc:
+        raise CheckpointError(f"{folder}/config.yaml: {exc.strerror or exc}") from None
+    except (ConfigError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{folder}/config.yaml is not a valid config: {first_line(exc)}") from None
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """A checkpoint's step: from its manifest, else from its folder's name; None if neither says."""
+    try:
+        return int(_read_manifest(folder, 0)["step"])
+    except CheckpointError:
+        match = STEP_DIR.match(folder.name)
+        return int(match.group(1)) if match else None
 
 
 def step_dirs(run_dir: Path) -> list[Path]:

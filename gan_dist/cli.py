@@ -16,15 +16,18 @@ import sys
 import warnings
 from pathlib import Path
 
-from tqdm import tqdm
-
 from gan_dist import __version__, submit
 from gan_dist.bench import cli as bench_cli
 from gan_dist.config import ConfigError, check_run_name, resolve
 from gan_dist.data import cli as data_cli
+from gan_dist.dependencies import missing_dependency
 from gan_dist.jobspec import SubmitError
-from gan_dist.train_args import add_train_arguments, class_list, positive_int, train_overrides
+from gan_dist.train_args import add_train_arguments, class_list, count_up_to, positive_int, train_overrides
 from gan_dist.quality import DEFAULT_N, METRICS
+
+
+# The most samples one `gan-dist sample` draws (a grid PNG holds fewer: inference.MAX_GRID_SAMPLES).
+MAX_SAMPLES = 1_000_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,10 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="write a PNG of samples from a checkpoint's G_ema")
     sample.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its latest checkpoint)")
-    sample.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--n", type=count_up_to(MAX_SAMPLES), default=64,
+                        help=f"number of samples (default 64, at most {MAX_SAMPLES:,})")
     sample.add_argument("--class", dest="classes", type=class_list, metavar="K[,K...]",
                         help="classes to generate (conditional models; default all, one grid row each)")
-    sample.add_argument("--per-class", type=positive_int, metavar="N",
+    sample.add_argument("--per-class", type=count_up_to(MAX_SAMPLES), metavar="N",
                         help="samples of each class (conditional models; default --n over the classes)")
     sample.add_argument("--input", help="low-resolution image to upscale (super-resolution models)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # ConfigError, DataError, PlanError, CheckpointError and argument checks
         print(f"gan-dist: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # a command's deferred imports (torch, Ray) in a Python without them
+        print(missing_dependency(exc), file=sys.stderr)
+        return 2
 
 
 def warn(message: str) -> None:
@@ -102,10 +109,18 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     # Deferred on purpose: torch loads only for commands that need it.
-    from gan_dist.inference import load_generator, sample_folder, sample_png, upscale_png, write_png
+    from gan_dist.inference import check_png_out, load_generator, sample_folder, sample_png, upscale_png, write_png
+    from gan_dist.rundir import check_writable
+    from tqdm import tqdm
 
+    folder = not args.input and not args.out.lower().endswith(".png")  # one PNG per sample
+    # Before loading anything: a bad --out fails at once.
+    if folder:
+        check_writable(Path(args.out).absolute().parent, f"--out {args.out}")
+    else:
+        check_png_out(args.out)
     gen = load_generator(args.checkpoint)
-    if not args.input and not args.out.lower().endswith(".png"):  # a folder of samples
+    if folder:
         with tqdm(total=None, unit="image", desc="sampling", file=sys.stderr) as bar:
             count = sample_folder(gen, Path(args.out), args.n, args.classes, args.seed, args.per_class, bar.update)
         print(f"wrote {count} images to {args.out} from {gen.cfg.model.arch} G_ema at step {gen.step}")
@@ -145,11 +160,14 @@ def job_entrypoint(argv: list[str]) -> int:
         if not cfg.run.name:
             raise SubmitError("a Ray job needs a stable run name (--name RUN) so that a retry resumes it")
         check_run_name(cfg.run.name, "run.name")
-        if "://" not in cfg.run.storage and not cfg.run.storage.startswith("/"):
+        if not cfg.run.storage.startswith("/"):
             raise SubmitError(f"run.storage {cfg.run.storage!r} is relative: a Ray job needs shared storage "
                               f"that every node sees (--storage /mnt/shared/runs)")
     except ConfigError as exc:
         print(f"gan-dist: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # the config's checks import torch
+        print(missing_dependency(exc), file=sys.stderr)
         return 2
     return main(["train", *argv])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ class DataConfig:
         _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
         _require(0 <= self.max_corrupt_fraction <= 1, "data.max_corrupt_fraction",
                  f"must be in [0, 1], got {self.max_corrupt_fraction}")
+
+
+# The largest value each size key of ModelConfig accepts.
+MODEL_LIMITS = {"z_dim": 1 << 16, "hidden": 1 << 16, "depth": 1000, "channels": 1 << 14, "sr_blocks": 1000,
+                "image_size": 1 << 14, "image_channels": 64, "num_classes": 1 << 20}
 
 
 @dataclass
@@ -104,6 +110,11 @@ class ModelConfig:
         for key in ("image_size", "image_channels", "num_classes"):
             value = getattr(self, key)
             _require(value >= 0, f"model.{key}", f"must be >= 0, got {value}")
+        # Sanity limits, far above any GAN's, so that a typo cannot ask for terabytes (the plan
+        # then counts the weights of what these build: plan.check_models).
+        for key, limit in MODEL_LIMITS.items():
+            value = getattr(self, key)
+            _require(value <= limit, f"model.{key}", f"must be <= {limit:,}, got {value:,}")
 
 
 @dataclass
@@ -291,7 +302,8 @@ class PerfConfig:
 class RunConfig:
     # Empty: "<recipe>-<UTC timestamp>". The same name and storage resume a run.
     name: str = ""
-    # The folder holding run directories; on a cluster, a path every node sees.
+    # The folder holding run directories; on a cluster, a path every node sees. A path, never a
+    # URI: mount object storage (s3fs, gcsfuse) to keep runs there.
     storage: str = "runs"
     # Data-parallel workers: a count, or "auto" (one per GPU when the cluster has GPUs, else 2;
     # without Ray: 1).
@@ -315,6 +327,10 @@ class RunConfig:
         if self.name:
             check_run_name(self.name, "run.name")
         _require(bool(self.storage.strip()), "run.storage", "must not be empty")
+        _require(not URI_SCHEME.match(self.storage), "run.storage",
+                 f"must be a folder path, got the URI {redact_url(self.storage)!r}: run directories are local "
+                 f"paths (a shared filesystem on a cluster); mount object storage (s3fs, gcsfuse, a CSI driver) "
+                 f"and give its mount point")
         _require(self.workers == "auto" or (self.workers.isdigit() and int(self.workers) >= 1), "run.workers",
                  f"must be a count >= 1 or auto, got {self.workers!r}")
         _require(self.cpus_per_worker > 0, "run.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
@@ -517,6 +533,9 @@ class Config:
         return cfg
 
 
+# A URI's scheme (s3://, gs://, file://): two letters or more, so a Windows drive is not one.
+URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -534,6 +553,17 @@ def redact_url(url: str) -> str:
     return re.sub(r"(?<=://)[^/@\s]*@", "***@", url)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def shown(value: Any, quote: bool = True) -> str:
+    """`value` for an error message, at most a line long: a value read from a file may be huge
+    (a YAML alias bomb expands to gigabytes)."""
+    text = _SHORT.repr(value)
+    return text if quote or not isinstance(value, str) else text.strip("'")
+
+
 def _require(ok: bool, key: str, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{key} {problem}")
@@ -546,9 +576,14 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    not_names = [key for key in raw if not isinstance(key, str)]
+    if not_names:
+        raise ConfigError(f"{where} has the key {shown(not_names[0])} ({type(not_names[0]).__name__}): "
+                          f"config keys are names")
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (known in {where}: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown config key {prefix}{shown(unknown[0], quote=False)} "
+                          f"(known in {where}: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in raw.items():
         kind = hints[name]
@@ -567,7 +602,7 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,4000}", value.strip()):  # int() refuses more digits
             return int(value)
     elif kind is float:
         number = None
@@ -580,7 +615,7 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
                 pass
         if number is not None:
             if not math.isfinite(number):
-                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+                raise ConfigError(f"{key} must be a finite number, got {shown(value)}")
             return number
     elif kind is str:
         if isinstance(value, str):
@@ -589,7 +624,7 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
             return "on" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+    raise ConfigError(f"{key} must be {kind.__name__}, got {shown(value)}")
 
 
 # Keys that moved ------------------------------------------------------------
@@ -678,22 +713,101 @@ def read_recipe(ref: str) -> tuple[str, dict[str, Any]]:
         path = Path(ref)
         if not path.is_file():
             raise ConfigError(f"recipe file {ref} does not exist")
-        text, name = path.read_text(), path.stem
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"recipe file {ref} is {path.stat().st_size:,} bytes, over the {MAX_YAML_BYTES:,} "
+                              f"a recipe may have")
+        try:
+            text, name = path.read_text(encoding="utf-8"), path.stem
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe file {ref} is not a text file (not UTF-8): a recipe is YAML") from None
+        except OSError as exc:
+            raise ConfigError(f"recipe file {ref}: {exc.strerror or exc}") from None
     else:
         if ref not in recipe_names():
             raise ConfigError(f"unknown recipe {ref!r} (shipped: {', '.join(recipe_names())})")
         text, name = (resources.files("gan_dist") / "recipes" / f"{ref}.yaml").read_text(), ref
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"recipe {ref} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    raw = load_yaml(text, f"recipe {ref}")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {ref} must be a YAML mapping, got {type(raw).__name__}")
     return name, raw
+
+
+# Limits of a YAML document (a recipe, a --set value, a stored config.yaml): a config has a
+# few hundred nodes a few levels deep; these refuse what only an attack needs.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 10_000  # counting every alias as a copy of what it names ("billion laughs")
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """`text` parsed as YAML (safe: no tags that run code), within the limits above; a
+    ConfigError naming `what` otherwise."""
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events: no recursion, no expansion
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise ConfigError(f"{what} nests deeper than {MAX_YAML_DEPTH} levels")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_expanded_size(node, what)
+            return loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{what} is not valid YAML{at}: {getattr(exc, 'problem', None) or first_line(exc)}") from None
+    except ValueError as exc:  # a value YAML cannot make (an integer of 5,000 digits), or our own ConfigError
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{what} is not valid YAML: {shown(first_line(exc), quote=False)}") from None
+
+
+def _check_expanded_size(root: yaml.Node, what: str) -> None:
+    """Refuse a document whose aliases expand to more than MAX_YAML_NODES nodes, or that
+    contains itself. Each node's expanded size is counted once (memoised), so this takes
+    time in the document's size, not in its expansion's."""
+    size: dict[int, int] = {}
+    visiting: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in size:
+            continue
+        children = _children(node)
+        if children_done:
+            visiting.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise ConfigError(f"{what} expands to over {MAX_YAML_NODES:,} values (its aliases repeat "
+                                  f"what they name): refused")
+            continue
+        if id(node) in visiting:
+            raise ConfigError(f"{what} contains itself through an alias: refused")
+        visiting.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def first_line(text: Any) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def apply_override(raw: dict[str, Any], assignment: str, warn: Callable[[str], None] | None = None) -> None:
@@ -707,9 +821,11 @@ def apply_override(raw: dict[str, Any], assignment: str, warn: Callable[[str], N
             warn(f"{key} is now {MOVED_KEYS[key]}")
         key = MOVED_KEYS[key]
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
+        value = load_yaml(text, f"--set {key}") if text.strip() else ""
+    except ConfigError as exc:
+        if "not valid YAML" not in str(exc):
+            raise
+        value = text  # not YAML: the text itself (a path with a colon, say)
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
@@ -749,5 +865,5 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def load_yaml_config(text: str) -> Config:
     """A resolved config as written to a run directory or a checkpoint (keys that moved since
     it was written are moved silently)."""
-    raw = yaml.safe_load(text)
+    raw = load_yaml(text, "the stored config.yaml")
     return Config.from_dict(migrate(raw) if isinstance(raw, dict) else raw)

@@ -22,10 +22,11 @@ from gan_dist.config import Config, ConfigError
 from gan_dist.data.inspect import check_dataset
 from gan_dist.data.sources import resolve_source
 from gan_dist.monitor.hub import Hub, RunHub
-from gan_dist.monitor.metrics import TARGETS_FILE
+from gan_dist.monitor.metrics import TARGETS_FILE, check_bindable
 from gan_dist.plan import PlanError, make_plan
 from gan_dist.results import HubSnapshot, RunResult, RunSummary, WorkerResult, describe
-from gan_dist.rundir import CONFIG_FILE, check_resume, run_directory, write_atomic, write_error_log, write_summary
+from gan_dist.rundir import (CONFIG_FILE, SUMMARY_FILE, check_resume, check_writable, run_directory, write_atomic,
+                             write_error_log, write_summary)
 from gan_dist.trainer import preempt
 from gan_dist.trainer.loop import train_worker
 
@@ -109,7 +110,10 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
                             "Accelerate would train in fp32): use bf16 or no on CPU")
         plan = make_plan(cfg, index, placement.workers)
         push_auth = pushgateway_auth(cfg.metrics) if cfg.metrics.pushgateway else None
+        if cfg.metrics.enabled:
+            check_bindable(metrics_host(cfg), cfg.metrics.port)  # the hub serves on this, the driver's, node
         run_dir = run_directory(cfg)
+        check_writable(run_dir, f"run.storage {cfg.run.storage}")
         resume_step = check_resume(cfg, run_dir)
 
         print(cfg.to_yaml(), end="")
@@ -123,8 +127,12 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
 
         if cfg.run.use_ray and session is None:
             session = _ray_session("", resources, dashboard=cfg.run.ray_dashboard)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
+        except OSError as exc:  # checked above (check_writable): the storage changed since
+            raise ConfigError(f"run.storage {cfg.run.storage}: cannot write {run_dir} "
+                              f"({exc.strerror or exc})") from None
         return run(cfg, run_dir, placement, session, verbose, push_auth)
     finally:
         if session is not None:
@@ -152,6 +160,11 @@ def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool
         status, error = outcome(cfg, result)
     except KeyboardInterrupt:
         status, error = "stopped", "interrupted by the user"
+    except preempt.Interrupted:
+        latest = ckpt.find_latest(run_dir)
+        start = f"{latest.name}" if latest is not None else "the start (no checkpoint yet)"
+        status, error = "stopped", (f"SIGTERM while waiting for data: stopped without saving the step in progress; "
+                                    f"run again with --name {cfg.run.name} to resume from {start}")
     except Exception as exc:  # a failure at run time: recorded, reported, exit 1
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = f"{type(exc).__name__}: {first}"
@@ -166,7 +179,7 @@ def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool
         summary = RunSummary.build(status, result, snap, placement.workers, time.perf_counter() - t0, error)
         if error_log is not None:
             summary.error_log = str(error_log)
-        write_summary(run_dir, summary.to_dict())
+        summary_path = write_summary(run_dir, summary.to_dict())
         try:
             push_error = hub.close(cfg.metrics.pushgateway, cfg.run.name, push_auth)
         except Exception as exc:
@@ -179,8 +192,10 @@ def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool
     if push_error:
         print(f"gan-dist: warning: {push_error}", file=sys.stderr)
     if error:
-        where = f" (traceback in {error_log})" if error_log else ""
-        print(f"gan-dist: run {status}: {error}{where}", file=sys.stderr)
+        where = [f"traceback in {error_log}"] if error_log else []
+        if summary_path.name != SUMMARY_FILE:
+            where.append(f"summary in {summary_path.name}: the completed run's {SUMMARY_FILE} is kept")
+        print(f"gan-dist: run {status}: {error}" + (f" ({'; '.join(where)})" if where else ""), file=sys.stderr)
     print(f"run directory: {run_dir}")
     return RunResult(run_dir, summary)
 

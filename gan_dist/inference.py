@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from gan_dist import checkpoint as ckpt
-from gan_dist.config import Config, load_yaml_config
+from gan_dist.config import Config, first_line
 from gan_dist.data.builtin import Mixture2D
+from gan_dist.data.index import check_meta
 from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import evaluate_generator, generate, generate_images
 from gan_dist.models import TASKS, build_models
 from gan_dist.plan import data_shape
+from gan_dist.rundir import check_writable
 from gan_dist.visualize import image_grid_png, scatter_png
 
 
@@ -42,19 +44,21 @@ class Generator:
 
 
 def load_generator(path: str) -> Generator:
-    """G_ema of checkpoint (or run directory) `path`; a mismatch of weights and config is a CheckpointError."""
+    """G_ema of checkpoint (or run directory) `path`. A damaged checkpoint (a config, state or
+    data metadata that does not load, weights that do not fit the config) is a CheckpointError."""
     folder = ckpt.resolve_checkpoint(path)
-    cfg = load_yaml_config((folder / "config.yaml").read_text())
-    state = ckpt.load_shared(folder)
+    cfg = ckpt.read_config(folder)
+    state = ckpt.load_shared(folder, need=("G_ema", "step"))
     meta = state.get("data_meta")
     if meta is None:
         raise ckpt.CheckpointError(f"{folder}: no data metadata (written by an older gan-dist?)")
+    check_meta(meta, f"{folder}/state.pt data_meta")
     try:
         G, _ = build_models(cfg.model, data_shape(meta, cfg.model))
         G.load_state_dict(state["G_ema"])
-    except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ckpt.CheckpointError(f"{folder}: its weights do not fit model.arch {cfg.model.arch} ({first})") from None
+    except (ValueError, RuntimeError, TypeError, AttributeError) as exc:  # not a state dict, or the wrong one
+        raise ckpt.CheckpointError(f"{folder}: its weights do not fit model.arch {cfg.model.arch} "
+                                   f"({first_line(exc) or type(exc).__name__})") from None
     return Generator(cfg, G.eval().requires_grad_(False), meta, int(state["step"]))
 
 
@@ -94,10 +98,24 @@ def caption(gen: Generator) -> tuple[str, dict]:
     return f"{gen.cfg.recipe}: G_ema at step {gen.step}", text
 
 
+# The most samples in one PNG, and the most values (samples x values per sample): 1 GiB as float32.
+MAX_GRID_SAMPLES, MAX_GRID_VALUES = 10_000, 1 << 28
+
+
+def check_grid_size(n: int, sample_shape: list[int]) -> None:
+    """A grid PNG of n samples is made in memory at once: bounded."""
+    values = n * int(np.prod(sample_shape))
+    if n > MAX_GRID_SAMPLES or values > MAX_GRID_VALUES:
+        raise ValueError(f"--n {n:,} samples of {'x'.join(map(str, sample_shape))} ({values:,} values) are too many "
+                         f"for one PNG (at most {MAX_GRID_SAMPLES:,} samples and {MAX_GRID_VALUES:,} values): "
+                         f"ask for fewer, or write a folder of samples (--out DIR)")
+
+
 def sample_png(gen: Generator, n: int, classes: list[int] | None, seed: int, per_class: int | None = None) -> bytes:
     """A PNG of samples: an image grid (for a conditional model one row per class, labelled),
     or for 2-D data a scatter over the real mixture."""
     picked = pick_classes(gen, classes)
+    check_grid_size((per_class or max(1, n // len(picked))) * len(picked) if picked else n, gen.meta["sample_shape"])
     if gen.task == "super_resolution":
         raise ValueError("a super-resolution model upscales an image: give --input LR.png")
     if gen.meta["kind"] == "points":
@@ -190,11 +208,27 @@ def to_json(result: dict) -> str:
     return json.dumps(result, indent=2, default=float)
 
 
-def write_png(path: str, data: bytes) -> None:
+def check_png_out(path: str) -> Path:
+    """--out, checked before any work: a *.png that is not a folder, in a folder that exists or
+    can be made, and is writable (rundir.check_writable says how that is checked)."""
     out = Path(path)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {path}: the output is a PNG file, name it *.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    if out.is_dir():
+        raise ValueError(f"--out {path} is a folder: name the PNG file to write")
+    check_writable(out.parent.absolute(), f"--out {path}")
+    return out
+
+
+def write_png(path: str, data: bytes) -> None:
+    """Write atomically (a temporary file renamed into place, removed if anything fails)."""
+    out = check_png_out(path)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except OSError as exc:
+        raise ValueError(f"--out {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)

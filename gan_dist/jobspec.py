@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gan_dist.config import ConfigError
+from gan_dist.config import ConfigError, first_line  # noqa: F401 (first_line: the submit modules' too)
 
 
 class SubmitError(ConfigError):
@@ -23,8 +23,3 @@ class JobSpec:
     entrypoint_num_cpus: float = 0.0
     entrypoint_num_gpus: float = 0.0
     entrypoint_resources: dict = field(default_factory=dict)
-
-
-def first_line(text) -> str:
-    lines = str(text).strip().splitlines()
-    return lines[0].strip() if lines else ""

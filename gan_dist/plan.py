@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from gan_dist.data.index import DatasetIndex
 from gan_dist.data.stream import shards_of_rank
 from gan_dist.models import TASKS, DataShape, build_models
@@ -61,14 +63,26 @@ def data_shape(meta: dict, model_cfg=None) -> DataShape:
     return shape
 
 
+# The most weights G or D may have: 1e9 fp32 weights are 4 GB, 16 GB with Adam's moments and
+# G_ema, beyond any GAN this trainer is for (and what a typo such as model.channels=100000 asks).
+MAX_WEIGHTS = 1_000_000_000
+
+
 def check_models(cfg, shape: DataShape) -> str:
-    """Build (G, D) once on CPU so that an impossible architecture is bad input, not a crash
-    later; what was built, for the plan."""
+    """Build (G, D) once so that an impossible or oversized architecture is bad input, not a
+    crash later; what was built, for the plan. Built on torch's meta device: shapes without
+    memory, so counting a model too big to allocate costs nothing."""
     try:
-        G, D = build_models(cfg.model, shape)
+        with torch.device("meta"):
+            G, D = build_models(cfg.model, shape)
     except ValueError as exc:
         raise PlanError(f"model.arch {cfg.model.arch}: {exc}") from None
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    for name, net in (("G", G), ("D", D)):
+        if count(net) > MAX_WEIGHTS:
+            raise PlanError(f"{name} of model.arch {cfg.model.arch} would have {count(net):,} weights, over the "
+                            f"{MAX_WEIGHTS:,} a model may have (check model.hidden, depth, channels, z_dim and the "
+                            f"data's image size)")
     layout = getattr(G, "layout", "")
     return f"{cfg.model.arch}, G {count(G):,} / D {count(D):,} weights" + (f"; {layout}" if layout else "")
 

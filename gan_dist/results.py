@@ -104,11 +104,14 @@ class RunSummary:
                        images_per_second=result.images_per_second, final=result.final, eval=result.eval,
                        rollbacks=result.rollbacks, data=result.data, fingerprint=result.fingerprint,
                        rank_fingerprints=result.rank_fingerprints, checkpoints=result.checkpoints, **common)
+        # The last log interval's running totals: what a run that died is known to have read.
+        data = DataCounts(samples_seen=int(last.get("samples_seen", 0)),
+                          corrupt_samples=int(last.get("corrupt_samples", 0)))
         return cls(steps=last.get("step", snap.start_step if snap else 0),
                    world_size=(snap.world_size if snap else 0) or planned_workers, images_per_second=0.0,
                    train_seconds=0.0,
                    final={k: v for k, v in last.items() if k not in ("step", "time")}, eval={},
-                   rollbacks=last.get("rollbacks", 0), data=DataCounts(), fingerprint=None, rank_fingerprints=[],
+                   rollbacks=last.get("rollbacks", 0), data=data, fingerprint=None, rank_fingerprints=[],
                    checkpoints=CheckpointStats(), **common)
 
     def to_dict(self) -> dict[str, Any]:

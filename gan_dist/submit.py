@@ -76,12 +76,13 @@ def cmd_submit(args) -> int:
         print(describe(spec, address))
         return 0
     token, token_source = find_token(args.token_file)
-    check_reachable(address)
+    timeout, retries = dashboard_limits()
+    check_reachable(address, timeout)
 
     # Deferred on purpose: `gan-dist submit --dry-run` and --help need no Ray.
     from gan_dist.integrations import ray as ray_jobs
 
-    client = ray_jobs.job_client(address, token, token_source)
+    client = ray_jobs.job_client(address, token, token_source, timeout, retries)
     running = ray_jobs.active_jobs(client, spec.metadata, keys=(RUN_KEY, STORAGE_KEY))
     if running:
         raise SubmitError(f"run {cfg.run.name} is already running as job {running[0]}; two jobs must not write "
@@ -148,11 +149,12 @@ def job_config(args, address: str) -> tuple[Config, list[str]]:
 
 
 def cluster_storage(storage: str, address: str) -> str:
-    """Storage as every node sees it: absolute; a relative path only makes sense on this machine."""
-    if "://" in storage or Path(storage).is_absolute():
+    """Storage as every node sees it: absolute; a relative path only makes sense on this machine.
+    (A URI is refused before this: run directories are paths, config.RunConfig.validate.)"""
+    if Path(storage).is_absolute():
         return storage
     if urlparse(address).hostname not in LOCAL_HOSTS:
-        raise SubmitError(f"run.storage {storage!r} is relative: give --storage a path or URI that every node "
+        raise SubmitError(f"run.storage {storage!r} is relative: give --storage a path that every node "
                           f"of the cluster at {address} sees (shared storage), e.g. /mnt/shared/runs")
     return str(Path(storage).expanduser().absolute())
 
@@ -270,7 +272,28 @@ def _read_token(path: Path) -> str:
     return token
 
 
-def check_reachable(address: str, timeout: float = 10.0) -> None:
+# Every call to the dashboard has a time limit and bounded retries, so a head that accepts
+# connections and never answers ends in an error naming its URL, not in a hang.
+TIMEOUT_ENV, RETRIES_ENV = "GAN_DIST_SUBMIT_TIMEOUT", "GAN_DIST_SUBMIT_RETRIES"
+DEFAULT_TIMEOUT_SECONDS, DEFAULT_RETRIES = 30.0, 2
+
+
+def dashboard_limits() -> tuple[float, int]:
+    """(seconds a dashboard call may wait for an answer, further tries of a failed read), from
+    GAN_DIST_SUBMIT_TIMEOUT and GAN_DIST_SUBMIT_RETRIES."""
+    raw_timeout, raw_retries = os.environ.get(TIMEOUT_ENV, ""), os.environ.get(RETRIES_ENV, "")
+    try:
+        timeout = float(raw_timeout) if raw_timeout else DEFAULT_TIMEOUT_SECONDS
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout < float("inf"):
+        raise SubmitError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {raw_timeout!r}")
+    if raw_retries and not (raw_retries.strip().isdigit() and int(raw_retries) <= 100):
+        raise SubmitError(f"{RETRIES_ENV} must be an integer in 0..100, got {raw_retries!r}")
+    return timeout, int(raw_retries) if raw_retries else DEFAULT_RETRIES
+
+
+def check_reachable(address: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
     """Fail in seconds, not minutes, when nothing answers at the dashboard's host and port."""
     url = urlparse(address)
     port = url.port or (443 if url.scheme == "https" else 80)

@@ -19,6 +19,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count_up_to(limit: int):
+    """An argparse type: an integer in 1..limit."""
+    def count(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be <= {limit:,}, got {value:,}")
+        return value
+    return count
+
+
 def workers_count(text: str) -> str:
     """An argparse type for --workers: a count >= 1, or auto."""
     return text if text == "auto" else str(positive_int(text))

@@ -11,7 +11,12 @@ entrypoint; see launch/submit-example.sh for the plain `ray job submit` route.
 
 import sys
 
-from gan_dist.cli import job_entrypoint
+from gan_dist.dependencies import missing_dependency
 
 if __name__ == "__main__":
+    try:
+        from gan_dist.cli import job_entrypoint
+    except ModuleNotFoundError as exc:  # this Python lacks gan-dist's dependencies: say which, and what to do
+        print(missing_dependency(exc), file=sys.stderr)
+        sys.exit(2)
     sys.exit(job_entrypoint(sys.argv[1:]))

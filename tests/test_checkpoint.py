@@ -29,7 +29,7 @@ class Evil:
 
 def write_fake_checkpoint(folder: Path, step: int, payload: bytes | None = None) -> None:
     files = {"state.pt": payload if payload is not None else ckpt.to_bytes({"step": step}),
-             "rank-00000.pt": ckpt.to_bytes({"rng": {}})}
+             "config.yaml": b"seed: 0\n", "rank-00000.pt": ckpt.to_bytes({"rng": {}})}
     ckpt.write_rank_files(folder, 0, 1, step, files)
 
 

@@ -25,6 +25,7 @@ from typing import Iterator
 
 import ray
 import ray.train
+import requests
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
@@ -311,8 +312,41 @@ def _preemption_watcher(enabled: bool) -> Iterator[None]:
 _ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
-def job_client(address: str, token: str | None, token_source: str | None) -> JobSubmissionClient:
-    """A client for the dashboard at `address`; the constructor already makes an authenticated call."""
+class DashboardUnanswered(SubmitError):
+    """The dashboard did not answer a call within the time limit, after the retries."""
+
+
+class _DashboardClient(JobSubmissionClient):
+    """Ray's job client, each of its HTTP calls with a time limit (`requests` has none by
+    default: a head that accepts connections and never answers would hang it forever) and,
+    for reads, bounded retries with backoff. Submissions and uploads are not retried: a
+    request that timed out may have been carried out."""
+
+    def __init__(self, address: str, headers: dict | None, timeout: float, retries: int):
+        self._timeout, self._retries = timeout, retries  # before Ray's constructor makes its first call
+        super().__init__(address, headers=headers)
+
+    def _do_request(self, method: str, endpoint: str, **kwargs):
+        kwargs.setdefault("timeout", self._timeout)
+        attempts = 1 + (self._retries if method in ("GET", "HEAD") else 0)
+        for attempt in range(attempts):
+            try:
+                return super()._do_request(method, endpoint, **kwargs)
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                if attempt + 1 == attempts:
+                    what = "did not answer" if isinstance(exc, requests.Timeout) else "refused or dropped"
+                    raise DashboardUnanswered(
+                        f"the Ray dashboard at {self._address} {what} {method} {endpoint} (time limit "
+                        f"{self._timeout:g} s, {attempts} attempt(s); GAN_DIST_SUBMIT_TIMEOUT, "
+                        f"GAN_DIST_SUBMIT_RETRIES)") from None
+                time.sleep(min(0.5 * 2 ** attempt, 5.0))
+
+
+def job_client(address: str, token: str | None, token_source: str | None, timeout: float = 30.0,
+               retries: int = 2) -> JobSubmissionClient:
+    """A client for the dashboard at `address`; the constructor already makes an authenticated
+    call (GET /api/version). Every call has the time limit `timeout` (seconds) and reads
+    `retries` further tries."""
     # Our own header: the SDK adds one only when RAY_AUTH_MODE=token is set in this process.
     headers = {"Authorization": f"Bearer {token}"} if token else None
     # The SDK narrates uploads and websocket closes at INFO; the job's own logs are what we show.
@@ -322,22 +356,37 @@ def job_client(address: str, token: str | None, token_source: str | None) -> Job
     logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
     saved = {name: os.environ.pop(name) for name in _ADDRESS_ENV if name in os.environ}
     try:
-        return JobSubmissionClient(address, headers=headers)
+        return _DashboardClient(address, headers, timeout, retries)
     except AuthenticationError as exc:
-        if token is None or exc.message.startswith("Authentication required"):
+        if token is None:
             raise SubmitError(f"the Ray cluster at {address} requires a token and none was found: use "
                               f"--token-file FILE or set RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it)"
                               ) from None
-        raise SubmitError(f"the Ray cluster at {address} rejected the token from {token_source}") from None
-    except (ConnectionError, RuntimeError) as exc:
-        raise SubmitError(f"{address} is not a working Ray dashboard: {first_line(exc)}") from None
+        status = "401 Unauthorized" if exc.message.startswith("Authentication required") else "403 Forbidden"
+        raise SubmitError(f"the Ray cluster at {address} rejected the token from {token_source} ({status}): "
+                          f"use this cluster's token (`ray get-auth-token` on the head prints it)") from None
+    except (ConnectionError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        # ValueError: a 200 whose body is not JSON (requests' JSONDecodeError); KeyError, TypeError:
+        # JSON without a ray_version; RuntimeError: another status. (Our SubmitErrors pass as they are.)
+        if isinstance(exc, SubmitError):
+            raise
+        raise SubmitError(f"{address} is not a working Ray dashboard (GET /api/version: "
+                          f"{first_line(exc) or type(exc).__name__}); is this the head's dashboard port, "
+                          f"8265 by default?") from None
     finally:
         os.environ.update(saved)
 
 
 def active_jobs(client: JobSubmissionClient, metadata: dict, keys: tuple[str, ...]) -> list[str]:
     """Ids of the jobs still pending or running whose metadata agrees with `metadata` on `keys`."""
-    return [job.submission_id for job in client.list_jobs()
+    try:
+        jobs = client.list_jobs()
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, SubmitError):
+            raise
+        raise SubmitError(f"the Ray dashboard at {client._address} gave no job list "
+                          f"({first_line(exc) or type(exc).__name__})") from None
+    return [job.submission_id for job in jobs
             if not job.status.is_terminal()
             and all((job.metadata or {}).get(key) == metadata[key] for key in keys)]
 
@@ -348,19 +397,49 @@ def submit_job(client: JobSubmissionClient, spec: JobSpec) -> str:
             entrypoint=spec.entrypoint, submission_id=spec.submission_id, runtime_env=spec.runtime_env,
             metadata=spec.metadata, entrypoint_num_cpus=spec.entrypoint_num_cpus,
             entrypoint_num_gpus=spec.entrypoint_num_gpus, entrypoint_resources=spec.entrypoint_resources or None)
+    except DashboardUnanswered:
+        raise
     except (RuntimeError, ValueError, OSError) as exc:  # bad runtime_env, working dir too big, ...
         raise SubmitError(f"the cluster refused job {spec.submission_id}: {first_line(exc)}") from None
 
 
-def follow_job(client: JobSubmissionClient, job_id: str, out=None) -> dict:
-    """Copy the job's logs to `out` (stdout) until it ends; its final status, message and driver exit code."""
+# Seconds between status polls while following a job's logs.
+FOLLOW_POLL_SECONDS = 5.0
+
+
+def follow_job(client: JobSubmissionClient, job_id: str, out=None, poll_seconds: float = FOLLOW_POLL_SECONDS) -> dict:
+    """Copy the job's logs to `out` (stdout) until it ends; its final status, message and driver
+    exit code. The log stream has no time limit (a job may print nothing for an hour), so the
+    job's status is polled beside it, each poll within the client's limits: a dashboard that
+    stops answering ends the follow with DashboardUnanswered instead of a hang."""
     try:
-        asyncio.run(_copy_logs(client, job_id, out or sys.stdout))
+        asyncio.run(_follow(client, job_id, out or sys.stdout, poll_seconds))
+    except DashboardUnanswered:
+        raise
     except Exception as exc:  # aiohttp, websocket or HTTP errors alike
         # The log stream can drop (head restart, proxy timeout); the job goes on, so poll its status.
         print(f"gan-dist: log stream of job {job_id} ended early ({first_line(exc)}); waiting for the job",
               file=sys.stderr, flush=True)
     return wait_job(client, job_id)
+
+
+async def _follow(client: JobSubmissionClient, job_id: str, out, poll_seconds: float) -> None:
+    tail = asyncio.ensure_future(_copy_logs(client, job_id, out))
+    try:
+        while not tail.done():
+            await asyncio.wait({tail}, timeout=poll_seconds)
+            if tail.done():
+                break
+            info = await asyncio.to_thread(client.get_job_info, job_id)  # within the client's limits
+            if info.status.is_terminal():
+                await asyncio.wait({tail}, timeout=poll_seconds)  # the last lines, then the stream ends
+                break
+        if tail.done():
+            tail.result()  # the stream's own error, if it had one
+    finally:
+        if not tail.done():
+            tail.cancel()
+            await asyncio.gather(tail, return_exceptions=True)
 
 
 async def _copy_logs(client: JobSubmissionClient, job_id: str, out) -> None:

@@ -9,6 +9,7 @@ Prometheus conventions: `gan_` prefix, base units, `_total` counters, few labels
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import warnings
@@ -17,6 +18,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway, start_http_server
 from prometheus_client.exposition import basic_auth_handler, default_handler
 
+from gan_dist.config import ConfigError
 from gan_dist.monitor.detectors import KINDS
 
 # name -> (type, help, labels). The one place metric names are declared (DESIGN.md, "Metrics").
@@ -129,14 +131,15 @@ class RunMetrics:
     # Exporting -------------------------------------------------------------------
 
     def serve(self, host: str, port: int) -> int:
-        """Serve /metrics on host:port (a taken port falls back to a free one); the port in use."""
+        """Serve /metrics on host:port (a port that is taken, or that this user may not bind,
+        falls back to a free one); the port in use."""
         try:
             self.server, _ = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            if port == 0:
+            if port == 0 or exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                 raise
-            warnings.warn(f"metrics port {port} on {host} is taken ({exc.strerror}); serving on a free port",
-                          stacklevel=2)
+            why = "is taken" if exc.errno == errno.EADDRINUSE else f"may not be bound by this user ({exc.strerror})"
+            warnings.warn(f"metrics port {port} on {host} {why}; serving on a free port", stacklevel=2)
             self.server, _ = start_http_server(0, addr=host, registry=self.registry)
         return self.server.server_port
 
@@ -155,6 +158,30 @@ class RunMetrics:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def check_bindable(host: str, port: int) -> None:
+    """That the metrics endpoint can listen on host:port, checked before the run starts: the
+    host resolves to an address of this machine, and the port is not one this user may not
+    bind (below 1024 without privileges). A taken port is fine: serve falls back to a free one.
+    The check binds a socket and closes it at once."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"metrics.host {host!r} does not resolve ({getattr(exc, 'strerror', None) or exc})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(f"metrics.host {host!r} ({address[0]}) is not an address of this machine") from None
+            if exc.errno == errno.EACCES:
+                raise ConfigError(f"metrics.port {port} on {host}: permission denied (ports below 1024 need "
+                                  f"privileges): use a port from 1024 up, or 0 for a free one") from None
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError(f"metrics.host {host!r}, port {port}: cannot listen there ({exc.strerror})") from None
 
 
 def scrape_host(bind_host: str) -> str:

@@ -31,17 +31,27 @@ from gan_dist.trainer.worker import Reporter, Worker
 
 def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> WorkerResult | None:
     """Train until cfg.train.max_steps, resuming from the sink's latest checkpoint. Rank 0's
-    result (None on the other ranks)."""
-    w = Worker(cfg, run_dir, sink, reporter)
-    with sink.latest() as folder:
-        if folder is not None:
-            w.restore(Path(folder))
-    st = w.st
-    if w.rt.is_main_process:
-        reporter.started(w.rt.world_size, st.step)
-    start_step, samples_start = st.step, w.data_state()["samples_seen"]
-    t0 = time.perf_counter()
-    preempted, stopped_by = train_steps(w, cfg.train.max_steps)
+    result (None on the other ranks). A stop request that finds the run waiting for data
+    raises preempt.Interrupted, with nothing saved beyond the last checkpoint."""
+    with preempt.interruptible():  # reads the data's index (and, for class coverage, its images)
+        w = Worker(cfg, run_dir, sink, reporter)
+    try:
+        with sink.latest() as folder:
+            w.resume(Path(folder) if folder is not None else None)
+        st = w.st
+        if w.rt.is_main_process:
+            reporter.started(w.rt.world_size, st.step)
+        start_step, samples_start = st.step, w.data_state()["samples_seen"]
+        t0 = time.perf_counter()
+        preempted, stopped_by = train_steps(w, cfg.train.max_steps)
+    except preempt.Interrupted:
+        # The step in progress is abandoned, never saved (a D update may be done and the G one
+        # not). A save begun at an earlier step boundary holds a whole step: finish it. Only a
+        # run without Ray, one rank, is interrupted, so the commit's barriers wait for no one.
+        if w.rt.world_size == 1:
+            w.checkpointer.commit()
+        w.stream.close()
+        raise
     w.checkpointer.commit()  # phase 2 of the last save
     result = w.finish(start_step, samples_start, time.perf_counter() - t0)
     if result is not None:

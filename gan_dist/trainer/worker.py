@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from gan_dist import checkpoint as ckpt
-from gan_dist.config import Config
+from gan_dist.config import Config, first_line
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 from gan_dist.evaluate import evaluate_generator
@@ -28,6 +28,7 @@ from gan_dist.quality.metrics import inception_metrics, n_label
 from gan_dist.results import DataCounts, WorkerResult, describe
 from gan_dist.rundir import HISTORY_FILE, history_bytes, last_logged, write_atomic
 from gan_dist.runtime import init_runtime, rng_state, set_rng_state
+from gan_dist.trainer import preempt
 from gan_dist.trainer.checkpointing import Checkpointer, Sink, Snapshot, cpu_copy
 from gan_dist.trainer.meter import Meter, PendingRow
 from gan_dist.trainer.prefetch import DevicePrefetcher, to_device
@@ -80,10 +81,11 @@ class Worker:
     # Data -----------------------------------------------------------------------
 
     def next_real(self) -> dict[str, torch.Tensor]:
-        if self.prefetch is not None:
-            batch = self.prefetch.next_batch()
-        else:
-            batch = to_device(self.stream.next_batch(), self.rt.device)
+        with preempt.interruptible():  # a stalled read must not keep a stop request waiting
+            if self.prefetch is not None:
+                batch = self.prefetch.next_batch()
+            else:
+                batch = to_device(self.stream.next_batch(), self.rt.device)
         self.last_real = batch["x"]
         return {"x": self.last_real, "y": batch.get("y") if self.shape.num_classes else None}
 
@@ -93,25 +95,76 @@ class Worker:
 
     # Restore --------------------------------------------------------------------
 
+    def resume(self, folder: Path | None) -> None:
+        """Restore `folder` (the sink's latest checkpoint) or, should it not load, the newest
+        older one that does (collective: every rank tries the same checkpoints, and they
+        agree on each outcome). A failed load may have changed part of the state; the next
+        attempt overwrites all of it, so the run never goes on from a half-loaded state. If
+        none loads, the run fails rather than start afresh over a run that has checkpoints."""
+        fresh = self.rank_state()  # what this rank starts with when no rank state is restored
+        first_error: str | None = None
+        while folder is not None:
+            error = self._try_restore(folder, fresh)
+            # Collective: did any rank fail? Then every rank tries an older checkpoint.
+            if not self.rt.reduce_max_int(int(error is not None)):
+                if first_error is not None:
+                    self.rt.print0(f"resumed from {folder.name}, an older checkpoint: the newest did not load "
+                                   f"({first_error})")
+                return
+            first_error = first_error or error or "another rank could not load it"
+            self.sink.fallbacks += 1
+            step = ckpt.checkpoint_step(folder)
+            older = ckpt.find_latest(self.run_dir, before=step) if step is not None else None
+            folder = self.rt.all_gather_object(older)[0]  # collective: rank 0's choice for all
+        if first_error is not None:
+            raise ckpt.CheckpointError(f"no checkpoint of {self.run_dir} loads (the newest: {first_error}); "
+                                       f"move the damaged ones away to start the run afresh")
+
+    def _try_restore(self, folder: Path, fresh: dict) -> str | None:
+        """Restore `folder`; why it failed (after putting back this rank's fresh state), or None."""
+        try:
+            self.restore(folder)
+            return None
+        except Exception as exc:  # whatever a damaged checkpoint raises: the caller falls back
+            self.set_rank_state(fresh)
+            if isinstance(exc, ckpt.CheckpointError):
+                return str(exc)
+            return f"{folder}: does not load ({type(exc).__name__}: {first_line(exc) or 'no message'})"
+
     def restore(self, folder: Path) -> None:
+        """Load checkpoint `folder` into this worker. Everything is read and checked first
+        (manifests, checksums, the stored config, the keys of the state), so a damaged
+        checkpoint usually fails before anything changes; a load that still fails half-way
+        (weights of the wrong shape) raises, and `resume` then loads another one whole."""
         head = ckpt.verify(folder)
+        ckpt.read_config(folder)  # a checkpoint whose config does not load is damaged
         shared = ckpt.load_shared(folder)
+        if int(shared["step"]) != head["step"]:
+            raise ckpt.CheckpointError(f"{folder}: state.pt is at step {shared['step']}, its manifest says "
+                                       f"{head['step']}")
+        same_world = head["world_size"] == self.rt.world_size
+        rank_state = ckpt.load_rank(folder, self.rt.rank if same_world else 0)
         self.st.load_shared_state_dict(shared)
         self.monitor.load_state_dict(shared.get("monitor", {}))
         self.rt.load_scaler_state(shared.get("scaler", {}))
-        if head["world_size"] == self.rt.world_size:
-            rank_state = ckpt.load_rank(folder, self.rt.rank)
-            set_rng_state(rank_state["rng"])
-            self.st.noise.set_state(rank_state["noise"])
-            self.stream.load_state_dict(rank_state["data"])
+        if same_world:
+            self.set_rank_state(rank_state)
         else:
             self.rt.print0(f"warning: checkpoint from world size {head['world_size']}, now "
                            f"{self.rt.world_size}: data streams restart at a new epoch")
-            epoch = ckpt.load_rank(folder, 0)["data"]["cursor"]["epoch"] + 1
-            self.stream.cursor.epoch = epoch
+            self.stream.cursor.epoch = rank_state["data"]["cursor"]["epoch"] + 1
         if self.prefetch is not None:
             self.prefetch.reset()
         self.rt.print0(f"resumed from {folder.name} at step {self.st.step}")
+
+    def rank_state(self) -> dict:
+        """This rank's RNG states, noise generator and data cursor (a checkpoint's rank file)."""
+        return {"rng": rng_state(), "noise": self.st.noise.get_state(), "data": self.data_state()}
+
+    def set_rank_state(self, state: dict) -> None:
+        set_rng_state(state["rng"])
+        self.st.noise.set_state(state["noise"])
+        self.stream.load_state_dict(state["data"])
 
     # Log intervals --------------------------------------------------------------
 
@@ -130,6 +183,9 @@ class Worker:
         local = torch.stack([means[n].float() for n in names] + [
             torch.tensor(self.stream.wait_seconds / max(seconds, 1e-9), device=device),
             torch.tensor(self.stream.wait_seconds / max(steps, 1), device=device),
+            # Running totals, summed over ranks (a mean times the world size; exact below 2**24 in
+            # float32): the row carries them so that a run that dies still reports its counts.
+            torch.tensor(float(self.stream.samples_seen) * self.rt.world_size, device=device),
             torch.tensor(float(self.stream.corrupt_samples) * self.rt.world_size, device=device),
             self.st.nonfinite.float()])  # the same on every rank: decided after the all-reduce
         self.stream.wait_seconds = 0.0
@@ -148,7 +204,8 @@ class Worker:
         the action they call for (the same on every rank) and their events."""
         values = pending.read()
         row = {"step": pending.host["step"], **dict(zip(pending.names, values))}
-        row["data_wait_fraction"], row["data_wait_seconds"], row["corrupt_samples"] = values[-4:-1]
+        row["data_wait_fraction"], row["data_wait_seconds"] = values[-5:-3]
+        row["samples_seen"], row["corrupt_samples"] = round(values[-3]), round(values[-2])
         row["samples_per_second"] = pending.host["samples_per_second"]
         row["nonfinite_steps"] = int(values[-1])
         row["checkpoint_blocked_seconds"] = pending.host["checkpoint_blocked_seconds"]
@@ -221,7 +278,7 @@ class Worker:
         """The whole adversarial state, copied to CPU (collective: buffers are synced first)."""
         st, rt, main = self.st, self.rt, self.rt.is_main_process
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
-        rank_state = cpu_copy({"rng": rng_state(), "noise": st.noise.get_state(), "data": self.data_state()})
+        rank_state = cpu_copy(self.rank_state())
         shared = cpu_copy({**st.shared_state_dict(), "data_meta": self.index.meta,
                            "monitor": self.monitor.state_dict(), "scaler": rt.scaler_state()}) if main else None
         # healthy: no detector's condition held when it was taken (a rollback target; kept by pruning).
