@@ -473,6 +473,10 @@ def test_detection_benchmark_ground_truth_is_the_failure_the_run_ends_in():
     collapsed = series([0.9, 0.9, 0.9, 0.0, 0.9, 0.0, 0.0, 0.0])  # ends in a streak from step 3000
     assert ground_truth_onset(collapsed, warmup=1000) == 3000
     assert ground_truth_onset(series([0.9, 0.9, 0.9, 0.9, 0.0, 0.0]), warmup=1000) is None  # too short a streak
+    # Images: the quality is the recall of the periodic eval; class coverage alone fails a row too.
+    images = [{"step": 500 * (i + 1), "mode_coverage_ratio": c, "recall": r}
+              for i, (c, r) in enumerate([(1.0, 0.5), (1.0, 0.4), (1.0, 0.02), (0.3, 0.3), (1.0, 0.01), (1.0, 0.0)])]
+    assert ground_truth_onset(images, warmup=1000) == 1500
 
 
 def test_a_run_without_ray_serves_metrics_on_loopback_even_with_ray_address_set(tmp_path, cache_dir, monkeypatch):

@@ -1,10 +1,13 @@
 """How well the run's detectors catch failing GANs, and how often they cry wolf.
 
-Scripted in-process runs on the 2-D mixtures, whose ground truth comes from the
-mode metrics G's samples get at every log interval (the history's
-`mode_coverage_ratio` and `high_quality_fraction`, 2500 samples): an interval
-has failed when fewer than half the modes are covered or under 10% of the
-samples are of high quality, and a run has failed when it ends in a streak of
+Scripted in-process runs on the 2-D mixtures and on Fashion-MNIST, whose ground
+truth comes from what G's samples get at every log interval: on the mixtures the
+mode metrics (the history's `mode_coverage_ratio` and `high_quality_fraction`,
+2500 samples), on images the class coverage under the eval's classifier
+(`mode_coverage_ratio`) and the Inception recall of a periodic eval at every log
+interval (`recall`, 500 samples). An interval has failed when fewer than half the
+modes (classes) are covered or the quality (high-quality fraction, recall) is
+under 10%, and a run has failed when it ends in a streak of
 at least `GT_PATIENCE` failed intervals, from the streak's first. Healthy runs must raise no alarm; failing
 runs must raise one (any kind); the delay is the first alarm's step minus the
 ground-truth onset, also as a fraction of the protocol's 25,000 steps. One more run shows a rollback recovering the modes.
@@ -31,6 +34,11 @@ GT_PATIENCE = 3
 MIN_COVERAGE, MIN_QUALITY = 0.5, 0.1
 
 PROTOCOL_STEPS = 25000  # the VEEGAN protocol's length: delays are reported as a fraction of it
+# Fashion-MNIST runs: recall from a small Inception eval at every log interval is the quality
+# ground truth; the detectors' warm-up is shortened to the runs' length.
+IMAGE_STEPS = 4000
+IMAGE_RUN = {"train.log_every": 250, "eval.every_steps": 250, "eval.every_n": 500, "eval.metrics": "pr",
+             "eval.inception": False, "monitor.warmup_steps": 1000, "checkpoint.every": 1000}
 # The grid25 recipe's settings when the suite was measured: non-saturating loss with a
 # gradient penalty of 1 at lr 2e-3, 1 D step (the recipe now takes GP 0.1 and 2 D steps).
 GRID25_MEASURED = {"loss.gp_weight": 1.0, "optim.lr_g": 2e-3, "optim.lr_d": 2e-3, "schedule.n_critic": 1}
@@ -55,6 +63,10 @@ SUITE = {
     # modes until step 2000), the case the warm-up is for.
     "grid25 strong D (lr_d 10x, 5 D steps)": ("grid25", False, 6000, {"optim.lr_g": 1e-3, "optim.lr_d": 3e-3,
                                                                           "schedule.n_critic": 5}),
+    # Fashion-MNIST: two healthy recipes and a G with 50x the learning rate, which collapses.
+    "fashion dcgan (recipe)": ("dcgan-fashion", False, IMAGE_STEPS, IMAGE_RUN),
+    "fashion hinge + SN (recipe)": ("hinge-fashion", False, IMAGE_STEPS, IMAGE_RUN),
+    "fashion dcgan lr_g 50x (collapses)": ("dcgan-fashion", True, IMAGE_STEPS, {**IMAGE_RUN, "optim.lr_g": 1e-2}),
 }
 # The rollback demonstration: a healthy ring8 run whose learning rates someone turns up 100x
 # at step SPIKE_STEP (a scripted fault); with the rollback policy and a factor of 0.01 the
@@ -72,7 +84,8 @@ def ground_truth_onset(rows: list[dict], warmup: int) -> int | None:
     for row in rows:
         if row["step"] < warmup:
             continue
-        failed = row["mode_coverage_ratio"] < MIN_COVERAGE or row["high_quality_fraction"] < MIN_QUALITY
+        quality = row.get("high_quality_fraction", row.get("recall"))
+        failed = row["mode_coverage_ratio"] < MIN_COVERAGE or (quality is not None and quality < MIN_QUALITY)
         streak = streak + [row["step"]] if failed else []
     return streak[0] if len(streak) >= GT_PATIENCE else None
 
@@ -87,7 +100,9 @@ def train(storage: Path, name: str, recipe: str, steps: int, overrides: dict) ->
     return summary, rows
 
 
-def judge(name: str, expected_fail: bool, summary: dict, rows: list[dict], warmup: int, steps: int) -> dict:
+def judge(name: str, expected_fail: bool, summary: dict, rows: list[dict], warmup: int, steps: int,
+          length: int = PROTOCOL_STEPS) -> dict:
+    """One run's verdict; delays are also given as a fraction of `length` (the protocol's)."""
     onset = ground_truth_onset(rows, warmup)
     alarms = summary["alerts"]
     first = min((a["step"] for a in alarms), default=None)
@@ -95,14 +110,13 @@ def judge(name: str, expected_fail: bool, summary: dict, rows: list[dict], warmu
         "run": name, "expected_to_fail": expected_fail, "ground_truth_onset": onset,
         "failed": onset is not None, "alarm_step": first, "alarm_kinds": sorted({a["kind"] for a in alarms}),
         "delay_steps": (first - onset) if first is not None and onset is not None else None,
-        "delay_fraction": ((first - onset) / PROTOCOL_STEPS) if first is not None and onset is not None else None,
+        "delay_fraction": ((first - onset) / length) if first is not None and onset is not None else None,
         "run_steps": steps,
         "eval": summary["eval"], "steps": summary["steps"],
     }
 
 
 def run(quick: bool = False, only: str = "", rollback: bool = True) -> dict:
-    warmup = MonitorConfig().warmup_steps
     storage = Path(tempfile.mkdtemp(prefix="gan-dist-detect-"))
     results = []
     for i, (name, (recipe, expected_fail, steps, overrides)) in enumerate(SUITE.items()):
@@ -110,7 +124,9 @@ def run(quick: bool = False, only: str = "", rollback: bool = True) -> dict:
             continue
         steps = 3000 if quick else steps
         summary, rows = train(storage, f"run{i}", recipe, steps, overrides)
-        results.append(judge(name, expected_fail, summary, rows, warmup, steps))
+        warmup = overrides.get("monitor.warmup_steps", MonitorConfig().warmup_steps)
+        length = PROTOCOL_STEPS if recipe in ("ring8", "grid25") else steps
+        results.append(judge(name, expected_fail, summary, rows, warmup, steps, length))
         print(_line(results[-1]), flush=True)
     failing = [r for r in results if r["failed"]]
     healthy = [r for r in results if not r["failed"]]
@@ -156,7 +172,8 @@ def rollback_demo(storage: Path, steps: int) -> dict:
 def _line(r: dict) -> str:
     gt = f"fails at {r['ground_truth_onset']}" if r["failed"] else "healthy"
     alarm = f"alarm at {r['alarm_step']} ({', '.join(r['alarm_kinds'])})" if r["alarm_step"] is not None else "no alarm"
-    modes = f"{r['eval'].get('modes_covered')}/{r['eval'].get('num_modes')} modes"
+    modes = (f"{r['eval'].get('modes_covered')}/{r['eval'].get('num_modes')} modes" if "num_modes" in r["eval"]
+             else f"class coverage {r['eval'].get('class_coverage')}")
     return f"{r['run']:<40} {gt:<16} {alarm:<48} {modes}"
 
 
