@@ -162,22 +162,35 @@ def main() -> None:
         seeds[name] = tuple(int(v) for v in values.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    rows = [run_recipe(r, s, args.out, args.set) for r in args.recipes.split(",") for s in seeds.get(r, (0,))]
-    if not args.no_classic:
-        base = next((r for r in rows if r["recipe"] == BASELINE and r["seed"] == 0), None)
-        if base is None:
-            raise SystemExit(f"the classic loop needs {BASELINE} seed 0 in the same command (its training time)")
-        cfg = load_config(BASELINE)
-        rows.append(run_classic(base["train_seconds"], args.out, cfg.model.z_dim, cfg.model.channels))
-    plot_curves(rows, args.out / "fid-curves.png")
-    result = {"rows": rows, "lucic_2018_fashion": LUCIC_FASHION, "best_published_gan": BEST_GAN,
-              "command": "python -m gan_dist.bench.families " + " ".join(
-                  [f"--recipes {args.recipes}", *(f"--seeds {s}" for s in args.seeds),
-                   *(f"--set {s}" for s in args.set), "--no-classic" * args.no_classic]).strip(),
-              "seconds": time.time() - started,
-              "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    (args.out / "families.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    command = "python -m gan_dist.bench.families " + " ".join(
+        [f"--recipes {args.recipes}", *(f"--seeds {s}" for s in args.seeds), *(f"--set {s}" for s in args.set),
+         "--no-classic" * args.no_classic]).strip()
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        """Keep each run's row as it comes: a long benchmark that stops early keeps what it has."""
+        rows.append(row)
+        result = {"rows": rows, "lucic_2018_fashion": LUCIC_FASHION, "best_published_gan": BEST_GAN,
+                  "command": command, "seconds": time.time() - started,
+                  "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        (args.out / "families.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+        plot_curves(rows, args.out / "fid-curves.png")
+
+    names = args.recipes.split(",")
+    if not args.no_classic and BASELINE not in names:
+        raise SystemExit(f"the classic loop needs {BASELINE} in the same command (its training time)")
+    # The baseline recipe first, then the classic loop for its training time, then the rest.
+    order = sorted(names, key=lambda r: r != BASELINE)
+    for recipe in order:
+        for seed in seeds.get(recipe, (0,))[:1]:
+            record(run_recipe(recipe, seed, args.out, args.set))
+        if recipe == BASELINE and not args.no_classic:
+            cfg = load_config(BASELINE)
+            record(run_classic(rows[-1]["train_seconds"], args.out, cfg.model.z_dim, cfg.model.channels))
+    for recipe in order:  # the further seeds last
+        for seed in seeds.get(recipe, (0,))[1:]:
+            record(run_recipe(recipe, seed, args.out, args.set))
     print(table(rows))
 
 
