@@ -360,6 +360,10 @@ class MetricsConfig:
     # A file holding the Pushgateway's basic-auth credentials as "user:password" (the environment
     # variable GAN_DIST_PUSHGATEWAY_AUTH works too); never in the URL, which is printed and stored.
     pushgateway_auth_file: str = ""
+    # TensorBoard event files under <run>/tb/, written by the run's hub off the step: every history
+    # row's scalars, the sample grids, alerts and rollbacks as text, the resolved config as hparams
+    # (independent of `enabled`: without monitoring the losses, D and throughput remain).
+    tensorboard: bool = True
 
     def validate(self) -> None:
         _require(0 <= self.port <= 65535, "metrics.port", f"must be in [0, 65535], got {self.port}")
