@@ -26,6 +26,9 @@ from gan_dist.models import TASKS
 from gan_dist.models.srgan import downsample
 from gan_dist.quality.distances import frechet_distance, kid
 
+# A 2-D sample is of high quality within this many standard deviations of its nearest mode.
+HIGH_QUALITY_STDS = 3
+
 
 def high_quality_counts(samples: np.ndarray, means: np.ndarray, std: float) -> tuple[np.ndarray, np.ndarray]:
     """Each mode's number of high-quality samples (within 3 std of their nearest mode), and
@@ -34,7 +37,7 @@ def high_quality_counts(samples: np.ndarray, means: np.ndarray, std: float) -> t
     means = np.asarray(means, dtype=np.float64)
     dist = np.linalg.norm(samples[:, None, :] - means[None, :, :], axis=2)
     nearest = dist.argmin(axis=1)
-    high_quality = dist[np.arange(len(samples)), nearest] < 3 * std
+    high_quality = dist[np.arange(len(samples)), nearest] < HIGH_QUALITY_STDS * std
     return np.bincount(nearest[high_quality], minlength=len(means)), high_quality
 
 

@@ -24,7 +24,7 @@ from gan_dist.config import Config, first_line
 from gan_dist.data.builtin import Mixture2D
 from gan_dist.data.index import check_meta
 from gan_dist.data.sources import resolve_source
-from gan_dist.evaluate import evaluate_generator, generate, generate_images
+from gan_dist.evaluate import HIGH_QUALITY_STDS, evaluate_generator, generate, generate_images
 from gan_dist.models import TASKS, build_models
 from gan_dist.plan import data_shape
 from gan_dist.rundir import check_writable
@@ -118,12 +118,14 @@ def sample_png(gen: Generator, n: int, classes: list[int] | None, seed: int, per
     check_grid_size((per_class or max(1, n // len(picked))) * len(picked) if picked else n, gen.meta["sample_shape"])
     if gen.task == "super_resolution":
         raise ValueError("a super-resolution model upscales an image: give --input LR.png")
+    title, text = caption(gen)
     if gen.meta["kind"] == "points":
         fake = generate(gen.G_ema, n, gen.cfg.model.z_dim, seed, "cpu")
-        mixture = gen.meta.get("mixture")
-        real = Mixture2D.from_meta("data", mixture).sample(1000, np.random.default_rng(seed))[0] if mixture else fake
-        return scatter_png(real, fake)
-    title, text = caption(gen)
+        if not gen.meta.get("mixture"):
+            return scatter_png(None, fake, caption=title, text=text)  # no real mixture to show
+        mixture = Mixture2D.from_meta("data", gen.meta["mixture"])
+        real = mixture.sample(1000, np.random.default_rng(seed))[0]
+        return scatter_png(real, fake, mixture.means, HIGH_QUALITY_STDS * mixture.std, caption=title, text=text)
     if not picked:
         images = np.concatenate(list(generate_labelled(gen.G_ema, None, n, gen.cfg.model.z_dim, seed)))
         return image_grid_png(images, columns=max(1, int(np.ceil(np.sqrt(n)))), caption=title, text=text)
