@@ -121,12 +121,13 @@ def scatter_png(real: np.ndarray | None, fake: np.ndarray, modes: np.ndarray | N
                 caption: str = "", text: dict[str, str] | None = None, size: int = 512,
                 margin: float = 0.1) -> bytes:
     """2-D samples on square axes fitted to the real data (without it, to the generated data):
-    real points in grey, generated ones in red, each real mode's centre marked with a cross and, given `mode_radius` (the eval's
-    high-quality distance, 3 standard deviations), a circle of that radius. The axes carry
-    ticks and numbers in the data's coordinates; a caption band on top, a legend below (with
-    the count of generated points off the axes); caption, legend and `text` are also PNG
-    text chunks."""
-    lo, hi = (real if real is not None else fake).min(axis=0), (real if real is not None else fake).max(axis=0)
+    real points in grey, generated ones in red, each real mode's centre marked with a cross
+    and, given `mode_radius` (the eval's high-quality distance, 3 standard deviations), a
+    circle of that radius. The axes carry ticks and numbers in the data's coordinates; a
+    caption band on top, a legend below (with the count of generated points off the axes);
+    caption, legend and `text` are also PNG text chunks."""
+    fitted = real if real is not None else fake
+    lo, hi = fitted.min(axis=0), fitted.max(axis=0)
     font = ImageFont.load_default()
     top = BAND if caption else 4
     axes = _Axes(left=44, top=top, size=size, centre=(lo + hi) / 2, span=float(max(hi - lo)) * (1 + 2 * margin) or 1.0)
