@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print --against results as JSON (default: a table)")
     evaluate.set_defaults(func=cmd_eval)
 
+    report = commands.add_parser("report", help="write one self-contained HTML page of a run: summary, plots, "
+                                                "samples over time, alerts")
+    report.add_argument("run", help="a run folder (it may still be going, or have failed)")
+    report.add_argument("--out", help="the HTML file to write (default RUN/report.html)")
+    report.set_defaults(func=cmd_report)
+
     data_cli.register(commands)
     submit.register(commands)
     bench_cli.register(commands)
@@ -142,6 +148,15 @@ def cmd_eval(args) -> int:
     if args.checkpoint is None:
         raise ValueError("eval needs a checkpoint or run folder (or --data A --against B for two data sets)")
     print(to_json(evaluate_checkpoint(args.checkpoint, args.data)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    # Deferred on purpose: matplotlib (and pyarrow) load only for the command that draws.
+    from gan_dist.report import write_report
+
+    out = write_report(Path(args.run).absolute(), Path(args.out).absolute() if args.out else None)
+    print(f"wrote {out}")
     return 0
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
@@ -123,6 +124,20 @@ def remove(*names: str) -> Callable[[Path], None]:
 
 def steps(*changes: Callable[[Path], None]) -> Callable[[Path], None]:
     return lambda tmp: [change(tmp) for change in changes] and None
+
+
+def truncate(name: str) -> Callable[[Path], None]:
+    """Keep the first half of file `name`: a file cut short by a full disk or a lost copy."""
+    def damage(tmp: Path) -> None:
+        data = (tmp / name).read_bytes()
+        (tmp / name).write_bytes(data[:len(data) // 2])
+    return damage
+
+
+def no_rows(tmp: Path) -> None:
+    """The trained run's history.parquet with its columns and no row."""
+    path = tmp / "run" / "history.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
 
 CASES: dict[str, Case] = {
     # 0 is not "not given": every count a user types is checked (issue 16, item 7).
@@ -284,6 +299,21 @@ CASES: dict[str, Case] = {
                                setup=in_checkpoint("state.pt", lambda data: ckpt.to_bytes([1, 2]))),
     "run config.yaml invalid on resume": Case(("train", "--max-steps", "6", *RUN), "run/config.yaml is not a valid "
                                               "config", run=True, setup=write("run/config.yaml", "seed: [1\n")),
+    # `gan-dist report` (issue 24): not a run, a history that does not read, --out nowhere.
+    "report of a missing folder": Case(("report", "{tmp}/nope"), "{tmp}/nope is not a run directory (no such folder)"),
+    "report of a folder that is not a run": Case(("report", "{tmp}"), "is not a run directory (it has no config.yaml)"),
+    "report of a zero-byte history": Case(("report", "{tmp}/run"), "history.parquet is empty (0 bytes)", run=True,
+                                          setup=write("run/history.parquet", b"")),
+    "report of a history without rows": Case(("report", "{tmp}/run"), "history.parquet is empty (no rows)", run=True,
+                                              setup=no_rows),
+    "report of a truncated history": Case(("report", "{tmp}/run"), "history.parquet is damaged (", run=True,
+                                          setup=truncate("run/history.parquet")),
+    "report of a damaged summary.json": Case(("report", "{tmp}/run"), "summary.json is damaged (", run=True,
+                                             setup=truncate("run/summary.json")),
+    "report --out in a missing folder": Case(("report", "{tmp}/run", "--out", "{tmp}/none/r.html"),
+                                             "--out {tmp}/none/r.html: the folder {tmp}/none does not exist", run=True),
+    "report --out a folder": Case(("report", "{tmp}/run", "--out", "{tmp}/run/samples"),
+                                  "--out {tmp}/run/samples is a folder", run=True),
     # The resume guard (item 11): without the run's config.yaml and newest checkpoint, the older
     # checkpoint's own config still refuses other settings.
     "resume guard bypass": Case(("train", "--max-steps", "6", *RUN, "--set", "loss.kind=hinge", "--set",
