@@ -8,6 +8,9 @@
 #   dataset-fashion-mnist  Debian's package of the Fashion-MNIST IDX files, which
 #             builtin:fashion-mnist packs (installed for real: it is data, no service;
 #             needs root, after `apt-get update` when the lists lack it).
+#   chromium, chromedriver  Debian's headless-capable browser and its WebDriver, for the test
+#             that opens `gan-dist report`'s page in a real browser (installed for real: no
+#             service; needs root, after `apt-get update` when the lists lack them).
 # Usage: tests/tools/ensure-tools.sh BIN_DIR   (the venv's bin folder; tools go there)
 set -euo pipefail
 bin=${1:?usage: tests/tools/ensure-tools.sh BIN_DIR}
@@ -43,4 +46,14 @@ if [[ ! -f $fashion/train-images-idx3-ubyte.gz || ! -f $fashion/t10k-labels-idx1
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
   echo "ensure-tools: installed dataset-fashion-mnist ($fashion)"
+fi
+
+if ! have chromium || ! have chromedriver; then
+  command -v apt-get >/dev/null || { echo "ensure-tools: no chromium and no apt-get; install chromium and chromium-driver" >&2; exit 1; }
+  [[ $(id -u) == 0 ]] || { echo "ensure-tools: chromium is missing; run 'apt-get install chromium chromium-driver' as root" >&2; exit 1; }
+  if ! apt-cache show chromium chromium-driver >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  echo "ensure-tools: installed $(chromium --version 2>/dev/null | head -1) and chromedriver"
 fi
