@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from gan_dist import __version__
 from gan_dist.config import first_line, load_yaml
@@ -150,6 +151,7 @@ class Plot:
     log: bool = False  # a log y axis, when every value is positive
     ylim: tuple[float, float] | None = None
     alerts: bool = False  # mark the alerts' onsets
+    sample_count: str = ""  # a field with the samples behind each value (a periodic eval's n), for the title
 
 
 PLOTS = [
@@ -168,9 +170,9 @@ PLOTS = [
          [Series("samples_per_second", "samples/s")], right_label="data wait (fraction of the step time)",
          right=[Series("data_wait_fraction", "data wait")]),
     Plot("fid", "FID of G_ema (periodic evals)", "FID (lower is better)", [Series("fid", "FID")],
-         right_label="KID", right=[Series("kid", "KID")]),
+         right_label="KID", right=[Series("kid", "KID")], sample_count="eval_n"),
     Plot("precision_recall", "Precision and recall of G_ema (periodic evals)", "fraction",
-         [Series("precision", "precision"), Series("recall", "recall")], ylim=(-0.02, 1.02)),
+         [Series("precision", "precision"), Series("recall", "recall")], ylim=(-0.02, 1.02), sample_count="eval_n"),
 ]
 
 
@@ -211,7 +213,9 @@ def plot_png(plot: Plot, rows: list[dict], alerts: list[dict]) -> bytes | None:
         ax.set_ylim(*plot.ylim)
     if plot.alerts:
         lines += _mark_alerts(ax, alerts)
-    ax.set_title(plot.title)
+    counts = sorted({int(n) for n in points(rows, plot.sample_count)[1]}) if plot.sample_count else []
+    ax.set_title(plot.title + (f", {' / '.join(map(str, counts))} samples a side" if counts else ""))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel(plot.ylabel)
     ax.grid(True, alpha=0.3)
