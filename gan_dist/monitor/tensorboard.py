@@ -10,8 +10,10 @@ What goes in (`tensorboard --logdir <run>/tb`, or the storage folder for every r
 
 The hub's calls only put an item on a queue; a thread of this log's own writes the events,
 so nothing that trains ever waits for a file (without Ray the hub lives in the training
-process; under Ray it is an actor that rank 0 reports to without waiting). A failure to
-write is one warning, and the run goes on without TensorBoard.
+process; under Ray it is an actor that rank 0 reports to without waiting). The thread also
+imports torch.utils.tensorboard (and so torch) first: the hub's actor does not otherwise
+load torch, and its calls must answer within seconds. A failure to write is one warning,
+and the run goes on without TensorBoard.
 
 Curves continue across sessions without duplicate or backwards steps. Every worker-group
 session, and every rollback, starts a new event file whose first event is a SessionLog
@@ -37,8 +39,6 @@ from pathlib import Path
 import yaml
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 from gan_dist.config import flatten
 
@@ -109,8 +109,9 @@ class TensorBoardLog:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.cpu_seconds = 0.0  # the writer thread's CPU time: what the log costs the process
         self.error: str | None = None
-        self._events = _EventWriter(Path(log_dir), config, flush_seconds)  # touched by the thread alone
-        self._thread = threading.Thread(target=self._run, name="gan-dist-tensorboard", daemon=True)
+        self.log_dir = Path(log_dir)
+        self._thread = threading.Thread(target=self._run, args=(config, flush_seconds), name="gan-dist-tensorboard",
+                                        daemon=True)
         self._thread.start()
 
     def session(self, start_step: int) -> None:
@@ -130,8 +131,12 @@ class TensorBoardLog:
         self.queue.put(None)
         self._thread.join(timeout)
 
-    def _run(self) -> None:
-        events = self._events
+    def _run(self, config: dict, flush_seconds: float) -> None:
+        events = None
+        try:
+            events = _EventWriter(self.log_dir, config, flush_seconds)  # the thread's alone
+        except Exception as exc:  # torch.utils.tensorboard does not import: the run goes on
+            self._failed(exc)
         while (item := self.queue.get()) is not None:
             t0 = time.thread_time()
             if self.error is None:
@@ -140,16 +145,20 @@ class TensorBoardLog:
                     if self.queue.empty():
                         events.flush()
                 except Exception as exc:  # whatever the disk or TensorBoard raise: the run goes on
-                    self.error = f"{type(exc).__name__}: {exc}"
-                    print(f"gan-dist: warning: the TensorBoard log under {events.log_dir} stopped ({self.error})",
-                          file=sys.stderr, flush=True)
+                    self._failed(exc)
             self.cpu_seconds += time.thread_time() - t0
         t0 = time.thread_time()
         try:
-            events.close()
+            if events is not None:
+                events.close()
         except Exception:  # already reported, or nothing left to lose
             pass
         self.cpu_seconds += time.thread_time() - t0
+
+    def _failed(self, exc: Exception) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"
+        print(f"gan-dist: warning: the TensorBoard log under {self.log_dir} stopped ({self.error})",
+              file=sys.stderr, flush=True)
 
 
 class _EventWriter:
@@ -157,10 +166,16 @@ class _EventWriter:
     continues from (a session's start, or a rollback's checkpoint): its events are after it."""
 
     def __init__(self, log_dir: Path, config: dict, flush_seconds: float):
+        # Deferred on purpose, into the log's thread: torch.utils.tensorboard imports torch,
+        # seconds to tens of seconds on a busy machine (see the module's docstring).
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        self.summary_writer, self.hparams = SummaryWriter, hparams
         self.log_dir, self.config, self.flush_seconds = log_dir, config, flush_seconds
         # The config goes once, into the run's first file (a resumed run's config is the same).
         self.first = not any(log_dir.glob("events.out.tfevents.*"))
-        self.writer: SummaryWriter | None = None
+        self.writer = None  # the SummaryWriter of the current file
         self.floor = 0
         self.last: dict[str, int] = {}  # the newest step of each kind of event (row, samples, alerts) on this branch
         self.alerts: dict[int, list[dict]] = defaultdict(list)  # this branch's events by step
@@ -179,12 +194,12 @@ class _EventWriter:
         elif kind == "samples":
             self.write_samples(*payload)
 
-    def open(self, floor: int) -> SummaryWriter:
+    def open(self, floor: int):
         """A new event file whose START drops whatever earlier files hold after `floor`."""
         if self.writer is not None:
             self.writer.close()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=floor + 1, flush_secs=self.flush_seconds)
+        self.writer = self.summary_writer(str(self.log_dir), purge_step=floor + 1, flush_secs=self.flush_seconds)
         self.floor, self.last = floor, {}
         if self.first:
             self.first = False
@@ -200,7 +215,7 @@ class _EventWriter:
         for s, events in again:
             self.current(s, "alerts").add_text("alerts", alerts_markdown(events), s)
 
-    def current(self, step: int, kind: str) -> SummaryWriter:
+    def current(self, step: int, kind: str):
         """The writer for an event of `kind` at `step`: opened on first use, and a new file
         should the kind's steps go back without a session or rollback having said so (a
         second text at an alert's step is no reason: it adds to the first)."""
@@ -255,7 +270,7 @@ class _EventWriter:
 
     def write_config(self) -> None:
         values = hparam_values(self.config)
-        for summary in hparams(values, {tag: math.nan for tag in HPARAM_METRICS}):
+        for summary in self.hparams(values, {tag: math.nan for tag in HPARAM_METRICS}):
             self.writer.file_writer.add_summary(summary, 0)
         text = yaml.safe_dump(self.config, sort_keys=False)
         self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), 0)
