@@ -106,7 +106,11 @@ def test_a_run_still_going_gets_a_page_from_what_it_has_written(tmp_path, cache_
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # a preemption: it saves and stops
-        proc.wait(120)
+        try:
+            proc.wait(300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(60)
     assert "running, or ended without a summary (no summary.json yet)" in page
     assert 'id="plot-losses"' in page and "<figcaption>step 25</figcaption>" in page
 
