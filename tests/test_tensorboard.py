@@ -71,10 +71,11 @@ def event(step: int, action: str, rollbacks: int, to_step: int | None = None) ->
 @pytest.mark.unit
 def test_fields_are_grouped_by_concern():
     assert [scalar_tag(n) for n in ("loss_d", "d_acc_fake", "grad_norm_d", "collapse_score", "samples_per_second",
-                                    "data_wait_fraction", "fid", "alert_divergence", "r3_penalty", "mystery")] == [
+                                    "data_wait_fraction", "fid", "alert_divergence", "r3_penalty", "lr_g",
+                                    "embed_dim", "mystery")] == [
         "loss/loss_d", "D/d_acc_fake", "gradients/grad_norm_d", "collapse/collapse_score",
         "throughput/samples_per_second", "throughput/data_wait_fraction", "quality/fid", "alerts/alert_divergence",
-        "loss/r3_penalty", "other/mystery"]
+        "loss/r3_penalty", "schedule/lr_g", "other/embed_dim", "other/mystery"]
 
 
 @pytest.mark.unit

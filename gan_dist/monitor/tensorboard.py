@@ -29,6 +29,7 @@ import json
 import math
 import numbers
 import queue
+import re
 import sys
 import threading
 import time
@@ -44,7 +45,7 @@ from gan_dist.config import flatten
 
 TB_DIR = "tb"  # under the run directory
 
-# A history row's fields by group; a field not listed goes by its name (GROUP_RULES), else to "other".
+# A history row's fields by group; a field not listed goes by its name (GROUP_RULES: patterns), else to "other".
 GROUPS = {
     "loss": ("loss_d", "loss_g", "gradient_penalty", "r1_penalty", "class_loss_d", "class_loss_g", "content_loss",
              "perceptual_loss"),
@@ -56,8 +57,8 @@ GROUPS = {
     "quality": ("fid", "kid", "kid_std", "precision", "recall", "eval_n", "eval_seconds"),
     "alerts": ("rollbacks",),
 }
-GROUP_RULES = (("alert_", "alerts"), ("loss", "loss"), ("penalty", "loss"), ("grad_norm", "gradients"),
-               ("d_", "D"), ("lr", "schedule"))
+GROUP_RULES = ((r"^alert_", "alerts"), (r"loss", "loss"), (r"penalty", "loss"), (r"^grad_norm", "gradients"),
+               (r"^d_", "D"), (r"^lr_|_lr$|^lr$", "schedule"))
 TAG_GROUP = {name: group for group, names in GROUPS.items() for name in names}
 NOT_SCALARS = ("step", "time")
 # The hparams table's metric columns: the last value of these scalar tags.
@@ -67,7 +68,7 @@ HPARAM_METRICS = ("loss/loss_d", "loss/loss_g", "D/d_acc_real", "D/d_acc_fake", 
 
 def scalar_tag(name: str) -> str:
     """A history field's TensorBoard tag, `group/name`."""
-    group = TAG_GROUP.get(name) or next((g for pattern, g in GROUP_RULES if pattern in name), "other")
+    group = TAG_GROUP.get(name) or next((g for pattern, g in GROUP_RULES if re.search(pattern, name)), "other")
     return f"{group}/{name}"
 
 
