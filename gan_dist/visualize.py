@@ -28,6 +28,17 @@ def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
     return buf.getvalue()
 
 
+def png_text(png: bytes) -> dict[str, str]:
+    """The gan-dist:KEY text chunks of a PNG, by KEY (caption, rows, step, recipe, ...); {}
+    for a PNG without them or bytes that are not a PNG."""
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            chunks = dict(getattr(image, "text", {}))
+    except (OSError, SyntaxError, ValueError):  # Pillow's errors for bytes that are not an image
+        return {}
+    return {key[len("gan-dist:"):]: value for key, value in chunks.items() if key.startswith("gan-dist:")}
+
+
 def _labelled(image: Image.Image, caption: str, row_labels: list[str] | None, row_height: int,
               pad: int) -> Image.Image:
     """`image` with a caption band on top and, when given, a row label band on the left."""

@@ -250,6 +250,8 @@ def test_a_real_tensorboard_shows_a_resumed_runs_scalars_images_text_and_hparams
             # Steps 30 and 40 are the resumed session's: the first session's were dropped.
             assert all(wall >= resumed_at for wall, step, _ in points if step > 20)
 
+        # The card's description, from the grids' text chunks (rendered from Markdown to HTML).
+        assert "(recipe ring8)" in get_json(f"{url}/data/plugin/images/tags")[run]["samples"]["description"]
         images = get_json(f"{url}/data/plugin/images/images?{query({'run': run, 'tag': 'samples'})}")
         assert [image["step"] for image in images] == [10, 20, 30, 40, 50, 60]
         last = get(f"{url}/data/plugin/images/individualImage?{images[-1]['query']}")

@@ -4,7 +4,8 @@ What goes in (`tensorboard --logdir <run>/tb`, or the storage folder for every r
 - every history row's scalars, one tag per field, grouped by concern (`loss/`, `D/`,
   `gradients/`, `collapse/`, `throughput/`, `checkpoint/`, `quality/`, `alerts/`): TensorBoard
   shows a section per group;
-- the sample grid of every sample interval (`samples`): the PNG the run wrote, as it is;
+- the sample grid of every sample interval (`samples`): the PNG the run wrote, as it is
+  (caption band, a conditional G's class of each row), described by its text chunks;
 - the detectors' events (`alerts`) and the rollbacks (`rollbacks`) as text at their step;
 - the resolved config as hparams, and as YAML (`config`) at step 0.
 
@@ -40,8 +41,11 @@ from pathlib import Path
 import yaml
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.util import tensor_util
 
 from gan_dist.config import flatten
+from gan_dist.visualize import png_text
 
 TB_DIR = "tb"  # under the run directory
 
@@ -63,7 +67,7 @@ TAG_GROUP = {name: group for group, names in GROUPS.items() for name in names}
 NOT_SCALARS = ("step", "time")
 # The hparams table's metric columns: the last value of these scalar tags.
 HPARAM_METRICS = ("loss/loss_d", "loss/loss_g", "D/d_acc_real", "D/d_acc_fake", "collapse/collapse_score",
-                  "quality/fid")
+                  "quality/fid", "quality/kid", "quality/precision", "quality/recall")
 
 
 def scalar_tag(name: str) -> str:
@@ -78,6 +82,18 @@ def hparam_values(config: dict) -> dict[str, int | float | str]:
     out: dict[str, int | float | str] = {}
     for key, value in flatten(config).items():
         out[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+    return out
+
+
+def samples_description(text: dict[str, str]) -> str:
+    """TensorBoard's description of the `samples` images, from a grid's text chunks: the
+    recipe and, for a conditional G, the class of each row (what stays the same over a run;
+    the caption band of each image has its step)."""
+    out = "G_ema on fixed noise at each sample interval: the PNG the run wrote to samples/"
+    if text.get("recipe"):
+        out += f" (recipe {text['recipe']})"
+    if text.get("rows"):
+        out += f". Rows, one class each, from the top: {text['rows']}"
     return out
 
 
@@ -238,9 +254,14 @@ class _EventWriter:
     def write_samples(self, step: int, png: bytes) -> None:
         writer = self.current(step, "samples")
         with Image.open(BytesIO(png)) as image:
-            width, height, channels = image.width, image.height, len(image.getbands())
-        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
-        writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="samples", image=image)]), step)
+            width, height = image.width, image.height
+        # The image plugin's own format (a tensor of width, height and the encoded image, with
+        # the plugin's metadata), not the legacy Summary.Image that torch's add_image writes:
+        # TensorBoard's Rust data server drops a legacy image's description.
+        metadata = image_metadata.create_summary_metadata("samples", samples_description(png_text(png)))
+        tensor = tensor_util.make_tensor_proto([str(width).encode(), str(height).encode(), png])
+        writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="samples", metadata=metadata, tensor=tensor)]),
+                                       step)
 
     def write_alerts(self) -> None:
         batch, self.pending = self.pending, []
