@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from gan_dist import __version__
 from gan_dist.config import first_line, load_yaml
 from gan_dist.rundir import CONFIG_FILE, ERROR_LOG, HISTORY_FILE, SUMMARY_FILE, write_atomic
+from gan_dist.visualize import png_text
 
 REPORT_FILE = "report.html"
 SAMPLES_DIR = "samples"
@@ -196,6 +197,12 @@ def _draw(ax, rows: list[dict], series: list[Series], style: str, first_color: i
     return lines
 
 
+def plot_title(plot: Plot, rows: list[dict]) -> str:
+    """The chart's title; a periodic eval's adds its sample count (FID is biased up at small n)."""
+    counts = sorted({int(n) for n in points(rows, plot.sample_count)[1]}) if plot.sample_count else []
+    return plot.title + (f", {' / '.join(map(str, counts))} samples a side" if counts else "")
+
+
 def plot_png(plot: Plot, rows: list[dict], alerts: list[dict]) -> bytes | None:
     """The chart as PNG bytes; None when the history has none of its fields."""
     if not any(points(rows, s.field)[0] for s in plot.series + plot.right):
@@ -213,8 +220,7 @@ def plot_png(plot: Plot, rows: list[dict], alerts: list[dict]) -> bytes | None:
         ax.set_ylim(*plot.ylim)
     if plot.alerts:
         lines += _mark_alerts(ax, alerts)
-    counts = sorted({int(n) for n in points(rows, plot.sample_count)[1]}) if plot.sample_count else []
-    ax.set_title(plot.title + (f", {' / '.join(map(str, counts))} samples a side" if counts else ""))
+    ax.set_title(plot_title(plot, rows))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel(plot.ylabel)
@@ -295,19 +301,34 @@ def plots_section(run: RunFiles, alerts: list[dict]) -> str:
         png = plot_png(plot, run.rows, alerts)
         if png is not None:
             figures.append(f"<figure class=\"plot\" id=\"plot-{plot.key}\"><img src=\"{data_uri(png)}\" "
-                           f"alt=\"{html.escape(plot.title)}\"></figure>")
+                           f"alt=\"{html.escape(plot_title(plot, run.rows))}\"></figure>")
     note = (f"<p class=\"note\">{len(run.rows)} log intervals, steps {run.rows[0]['step']} to "
             f"{run.rows[-1]['step']} (history.parquet is rewritten at every checkpoint and at the end).</p>")
     return f"<section id=\"plots\"><h2>Plots</h2>{note}{''.join(figures)}</section>"
 
 
+def grid_alt(step: int, text: dict[str, str]) -> str:
+    """A grid's alt text from its PNG text chunks (visualize.png_text): its caption and, for a
+    conditional G, the class of each row."""
+    alt = text.get("caption") or f"samples at step {step}"
+    return alt + (f"; rows, one class each: {text['rows']}" if text.get("rows") else "")
+
+
 def samples_section(run: RunFiles) -> str:
-    shown = strip(run.samples)
+    """The strip of grids, inlined as the run wrote them (caption band, a conditional G's row
+    labels); under it, the classes of the rows as the grids' text chunks name them."""
+    shown = [(step, path.read_bytes()) for step, path in strip(run.samples)]
     if not shown:
         return "<section id=\"samples\"><h2>Samples</h2><p class=\"note\">No sample grids yet.</p></section>"
-    figures = "".join(f"<figure class=\"sample\"><img src=\"{data_uri(path.read_bytes())}\" alt=\"samples at step "
-                      f"{step}\"><figcaption>step {step:,}</figcaption></figure>" for step, path in shown)
+    texts = [png_text(png) for _, png in shown]
+    figures = "".join(f"<figure class=\"sample\"><img src=\"{data_uri(png)}\" "
+                      f"alt=\"{html.escape(grid_alt(step, text))}\"><figcaption>step {step:,}</figcaption></figure>"
+                      for (step, png), text in zip(shown, texts))
     note = f"<p class=\"note\">G_ema on fixed noise: {len(shown)} of the run's {len(run.samples)} grids.</p>"
+    rows = texts[-1].get("rows")
+    if rows:
+        note += (f"<p class=\"rows\">Rows, one class each, from the top: "
+                 f"{html.escape(', '.join(rows.split(' | ')))}.</p>")
     return f"<section id=\"samples\"><h2>Samples over time</h2>{note}<div class=\"strip\">{figures}</div></section>"
 
 

@@ -1,7 +1,9 @@
 """`gan-dist report`: the page of a completed run with periodic FID opened in a real headless
 Chromium (its screenshot kept in the run directory as report.png, every image loaded, the key
 elements there), and the pages of a run still going, of a failed run and of a run that rolled
-back and stopped."""
+back and stopped. The periodic evals' FID, KID, precision and recall in the page's plots and
+in the run's TensorBoard log (`quality/`), and a conditional run's grids, which name each
+row's class, in both."""
 
 from __future__ import annotations
 
@@ -14,7 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import base64
+import io
+
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -22,6 +28,7 @@ from conftest import REPO
 from gan_dist.cli import main
 from gan_dist.report import MAX_STRIP
 from gan_dist.trainer import loop
+from test_tensorboard import Events
 
 # The flags the brief for this test names: no sandbox (root in a container), nothing fetched
 # from the network, a fresh profile each time.
@@ -72,7 +79,8 @@ def test_the_report_renders_in_a_real_browser(evals_run, tmp_path, capsys):
     loaded, total = map(int, re.search(r'data-images-loaded="(\d+)/(\d+)"', body).groups())
     assert 'data-rendered="yes"' in body and loaded == total == dom.count("<img "), body
     plots = re.findall(r'id="plot-([a-z_]+)"', dom)
-    assert {"losses", "d_accuracy", "gradients", "collapse", "throughput", "fid"} <= set(plots), plots
+    assert {"losses", "d_accuracy", "gradients", "collapse", "throughput", "fid",
+            "precision_recall"} <= set(plots), plots
     assert re.findall(r"<figcaption>step ([\d,]+)</figcaption>", dom) == ["10", "20", "30", "40"]
     assert total == len(plots) + 4
     assert "<th>status</th><td>completed</td>" in dom and "<th>steps</th><td>40 of 40</td>" in dom
@@ -83,6 +91,55 @@ def test_the_report_renders_in_a_real_browser(evals_run, tmp_path, capsys):
     pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
     blue = np.abs(pixels - (31, 119, 180)).sum(axis=1) < 40  # matplotlib's first colour: the plotted lines
     assert blue.sum() > 500, "no plot drawn in the screenshot"
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # the run of the browser test, with its two Inception evals
+def test_the_periodic_evals_are_in_tensorboard_and_in_the_reports_plots(evals_run, capsys):
+    """FID, KID, precision, recall and n of the evals at steps 20 and 40: the same values as
+    history.parquet under TensorBoard's quality/ group, and a plot of each pair on the page
+    whose title names n."""
+    rows = [r for r in pq.read_table(evals_run / "history.parquet").to_pylist() if r.get("fid") is not None]
+    assert [r["step"] for r in rows] == [20, 40] and all(r["eval_n"] == 16 for r in rows)
+    events = Events(evals_run / "tb")
+    for field in ("fid", "kid", "kid_std", "precision", "recall", "eval_n", "eval_seconds"):
+        scalars = events.scalars(f"quality/{field}")
+        assert [s for s, _ in scalars] == [20, 40], field
+        assert [v for _, v in scalars] == pytest.approx([r[field] for r in rows], rel=1e-6), field
+    page = page_of(evals_run)
+    assert 'alt="FID of G_ema (periodic evals), 16 samples a side"' in page
+    assert 'alt="Precision and recall of G_ema (periodic evals), 16 samples a side"' in page
+
+
+def inlined_images(page: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+@pytest.mark.unit
+def test_a_conditional_runs_grids_name_each_rows_class_in_the_report_and_in_tensorboard(tmp_path, cache_dir,
+                                                                                         capsys):
+    """The report and the TensorBoard log carry the grids that the run wrote, byte for byte:
+    a row per class with its label band and the gan-dist:rows text chunk; the page's strip and
+    TensorBoard's image description name the classes too."""
+    assert main(["train", "cgan-digits", "--no-ray", "--max-steps", "4", "--storage", str(tmp_path), "--name", "c",
+                 "--set", "train.log_every=2", "--set", "train.sample_every=2", "--set", "metrics.port=0",
+                 "--set", "monitor.class_coverage=false", "--set", "eval.num_samples=32"]) == 0
+    run = tmp_path / "c"
+    grids = [(run / "samples" / f"step-00000{s}.png").read_bytes() for s in (2, 4)]
+    classes = [f"{k} {k}" for k in range(10)]
+    for png in grids:
+        assert Image.open(io.BytesIO(png)).text["gan-dist:rows"].split(" | ") == classes
+
+    page = page_of(run)
+    assert [png for png in inlined_images(page) if png in grids] == grids  # the strip: the run's PNGs as they are
+    assert 'alt="cgan-digits: G_ema at step 4; rows, one class each: 0 0 | 1 1 |' in page
+    assert "Rows, one class each, from the top: 0 0, 1 1, 2 2," in page
+
+    events = Events(run / "tb")
+    assert [e.step for e in events.acc.Tensors("samples")] == [2, 4]
+    assert [e.tensor_proto.string_val[2] for e in events.acc.Tensors("samples")] == grids
+    description = events.acc.SummaryMetadata("samples").summary_description
+    assert "cgan-digits" in description and "0 0 | 1 1 | 2 2" in description
 
 
 @pytest.mark.unit
