@@ -28,7 +28,7 @@ from gan_dist.evaluate import HIGH_QUALITY_STDS, evaluate_generator, generate, g
 from gan_dist.models import TASKS, build_models
 from gan_dist.plan import data_shape
 from gan_dist.rundir import check_writable
-from gan_dist.visualize import image_grid_png, scatter_png
+from gan_dist.visualize import image_grid_png, png_bytes, scatter_png
 
 
 @dataclass
@@ -147,7 +147,8 @@ def sample_folder(gen: Generator, out: Path, n: int, classes: list[int] | None, 
                   per_class: int | None = None, progress=None) -> int:
     """Write samples as one PNG file each into folder `out` (one subfolder per class for a
     conditional model, so `gan-dist data pack OUT` packs them as a labelled data set): n in
-    all, or `per_class` of each class. Written into a temporary folder renamed at the end."""
+    all, or `per_class` of each class. Written into a temporary folder renamed at the end.
+    Each PNG names its recipe, step and class in text chunks only (no band: they are data)."""
     picked = pick_classes(gen, classes)
     if gen.meta["kind"] != "image" or gen.task == "super_resolution":
         raise ValueError("a folder of samples needs a model that makes images from noise")
@@ -160,16 +161,20 @@ def sample_folder(gen: Generator, out: Path, n: int, classes: list[int] | None, 
         labels = None
     total = len(labels) if labels is not None else n
     names = class_names(gen.meta)
+    text = caption(gen)[1]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
         i = 0
         for images in generate_labelled(gen.G_ema, labels, total, gen.cfg.model.z_dim, seed, progress=progress):
             for image in images:
-                folder = tmp / class_folder(int(labels[i]), names[int(labels[i])]) if labels is not None else tmp
+                k = int(labels[i]) if labels is not None else None
+                folder = tmp / class_folder(k, names[k]) if k is not None else tmp
                 folder.mkdir(exist_ok=True)
                 pixels = ((np.clip(image, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0)
-                Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(folder / f"{i:06d}.png")
+                picture = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+                label = {"class": f"{k} {names[k]}"} if k is not None else {}
+                (folder / f"{i:06d}.png").write_bytes(png_bytes(picture, {**text, **label}))
                 i += 1
         if out.exists():
             out.rmdir()
@@ -193,7 +198,8 @@ def upscale_png(gen: Generator, lr_path: str) -> bytes:
     x = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1).transpose(2, 0, 1).copy())[None]
     with torch.no_grad():
         out = gen.G_ema(x).clamp(-1, 1)
-    return image_grid_png(out.numpy(), columns=1, pad=0)
+    # The recipe, step and input in text chunks only: the picture itself is the upscaled image.
+    return image_grid_png(out.numpy(), columns=1, pad=0, text={**caption(gen)[1], "input": Path(lr_path).name})
 
 
 def evaluate_checkpoint(path: str, data: str | None) -> dict:

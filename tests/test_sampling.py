@@ -1,6 +1,7 @@
 """`gan-dist sample`: labelled grids (one row per class for a conditional model, a caption and
-PNG text chunks), 2-D scatter plots with axes and the real modes marked, and folders of single
-PNGs that `gan-dist data pack` packs as a data set."""
+PNG text chunks), 2-D scatter plots with axes and the real modes marked, folders of single
+PNGs that `gan-dist data pack` packs as a data set, and upscaled images; every PNG names its
+recipe and step (and class) in text chunks."""
 
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ def test_a_folder_of_samples_packs_as_a_labelled_data_set(cgan_run, tmp_path, ca
     assert main(["sample", str(cgan_run), "--per-class", "5", "--class", "2,7", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["002-2", "007-7"]
     assert all(len(list((out / c).glob("*.png"))) == 5 for c in ("002-2", "007-7"))
-    assert Image.open(next((out / "002-2").glob("*.png"))).size == (32, 32)
+    single = Image.open(next((out / "007-7").glob("*.png")))
+    assert single.size == (32, 32)  # a sample as it is: its facts in text chunks, not in a band
+    assert (single.text["gan-dist:class"], single.text["gan-dist:recipe"], single.text["gan-dist:step"]) == (
+        "7 7", "cgan-digits", "4")
     assert "wrote 10 images" in capsys.readouterr().out
     assert main(["data", "pack", str(out), "--out", str(tmp_path / "packed")]) == 0
     assert "packed 10 samples (2 classes" in capsys.readouterr().out
@@ -51,6 +55,19 @@ def test_a_folder_of_samples_packs_as_a_labelled_data_set(cgan_run, tmp_path, ca
     assert main(["sample", str(cgan_run), "--n", "4", "--out", str(out)]) == 2
     assert "exists and is not an empty folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "synthetic"]
+
+
+def test_an_upscaled_image_names_its_recipe_step_and_input(tmp_path, capsys, cache_dir):
+    assert main(["train", "srgan-shapes", "--no-ray", "--max-steps", "2", "--storage", str(tmp_path), "--name", "sr",
+                 "--set", "model.channels=8", "--set", "model.sr_blocks=1", "--set", "data.batch_size=4",
+                 "--set", "metrics.port=0", "--set", "eval.num_samples=8"]) == 0
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(tmp_path / "lr.png")
+    out = tmp_path / "sr.png"
+    assert main(["sample", str(tmp_path / "sr"), "--input", str(tmp_path / "lr.png"), "--out", str(out)]) == 0
+    image = Image.open(out)
+    assert image.size == (32, 32)  # x4, and nothing drawn around it
+    assert (image.text["gan-dist:recipe"], image.text["gan-dist:step"], image.text["gan-dist:input"]) == (
+        "srgan-shapes", "2", "lr.png")
 
 
 def test_class_options_need_a_conditional_model(tmp_path, capsys, cache_dir):
