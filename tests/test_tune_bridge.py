@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gan_dist import checkpoint as ckpt
+from gan_dist.cli import main
 from gan_dist.config import Config, resolve
 from gan_dist.driver import Placement, run
 from gan_dist.rundir import CONFIG_FILE, write_atomic
@@ -80,6 +81,9 @@ def test_an_adopted_checkpoint_is_exact_and_carries_the_adopters_config(source):
     record = ckpt.read_adoption(folder)
     assert record["draw"] == ADOPTION_DRAW_BASE + 1 and record["member"] == "member-0" and record["step"] == 20
     assert adopted_already(storage / "b", 1) and not adopted_already(storage / "b", 2)
+    # A normal gan-dist checkpoint: `gan-dist sample` draws from it.
+    assert main(["sample", str(folder), "--out", str(storage / "b-samples.png")]) == 0
+    assert (storage / "b-samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_adoption_sets_aside_the_members_own_newer_checkpoints(tmp_path, source):

@@ -199,6 +199,16 @@ class PopulationScheduler(PopulationBasedTraining):
             return self._replace_now(tune_controller, trial, result)
         return super().on_trial_result(tune_controller, trial, result)
 
+    def _checkpoint_or_exploit(self, trial: Trial, tune_controller, upper_quantile: list, lower_quantile: list) -> None:
+        # Ray's PBT lets a member be copied only if it was in the upper quantile at its own last
+        # report (it asks it to save then); a member that reported first, alone, never was. Every
+        # member here reports a checkpoint with each interval's result, the one its score is of.
+        for source in upper_quantile:
+            state = self._trial_state[source]
+            if source is not trial and state.last_checkpoint is None and source.checkpoint is not None:
+                state.last_checkpoint = source.checkpoint
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+
     def _replace_now(self, tune_controller, trial: Trial, result: dict) -> str:
         state = self._trial_state[trial]
         state.last_score, state.last_result = -math.inf, result  # never a source until replaced

@@ -58,7 +58,7 @@ def register(commands) -> None:
 
 def cmd_tune(args) -> int:
     # Deferred on purpose: torch and Ray (Tune) load only when a tune runs.
-    from gan_dist.rundir import check_writable, write_atomic
+    from gan_dist.rundir import check_writable, write_atomic, write_error_log
     from gan_dist.tune import records
     from gan_dist.tune.spec import SPEC_FILE, TuneSpec, build_spec, member_name
 
@@ -92,13 +92,18 @@ def cmd_tune(args) -> int:
     if not resumed:
         write_atomic(tune_dir / SPEC_FILE, yaml.safe_dump(spec.to_record(), sort_keys=False).encode())
     t0 = time.perf_counter()
-    status = "failed"
+    status, error = "failed", None
     try:
         status, _ = run_population(spec, resumed)
     except KeyboardInterrupt:
         status = "stopped"
+    except Exception as exc:  # a failure at run time (Ray did not start, the scheduler broke): one line, the traceback kept
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = f"{type(exc).__name__}: {first} (traceback in {write_error_log(tune_dir, exc)})"
     finally:
         summary = records.write_summary(spec, status, time.perf_counter() - t0)
+    if error:
+        print(f"gan-dist: tune failed: {error}", file=sys.stderr)
     best = summary["best"]
     print(f"{status}: {summary['steps_trained']:,} steps trained by {spec.population} members in "
           f"{summary['wall_seconds']:.0f} s; exploits: {summary['exploits_by_reason']['interval']} at intervals, "

@@ -155,7 +155,8 @@ def summary_png(spec: TuneSpec, summary: dict) -> bytes:
     ax.set_ylabel(spec.metric)
     ax.set_title(f"gan-dist tune {spec.name}: {spec.recipe}, population {spec.population} "
                  f"(x: replaced after a collapse, o: at an interval)", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    if summary["history"]:
+        ax.legend(fontsize=7, loc="best")
     best = summary.get("best")
     for row, key in enumerate(keys, start=1):
         ax = axes[row][0]
