@@ -17,8 +17,9 @@ from gan_dist.config import Config, resolve
 from gan_dist.driver import Placement, run
 from gan_dist.rundir import CONFIG_FILE, write_atomic
 from gan_dist.tune.bridge import ADOPTION_DRAW_BASE, ORIGIN_FILE, adopt, adopted_already, read_origin, stage
+from gan_dist.tune.spec import collapse_alarm
 
-pytestmark = [pytest.mark.unit, pytest.mark.slow]  # seven short in-process runs
+pytestmark = [pytest.mark.unit, pytest.mark.slow]  # nine short in-process runs
 
 SETS = ["model.hidden=32", "data.batch_size=64", "train.log_every=10", "checkpoint.every=20",
         "train.sample_every=1000", "train.max_steps=40", "metrics.port=0", "run.use_ray=false"]
@@ -113,6 +114,20 @@ def test_a_member_resumes_from_the_copy_with_random_streams_of_its_own(tmp_path,
     assert fingerprints["x"] == fingerprints["y"]
     assert fingerprints["z"] != finished["fingerprint"]
     assert fingerprints["x"] != fingerprints["z"]
+
+
+def test_a_diverging_member_stops_its_interval_at_once_with_a_checkpoint_and_names_the_alarm(tmp_path, cache_dir):
+    """The exploit policy (what a tune sets): the interval ends at the alarm, saved, and the
+    member's summary says which detector, so that the population replaces it now."""
+    cfg = member_cfg(tmp_path, "bad", "optim.lr_g=3.1", "optim.lr_d=3.1", "monitor.divergence=exploit",
+                     "monitor.collapse=warn", "monitor.warmup_steps=0", "monitor.patience=1",
+                     "monitor.divergence_loss_limit=10")
+    summary = train(cfg, stop_at_step=20)
+    alarm = collapse_alarm(summary)
+    assert summary["status"] == "stopped" and alarm is not None, summary.get("alerts")
+    assert alarm["kind"] == "divergence" and summary["steps"] == alarm["step"] < 20
+    assert ckpt.find_latest(tmp_path / "bad").name == ckpt.step_dir_name(alarm["step"])
+    assert collapse_alarm(train(member_cfg(tmp_path, "good"), stop_at_step=20)) is None
 
 
 def test_a_folder_without_an_origin_is_refused(tmp_path):

@@ -43,7 +43,7 @@ from gan_dist.rundir import CONFIG_FILE, write_atomic
 from gan_dist.tune import records
 from gan_dist.tune.bridge import ORIGIN_FILE, adopt, adopted_already, read_origin, stage
 from gan_dist.tune.hub import TuneHub
-from gan_dist.tune.spec import TUNE_EXPERIMENT, TuneSpec, member_name, metric_value, score_of
+from gan_dist.tune.spec import TUNE_EXPERIMENT, TuneSpec, collapse_alarm, member_name, metric_value, score_of
 
 # Tune restarts a member's trial that failed (beyond the restarts Ray Train makes of its workers
 # within an interval) this many times, from its last reported checkpoint.
@@ -133,7 +133,7 @@ def member_trial(config: dict, spec: TuneSpec, tune_hub) -> None:
         with open(run_dir / MEMBER_LOG, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             print(f"--- gan-dist tune: {name}, steps {step} to {until}, {json.dumps(values)}", flush=True)
             summary = run_interval(interval, run_dir, placement, session).summary.to_dict()
-        alarm = _collapse(summary)
+        alarm = collapse_alarm(summary)
         if summary["status"] == "failed" or (summary["status"] == "stopped" and alarm is None
                                              and summary["steps"] != until):
             raise RuntimeError(f"{name}: the interval to step {until} ended {summary['status']}: "
@@ -155,12 +155,6 @@ def member_trial(config: dict, spec: TuneSpec, tune_hub) -> None:
                 stage(run_dir, name, folder)
                 tune.report(result, checkpoint=Checkpoint.from_directory(str(folder)))
         step = summary["steps"]
-
-
-def _collapse(summary: dict) -> dict | None:
-    """The detector event whose exploit policy stopped this interval, if one did."""
-    return next((a for a in reversed(summary.get("alerts", [])) if a.get("action") == "exploit"
-                 and a.get("step") == summary.get("steps")), None)
 
 
 # The population ----------------------------------------------------------------------

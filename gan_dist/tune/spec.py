@@ -228,6 +228,13 @@ def metric_value(summary: dict, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
+def collapse_alarm(summary: dict) -> dict | None:
+    """The detector event whose exploit policy stopped a member's interval (its summary.json), if
+    one did: the member is then replaced at once."""
+    return next((a for a in reversed(summary.get("alerts", [])) if a.get("action") == "exploit"
+                 and a.get("step") == summary.get("steps")), None)
+
+
 def score_of(value: float | None, mode: str) -> float:
     """Larger is better, whatever the metric's direction; a metric that is missing or not finite
     (a diverged member) ranks last."""
