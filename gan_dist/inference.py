@@ -188,7 +188,8 @@ def read_input_image(path: str, max_pixels: int = photos.MAX_PIXELS) -> Image.Im
     """`sample --input`: an image file, decoded, its size checked before decoding; anything
     else is a one-line ValueError."""
     try:
-        with photos.open_image(path, f"--input {path}", max_pixels) as image, photos.pixel_limit(max_pixels):
+        with photos.open_image(path, f"--input {path}", max_pixels, hint="") as image, \
+                photos.pixel_limit(max_pixels):
             image.load()
             return image.copy()
     except photos.ImageTooLarge:

@@ -1,7 +1,7 @@
 """Super-resolution of whole images, and its evaluation as the field reports it.
 
 The protocol of the SR literature since Dong et al. 2014 (SRCNN) and of SRGAN
-(Ledig et al. 2017, section 4.1): each HR photo is cut to a multiple of the
+(Ledig et al. 2017, section 3.1): each HR photo is cut to a multiple of the
 scale ("mod crop"), downscaled bicubically to its LR input, and upscaled by G;
 PSNR and SSIM are computed on the luma (Y of ITU-R BT.601 YCbCr, as MATLAB's
 rgb2ycbcr, range 16..235) after `scale` pixels are shaved from each border,

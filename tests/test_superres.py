@@ -18,7 +18,9 @@ from gan_dist import superres
 from gan_dist.cli import main
 from gan_dist.config import ConfigError, resolve
 from gan_dist.data.errors import DataError
+from gan_dist.data.photos import ImageTooLarge
 from gan_dist.data.pack import PackOptions, pack
+from gan_dist.inference import read_input_image
 from gan_dist.models.srgan import SRResNet
 from gan_dist.schedule import build_schedule
 
@@ -246,3 +248,15 @@ def test_sample_input_that_is_not_an_image_is_one_line_exit_2(straight, tmp_path
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "notes.jpg: not a readable image" in err[0] and not out.exists()
+
+
+def test_sample_input_is_checked_before_it_is_decoded(tmp_path):
+    Image.fromarray(photo(20, 12)).save(tmp_path / "p.png")
+    assert read_input_image(str(tmp_path / "p.png")).size == (20, 12)
+    with pytest.raises(ImageTooLarge, match=r"--input .*p.png: 20x12 is 240 pixels, over the limit of 100 \(a "
+                                            r"decompression bomb\?\)$"):
+        read_input_image(str(tmp_path / "p.png"), max_pixels=100)
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        read_input_image(str(tmp_path))
+    with pytest.raises(ValueError, match="no such file"):
+        read_input_image(str(tmp_path / "none.png"))
