@@ -15,6 +15,7 @@ from torch import nn
 
 from gan_dist import checkpoint as ckpt
 from gan_dist import superres
+from gan_dist.bench import superres as bench_superres
 from gan_dist.cli import main
 from gan_dist.config import ConfigError, resolve
 from gan_dist.data.errors import DataError
@@ -124,10 +125,11 @@ def test_fid_crops_tile_the_image_without_overlap():
 
 
 @pytest.mark.slow
-def test_crop_inception_metrics_rank_the_real_crops_above_a_blurred_copy(tmp_path):
-    paths = write_photos(tmp_path / "p", [(192, 192)] * 3)  # 4 crops of 96 each
+def test_crop_inception_metrics_of_sr_and_of_bicubic_against_hr(tmp_path):
+    paths = write_photos(tmp_path / "p", [(192, 96)] * 3)  # 2 crops of 96 each
     result = superres.evaluate_photos(Bicubic(4), paths, 4, 3, inception=True)
-    assert result["crop_n"] == 12 and result["crop_fid"] == pytest.approx(result["crop_fid_bicubic"])
+    # G is bicubic here: the same crops, the same features; blurred crops are not the HR ones
+    assert result["crop_n"] == 6 and result["crop_fid"] == result["crop_fid_bicubic"]
     assert result["crop_fid"] > 0 and 0 <= result["crop_precision"] <= 1 and 0 <= result["crop_recall"] <= 1
 
 
@@ -260,3 +262,24 @@ def test_sample_input_is_checked_before_it_is_decoded(tmp_path):
         read_input_image(str(tmp_path))
     with pytest.raises(ValueError, match="no such file"):
         read_input_image(str(tmp_path / "none.png"))
+
+
+def test_the_benchmark_scores_both_phases_against_the_goals(straight, hr_crops, tmp_path, capsys):
+    storage, summary = straight
+    run = storage / "straight"
+    assert bench_superres.main([str(run), "--srresnet", str(run / "step-000003"), "--out", str(tmp_path),
+                                "--no-inception"]) == 0
+    result = json.loads((tmp_path / "superres.json").read_text())
+    assert (result["srresnet"]["step"], result["srgan"]["step"]) == (3, 7)
+    assert result["srgan"]["psnr_y"] == pytest.approx(summary["eval"]["psnr_y"])
+    gain = result["srresnet"]["psnr_y"] - result["srresnet"]["psnr_y_bicubic"]
+    assert result["goals"]["srresnet_psnr_y_gain_ge_1dB"] == (gain >= 1.0)
+    assert "goals: srresnet_psnr_y_gain_ge_1dB" in capsys.readouterr().out
+    # LR | bicubic | SRResNet | SRGAN | HR of the first photo (36x40 -> a 32x32 crop), 4-pixel gaps
+    crops = np.asarray(Image.open(tmp_path / "superres-crops.png"))
+    assert crops.shape == (32, 5 * 32 + 4 * 4, 3)
+    hr = np.asarray(Image.open(hr_crops[1] / "photo0.png"))
+    assert np.array_equal(crops[:, 4 * 36:], hr[0:32, 4:36])  # the HR panel: the photo's centre
+    # without a checkpoint at srresnet_steps, the benchmark says what to do
+    with pytest.raises(ValueError, match="no checkpoint at the end of the SRResNet phase .step 4.; name one"):
+        bench_superres.main([str(run), "--out", str(tmp_path)])

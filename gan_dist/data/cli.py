@@ -70,8 +70,8 @@ def register(commands) -> None:
                           help="with --crop: crops cut from each image, at positions seeded by --seed and the "
                                "image (default 1)")
     pack_cmd.add_argument("--max-pixels", type=int, default=defaults.max_pixels, metavar="N",
-                          help="skip input images of more than N pixels before decoding them (decompression "
-                               "bombs; default %(default)s)")
+                          help="refuse an input image of more than N pixels before decoding it: the pack ends "
+                               "(decompression bombs; default %(default)s)")
     pack_cmd.add_argument("--encode", choices=ENCODINGS, default="keep",
                           help="keep the input's PNG/JPEG/WebP bytes (others become PNG), or re-encode all; "
                                "ppm (PGM/PPM, uncompressed) decodes fastest")
