@@ -40,10 +40,6 @@ CASES = {
                                     "loss.gp_weight=10"]),
     "srgan": (IMAGES, ["model.arch=srgan", "model.channels=8", "model.sr_blocks=1", "model.sync_batchnorm=true",
                        "loss.adversarial_weight=0.01"]),
-    # the SRResNet phase (G alone on the content loss) for 2 steps, then the adversarial one
-    "srgan_two_phases": (IMAGES, ["model.arch=srgan", "model.channels=8", "model.sr_blocks=1",
-                                  "model.sync_batchnorm=true", "loss.adversarial_weight=0.01",
-                                  "schedule.srresnet_steps=2"]),
     "reuse_fake": (POINTS, ["schedule.reuse_fake=true"]),
     "cgan_classes_r1": (IMAGES, ["model.arch=cgan", *IMAGE_MODEL, "loss.class_weight=1", "loss.r1_gamma=1",
                                  "loss.r1_interval=2"]),
