@@ -206,9 +206,14 @@ class ScheduleConfig:
     ema_halflife_steps: float = 500.0
     # Ramp-up: at step s the half-life is at most (s + 1) x this, so early G_ema tracks G (0: off).
     ema_rampup: float = 0.05
+    # Super-resolution: the first this many steps are the SRResNet phase (Ledig et al. 2017): G
+    # on the content loss alone, D untouched; the SRGAN phase (content + adversarial) follows
+    # from G's weights at that step, in the same run.
+    srresnet_steps: int = 0
 
     def validate(self) -> None:
         _require(self.n_critic >= 1, "schedule.n_critic", f"must be >= 1, got {self.n_critic}")
+        _require(self.srresnet_steps >= 0, "schedule.srresnet_steps", f"must be >= 0, got {self.srresnet_steps}")
         _require(not self.reuse_fake or self.n_critic == 1, "schedule.reuse_fake",
                  f"needs schedule.n_critic 1, got {self.n_critic}")
         _require(self.ema_halflife_steps >= 0, "schedule.ema_halflife_steps",
@@ -470,10 +475,20 @@ class EvalConfig:
     # Samples of each periodic eval (fewer than inception_n: FID is biased up at small n, so
     # compare periodic values with each other, and the end-of-run value with papers).
     every_n: int = 2000
+    # Super-resolution: evaluate on these whole photographs instead of the training data's
+    # patches: builtin:photos-eval (the held-out photos of builtin:photos), a folder of images
+    # or one image file. Each is cut to a multiple of the scale, downscaled (bicubic) and
+    # upscaled by G_ema; PSNR/SSIM on the Y channel, bicubic beside. With eval.inception also
+    # the Inception metrics of SR against HR crops.
+    sr_photos: str = ""
+    # Super-resolution eval: G_ema upscales a photo in tiles of this many low-resolution pixels a
+    # side, overlapping by 16 (memory stays bounded whatever the photo's size; 0: whole).
+    sr_tile: int = 128
 
     def validate(self) -> None:
         _require(self.num_samples > 0, "eval.num_samples", f"must be > 0, got {self.num_samples}")
         _require(self.every_steps >= 0, "eval.every_steps", f"must be >= 0, got {self.every_steps}")
+        _require(self.sr_tile == 0 or self.sr_tile >= 16, "eval.sr_tile", f"must be 0 or >= 16, got {self.sr_tile}")
         for key in ("inception_n", "every_n"):
             _require(getattr(self, key) >= 4, f"eval.{key}", f"must be >= 4, got {getattr(self, key)}")
         names = [m.strip() for m in self.metrics.split(",") if m.strip()]
@@ -523,6 +538,8 @@ class Config:
             mode = "min" if best in ("fid", "kid") else "max"
             _require(self.checkpoint.keep_best_mode == mode, "checkpoint.keep_best_mode",
                      f"must be {mode} for {best}, got {self.checkpoint.keep_best_mode}")
+        _require(not self.schedule.srresnet_steps or self.model.arch == "srgan", "schedule.srresnet_steps",
+                 f"needs a super-resolution model (model.arch srgan), not {self.model.arch}")
         _require(not self.loss.class_weight or self.model.arch == "cgan", "loss.class_weight",
                  f"needs a conditional model (model.arch cgan), not {self.model.arch}")
 
@@ -690,6 +707,8 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "model.sr_scale": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "model.sr_blocks": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.content_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "eval.sr_photos": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "eval.sr_tile": (lambda c: c.model.arch == "srgan" and bool(c.eval.sr_photos), "eval.sr_photos"),
     "loss.perceptual_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.perceptual_weights": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.r1_interval": (lambda c: c.loss.r1_gamma > 0, "loss.r1_gamma > 0"),

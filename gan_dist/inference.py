@@ -16,15 +16,16 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from gan_dist import checkpoint as ckpt
+from gan_dist import superres
 from gan_dist.config import Config, first_line
+from gan_dist.data import photos
 from gan_dist.data.builtin import Mixture2D
 from gan_dist.data.index import check_meta
 from gan_dist.data.sources import resolve_source
-from gan_dist.evaluate import HIGH_QUALITY_STDS, evaluate_generator, generate, generate_images
+from gan_dist.evaluate import HIGH_QUALITY_STDS, evaluate_generator, generate
 from gan_dist.models import TASKS, build_models
 from gan_dist.plan import data_shape
 from gan_dist.rundir import check_writable
@@ -185,21 +186,56 @@ def sample_folder(gen: Generator, out: Path, n: int, classes: list[int] | None, 
     return total
 
 
-def upscale_png(gen: Generator, lr_path: str) -> bytes:
-    """The super-resolved version of image `lr_path`."""
+# LR pixels of one tile of `sample --input` (memory stays bounded whatever the photo's size).
+UPSCALE_TILE = 128
+
+
+def read_input_image(path: str, max_pixels: int = photos.MAX_PIXELS) -> Image.Image:
+    """`sample --input`: an image file, decoded, its size checked before decoding; anything
+    else is a one-line ValueError."""
+    try:
+        with photos.open_image(path, f"--input {path}", max_pixels, hint="") as image, \
+                photos.pixel_limit(max_pixels):
+            image.load()
+            return image.copy()
+    except photos.ImageTooLarge:
+        raise
+    except FileNotFoundError:
+        raise ValueError(f"--input {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"--input {path}: is a folder, not an image file") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:  # Pillow's ways to fail
+        raise ValueError(f"--input {path}: not a readable image ({first_line(exc) or type(exc).__name__})") from None
+
+
+def upscale_image(gen: Generator, image: Image.Image, tile: int = UPSCALE_TILE) -> Image.Image:
+    """`image` upscaled by G_ema (fully convolutional, in overlapping tiles). The model's colour
+    channels come from the image (grey or RGB as G was trained; an RGB model turns a grey image
+    back to grey); an alpha channel is upscaled bicubically and put back."""
     if gen.task != "super_resolution":
         raise ValueError(f"--input needs a super-resolution model, this one is {gen.cfg.model.arch}")
-    channels = gen.meta["sample_shape"][0]
-    try:
-        image = Image.open(lr_path).convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"--input {lr_path}: not a readable image ({exc})") from None
-    pixels = np.asarray(image, dtype=np.float32) / 127.5 - 1
-    x = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1).transpose(2, 0, 1).copy())[None]
-    with torch.no_grad():
-        out = gen.G_ema(x).clamp(-1, 1)
+    channels, scale = gen.meta["sample_shape"][0], gen.cfg.model.sr_scale
+    grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+    alpha = image.getchannel("A") if "A" in image.getbands() else None
+    if image.mode == "P" and "transparency" in image.info:
+        alpha = image.convert("RGBA").getchannel("A")
+    colour = image.convert("L" if channels == 1 else "RGB")
+    pixels = np.asarray(colour).reshape(colour.height, colour.width, -1)
+    sr = superres.upscale(gen.G_ema, superres.to_tensor(pixels), scale, tile)
+    out = Image.fromarray(superres.to_pixels(sr).squeeze(2) if channels == 1 else superres.to_pixels(sr))
+    if grey and channels == 3:
+        out = out.convert("L")
+    if alpha is not None:
+        out.putalpha(alpha.resize(out.size, Image.Resampling.BICUBIC))
+    return out
+
+
+def upscale_png(gen: Generator, path: str) -> bytes:
+    """The super-resolved version of image file `path`, as PNG bytes."""
+    if gen.task != "super_resolution":
+        raise ValueError(f"--input needs a super-resolution model, this one is {gen.cfg.model.arch}")
     # The recipe, step and input in text chunks only: the picture itself is the upscaled image.
-    return image_grid_png(out.numpy(), columns=1, pad=0, text={**caption(gen)[1], "input": Path(lr_path).name})
+    return png_bytes(upscale_image(gen, read_input_image(path)), {**caption(gen)[1], "input": Path(path).name})
 
 
 def evaluate_checkpoint(path: str, data: str | None) -> dict:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gan_dist import superres
 from gan_dist.data.index import DatasetIndex
 from gan_dist.data.stream import shards_of_rank
 from gan_dist.models import TASKS, DataShape, build_models
@@ -94,8 +95,13 @@ def check_inception_eval(cfg, index: DatasetIndex) -> None:
     if not ev.uses_inception:
         return
     if TASKS[cfg.model.arch] == "super_resolution":
-        raise PlanError("eval.inception and eval.every_steps are for generators of images from noise, "
-                        "not super-resolution models")
+        # Super-resolution: the crop Inception metrics of the eval photos, at the end only.
+        if ev.every_steps or not ev.sr_photos:
+            raise PlanError("for super-resolution models the Inception metrics are the end-of-run crop FID of "
+                            "eval.sr_photos: set eval.sr_photos, and eval.every_steps 0")
+        parse_metrics(ev.metrics)
+        check_installed()
+        return
     metrics = parse_metrics(ev.metrics)
     for key, n in (("eval.inception_n", ev.inception_n if ev.inception else 0),
                    ("eval.every_n", ev.every_n if ev.every_steps else 0)):
@@ -112,6 +118,8 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
     if index.num_records < world_size:
         raise PlanError(f"the dataset has {index.num_records} records, fewer than the {world_size} workers")
     model = check_models(cfg, data_shape(index.meta, cfg.model))
+    if TASKS[cfg.model.arch] == "super_resolution" and cfg.eval.sr_photos:
+        superres.photo_paths(cfg.eval.sr_photos)  # a missing eval set is bad input now, not at the end
     check_inception_eval(cfg, index)
     return Plan(
         world_size=world_size,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Phase:
-    name: str  # Dmain, Dreg, Gmain, Greg
+    name: str  # Dmain, Dreg, Gmain, Gcontent
     net: str  # "D" or "G"
     interval: int = 1  # runs when step % interval == 0
 
@@ -28,9 +28,15 @@ class Schedule:
     n_critic: int
     ema_halflife_steps: float
     ema_rampup: float
+    # Super-resolution's SRResNet phase: before this step only Gcontent runs (G on a fresh real
+    # batch, content loss alone); from it on, the adversarial phases.
+    srresnet_steps: int = 0
 
     def phases_at(self, step: int) -> list[Phase]:
-        """Phases run at `step`, in order: D phases n_critic times, then G phases."""
+        """Phases run at `step`, in order: D phases n_critic times, then G phases (in the
+        SRResNet phase of super-resolution, Gcontent alone)."""
+        if step < self.srresnet_steps:
+            return [CONTENT_PHASE]
         run: list[Phase] = []
         for _ in range(self.n_critic):
             run += [p for p in self.phases if p.name == "Dmain"]
@@ -52,6 +58,9 @@ class Schedule:
         return 0.5 ** (1.0 / halflife)
 
 
+CONTENT_PHASE = Phase("Gcontent", "G")
+
+
 def build_schedule(schedule_cfg, loss_cfg=None) -> Schedule:
     phases = [Phase("Dmain", "D")]
     if loss_cfg is not None and loss_cfg.r1_gamma > 0:
@@ -62,6 +71,7 @@ def build_schedule(schedule_cfg, loss_cfg=None) -> Schedule:
         n_critic=schedule_cfg.n_critic,
         ema_halflife_steps=schedule_cfg.ema_halflife_steps,
         ema_rampup=schedule_cfg.ema_rampup,
+        srresnet_steps=schedule_cfg.srresnet_steps,
     )
 
 
@@ -85,4 +95,8 @@ def lr_at(base_lr: float, step: int, decay: str = "none", start: int = 0, end: i
 
 def describe(schedule: Schedule, steps: int = 3) -> list[str]:
     """The first steps of the schedule, for --dry-run."""
-    return [f"step {s}: " + ", ".join(p.name for p in schedule.phases_at(s)) for s in range(steps)]
+    lines = [f"step {s}: " + ", ".join(p.name for p in schedule.phases_at(s)) for s in range(steps)]
+    if schedule.srresnet_steps:
+        s = schedule.srresnet_steps
+        lines.append(f"step {s}: " + ", ".join(p.name for p in schedule.phases_at(s)) + " (the SRGAN phase)")
+    return lines

@@ -64,6 +64,17 @@ def write(name: str, text: str | bytes) -> Callable[[Path], None]:
     return lambda tmp: (tmp / name).write_text(text)
 
 
+def hr_crops(size: int) -> Callable[[Path], None]:
+    """A packed set of 8 random size x size RGB images at {tmp}/crops<size>."""
+    def make(tmp: Path) -> None:
+        out = tmp / f"crops{size}"
+        out.mkdir()
+        pixels, _ = random_images(8, size=size)
+        pack_images(array_source("crops", "crops", pixels, None, [], shuffle=False, seed=0), out,
+                    PackOptions(encode="png"))
+    return make
+
+
 def billion_laughs() -> str:
     """The classic alias bomb: 9 levels of 9 aliases, 9**9 strings once expanded, in 400 bytes."""
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
@@ -214,6 +225,20 @@ CASES: dict[str, Case] = {
     "conv model of 4e10 weights": Case((*TRAIN, "--dry-run", "--set", "model.arch=dcgan", "--set",
                                         "data.source=builtin:digits", "--set", "model.channels=16384"),
                                        "G of model.arch dcgan would have 43,218,599,936 weights"),
+    # Super-resolution (issue 20): the scale must divide the HR crops; the eval photos must exist.
+    "srgan scale not dividing the crops": Case((*TRAIN, "--dry-run", "--set", "model.arch=srgan", "--set",
+                                                "data.source={tmp}/crops30"),
+                                               "model.sr_scale 4 does not divide the data's 30x30 HR images",
+                                               setup=hr_crops(30)),
+    "srgan eval.sr_photos missing": Case((*TRAIN, "--dry-run", "--set", "model.arch=srgan", "--set",
+                                          "data.source={tmp}/crops32", "--set", "eval.sr_photos={tmp}/none"),
+                                         "eval.sr_photos {tmp}/none: no such file or folder", setup=hr_crops(32)),
+    "srgan periodic Inception eval": Case((*TRAIN, "--dry-run", "--set", "model.arch=srgan", "--set",
+                                           "data.source={tmp}/crops32", "--set", "eval.every_steps=10"),
+                                          "the Inception metrics are the end-of-run crop FID of eval.sr_photos",
+                                          setup=hr_crops(32)),
+    "srresnet phase without srgan": Case((*TRAIN, "--dry-run", "--set", "schedule.srresnet_steps=100"),
+                                         "schedule.srresnet_steps needs a super-resolution model"),
     # Tracebacks instead of one line (item 7) and misleading messages (the minor items).
     "recipe with int and str keys": Case(("train", "{tmp}/mixed.yaml", "--storage", "{tmp}/runs"),
                                          "config has the key 1 (int): config keys are names",

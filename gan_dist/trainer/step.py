@@ -126,6 +126,21 @@ def perceptual_features(net: nn.Module, x: Tensor) -> Tensor:
     return net((x - mean) / std)
 
 
+def content_losses(rt: Runtime, ctx: StepContext, fake: Tensor, real: Tensor, stats: dict) -> Tensor:
+    """Super-resolution's content terms of G's loss: pixel MSE, and the VGG19 perceptual loss
+    when weights were given (SRGAN's "VGG" variants)."""
+    content = F.mse_loss(fake.float(), real.float())
+    stats["content_loss"] = content.detach()
+    loss = ctx.content_weight * content
+    if ctx.perceptual is not None and ctx.perceptual_weight:
+        with rt.autocast():
+            perceptual = F.mse_loss(perceptual_features(ctx.perceptual, fake).float(),
+                                    perceptual_features(ctx.perceptual, real).float())
+        loss = loss + ctx.perceptual_weight * perceptual
+        stats["perceptual_loss"] = perceptual.detach()
+    return loss
+
+
 def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, loss: Tensor, stats: dict, net: str) -> None:
     """Backward, gradient norm, and the optimizer step unless the update is not finite."""
     opt.zero_grad(set_to_none=True)
@@ -229,17 +244,20 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 loss_G = loss_G + ctx.class_weight * cls_g
                 stats["class_loss_g"] = cls_g.detach()
             if ctx.task == "super_resolution":
-                content = F.mse_loss(fake.float(), real.float())
-                loss_G = loss_G + ctx.content_weight * content
-                stats["content_loss"] = content.detach()
-                if ctx.perceptual is not None and ctx.perceptual_weight:
-                    with rt.autocast():
-                        perceptual = F.mse_loss(perceptual_features(ctx.perceptual, fake).float(),
-                                                perceptual_features(ctx.perceptual, real).float())
-                    loss_G = loss_G + ctx.perceptual_weight * perceptual
-                    stats["perceptual_loss"] = perceptual.detach()
+                loss_G = loss_G + content_losses(rt, ctx, fake, real, stats)
             apply_update(st, rt, ctx, st.opt_G, loss_G, stats, "g")
             st.D.requires_grad_(True)
+            stats["loss_g"] = loss_G.detach()
+
+        elif phase.name == "Gcontent":
+            # SRResNet phase of super-resolution: G alone on a fresh real batch, the content
+            # loss only; D and its optimizer are not touched (no D forward at all).
+            batch = next_real()
+            real = batch["x"]
+            with rt.autocast():
+                fake = st.G_ddp(*g_inputs(rng, ctx, real, None))
+            loss_G = content_losses(rt, ctx, fake, real, stats)
+            apply_update(st, rt, ctx, st.opt_G, loss_G, stats, "g")
             stats["loss_g"] = loss_G.detach()
         else:
             raise ValueError(f"no implementation for phase {phase.name}")
