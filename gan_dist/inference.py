@@ -25,7 +25,7 @@ from gan_dist.data.builtin import Mixture2D
 from gan_dist.data.index import check_meta
 from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import evaluate_generator, generate, generate_images
-from gan_dist.models import TASKS, build_models
+from gan_dist.models import build_models, model_task
 from gan_dist.plan import data_shape
 from gan_dist.rundir import check_writable
 from gan_dist.visualize import image_grid_png, scatter_png
@@ -40,7 +40,7 @@ class Generator:
 
     @property
     def task(self) -> str:
-        return TASKS[self.cfg.model.arch]
+        return model_task(self.cfg.model.arch)
 
 
 def load_generator(path: str) -> Generator:
