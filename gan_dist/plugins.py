@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import os
@@ -112,7 +113,8 @@ def _search_current_folder(module_name: str) -> None:
     installed module."""
     top = module_name.strip().split(".")[0]
     here = os.getcwd()
-    if here not in sys.path and importlib.util.find_spec(top) is None:
+    if (here not in sys.path and importlib.util.find_spec(top) is None
+            and importlib.machinery.PathFinder.find_spec(top, [here]) is not None):
         sys.path.append(here)
 
 
