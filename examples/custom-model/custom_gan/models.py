@@ -34,10 +34,14 @@ class UpBlock(nn.Module):
     def __init__(self, channels_in: int, channels_out: int, upsample: bool):
         super().__init__()
         up = nn.Upsample(scale_factor=2, mode="nearest") if upsample else nn.Identity()
+        # No biases: every path from these layers reaches a BatchNorm (the next block's, or the
+        # one before G's output) through linear maps only, and BatchNorm removes a per-channel
+        # constant. A bias here would get rounding noise as its gradient, which Adam scales up
+        # to full-size steps.
         self.residual = nn.Sequential(
-            nn.BatchNorm2d(channels_in), nn.ReLU(), up, nn.Conv2d(channels_in, channels_out, 3, padding=1),
-            nn.BatchNorm2d(channels_out), nn.ReLU(), nn.Conv2d(channels_out, channels_out, 3, padding=1))
-        self.shortcut = nn.Sequential(up, nn.Conv2d(channels_in, channels_out, 1))
+            nn.BatchNorm2d(channels_in), nn.ReLU(), up, nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels_out), nn.ReLU(), nn.Conv2d(channels_out, channels_out, 3, padding=1, bias=False))
+        self.shortcut = nn.Sequential(up, nn.Conv2d(channels_in, channels_out, 1, bias=False))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.shortcut(x) + self.residual(x)
@@ -64,7 +68,7 @@ class ResNetGenerator(nn.Module):
     def __init__(self, z_dim: int, channels: int, image_channels: int, base: int, stages: int, blocks: int):
         super().__init__()
         self.channels, self.base = channels, base
-        self.project = nn.Linear(z_dim, channels * base * base)
+        self.project = nn.Linear(z_dim, channels * base * base, bias=False)  # no bias: see UpBlock
         layers = []
         for _ in range(stages):
             layers += [UpBlock(channels, channels, upsample=i == 0) for i in range(blocks)]
