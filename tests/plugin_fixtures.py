@@ -77,6 +77,26 @@ def options_seen(cfg, shape):
     return G, D
 
 
+class ReadsAValue(nn.Module):
+    """G that reads a value on the host (.item()): the meta device cannot run it."""
+
+    def __init__(self, z_dim: int, out: int):
+        super().__init__()
+        self.net = nn.Linear(z_dim, out)
+
+    def forward(self, z):
+        scale = 1.0 / max(1.0, float(z.abs().max().item()))
+        return self.net(z * scale)
+
+
+def reads_a_value(cfg, shape):
+    return ReadsAValue(cfg.z_dim, 2), Linear(2, ())
+
+
+def reads_a_value_of_three(cfg, shape):
+    return ReadsAValue(cfg.z_dim, 3), Linear(3, ())
+
+
 not_a_builder = 42
 
 
