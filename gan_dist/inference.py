@@ -194,9 +194,8 @@ def upscale_png(gen: Generator, lr_path: str) -> bytes:
     return image_grid_png(out.numpy(), columns=1, pad=0)
 
 
-def evaluate_checkpoint(path: str, data: str | None) -> dict:
-    """The quality metrics of a checkpoint's G_ema on its data (or on `data`)."""
-    gen = load_generator(path)
+def evaluate_checkpoint(gen: Generator, data: str | None) -> dict:
+    """The quality metrics of a loaded checkpoint's G_ema on its data (or on `data`), with its step."""
     index = resolve_source(data or gen.cfg.data.source, gen.cfg.data.cache_dir)
     if data_shape(index.meta) != data_shape(gen.meta):
         raise ValueError(f"--data {data}: its samples are {index.meta['sample_shape']}, the model makes "

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from conftest import REPO
-from gan_dist import plugins
 from gan_dist.cli import main
 from gan_dist.config import Config, ConfigError, load_yaml_config, resolve
 from gan_dist.data.pack import PackOptions, pack
@@ -46,15 +45,6 @@ def unlabelled_images(tmp_path_factory) -> Path:
     np.savez(folder / "grey.npz", images=images)
     pack(str(folder / "grey.npz"), folder / "data", PackOptions(shard_samples=32, encode="png"))
     return folder / "data"
-
-
-@pytest.fixture(scope="module")
-def example_installed():
-    """The example plug-in package: `make setup` installs it into the test environment."""
-    if "custom-resnet" not in plugins.entry_points(plugins.MODEL_GROUP):
-        pytest.fail("the example plug-in (examples/custom-model) is not installed in this environment: run "
-                    "`make setup`, or `.venv/bin/python -m pip install -c constraints.txt --no-deps -e "
-                    "examples/custom-model`")
 
 
 def test_an_entry_point_and_its_module_path_are_the_same_plugin(example_installed):
@@ -182,6 +172,35 @@ def test_the_public_api_trains_the_example_and_loads_its_generator(example_insta
         images = gen.G_ema(torch.randn(3, 16))
     assert images.shape == (3, 1, 16, 16) and images.abs().max() <= 1
 
+
+
+def test_the_cli_trains_samples_and_evaluates_through_the_public_api(example_installed, unlabelled_images,
+                                                                      tmp_path, monkeypatch, capsys):
+    """`gan-dist train` is the API's load_config then train; `sample` and `eval` start from its
+    load_generator: each call goes through gan_dist.api, where a spy records it."""
+    from gan_dist import api
+
+    called = []
+
+    def spy(name: str) -> None:
+        real = getattr(api, name)
+
+        def recorded(*args, **kwargs):
+            called.append(name)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(api, name, recorded)
+
+    for name in ("load_config", "train", "load_generator"):
+        spy(name)
+    sets = [arg for o in [*SMALL, f"data.source={unlabelled_images}", "data.batch_size=8", "train.log_every=2",
+                          "metrics.port=0"] for arg in ("--set", o)]
+    assert main(["train", str(RECIPE), "--no-ray", "--max-steps", "2", "--storage", str(tmp_path), "--name", "cli",
+                 *sets]) == 0
+    assert called == ["load_config", "train"]
+    assert main(["sample", str(tmp_path / "cli"), "--n", "4", "--out", str(tmp_path / "grid.png")]) == 0
+    assert main(["eval", str(tmp_path / "cli")]) == 0
+    assert called == ["load_config", "train", "load_generator", "load_generator"]
+    assert '"step": 2' in capsys.readouterr().out
 
 # Submitting ------------------------------------------------------------------------------
 
