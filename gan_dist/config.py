@@ -66,7 +66,8 @@ MODEL_LIMITS = {"z_dim": 1 << 16, "hidden": 1 << 16, "depth": 1000, "channels": 
 
 @dataclass
 class ModelConfig:
-    # G and D: mlp, dcgan, cgan (class-conditional DCGAN) or srgan (super-resolution).
+    # G and D: mlp, dcgan, cgan (class-conditional DCGAN) or srgan (super-resolution); or your
+    # own: an entry point of the group gan_dist.models, or a module:function path (docs/api.md).
     arch: str = "mlp"
     # Dimensions of G's noise input (srgan's G takes a low-resolution image instead).
     z_dim: int = 256
@@ -95,13 +96,18 @@ class ModelConfig:
     image_channels: int = 0
     # Classes the recipe expects; 0 follows the data's index.
     num_classes: int = 0
+    # Your own model's keys (any YAML mapping), handed to its builder unchanged; built-ins take none.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         # Deferred on purpose: the registries import torch, which `gan-dist --help` does not need.
-        from gan_dist.models import ARCHITECTURES, ACTIVATIONS
+        from gan_dist.models import ACTIVATIONS, check_arch
+        from gan_dist.plugins import PluginError
 
-        _require(self.arch in ARCHITECTURES, "model.arch",
-                 f"unknown architecture {self.arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
+        try:
+            check_arch(self.arch)
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
         _require(self.activation in ACTIVATIONS, "model.activation",
                  f"unknown activation {self.activation!r} (known: {', '.join(sorted(ACTIVATIONS))})")
         for key in ("z_dim", "hidden", "depth", "channels", "sr_blocks"):
@@ -119,7 +125,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    # The adversarial loss: minimax, nonsaturating, wasserstein, hinge or least_squares.
+    # The adversarial loss: minimax, nonsaturating, wasserstein, hinge or least_squares; or your
+    # own: an entry point of the group gan_dist.losses, or a module:attr path (docs/api.md).
     kind: str = "nonsaturating"
     # WGAN-GP's lambda (10 in the paper); 0 turns the gradient penalty off.
     gp_weight: float = 0.0
@@ -144,10 +151,13 @@ class LossConfig:
 
     def validate(self) -> None:
         # Deferred on purpose: the registries import torch, which `gan-dist --help` does not need.
-        from gan_dist.losses import ADVERSARIAL_LOSSES, AUGMENTATIONS
+        from gan_dist.losses import AUGMENTATIONS, check_loss_kind
+        from gan_dist.plugins import PluginError
 
-        _require(self.kind in ADVERSARIAL_LOSSES, "loss.kind",
-                 f"unknown loss {self.kind!r} (known: {', '.join(sorted(ADVERSARIAL_LOSSES))})")
+        try:
+            check_loss_kind(self.kind)
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
         for key in ("gp_weight", "r1_gamma", "content_weight", "adversarial_weight", "perceptual_weight",
                     "class_weight"):
             value = getattr(self, key)
@@ -647,6 +657,15 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
             if not math.isfinite(number):
                 raise ConfigError(f"{key} must be a finite number, got {shown(value)}")
             return number
+    elif typing.get_origin(kind) is dict:  # model.options: a mapping of names, passed on unchanged
+        if isinstance(value, dict):
+            not_names = [k for k in value if not isinstance(k, str)]
+            if not not_names:
+                return value
+            raise ConfigError(f"{key} has the key {shown(not_names[0])} ({type(not_names[0]).__name__}): "
+                              f"option names are strings")
+        if value is None:
+            return {}
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -654,7 +673,8 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
             return "on" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{key} must be {kind.__name__}, got {shown(value)}")
+    expected = "a mapping" if typing.get_origin(kind) is dict else kind.__name__
+    raise ConfigError(f"{key} must be {expected}, got {shown(value)}")
 
 
 # Keys that moved ------------------------------------------------------------
@@ -706,6 +726,7 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "model.sync_batchnorm": (lambda c: c.model.arch != "mlp", "a model with BatchNorm"),
     "model.sr_scale": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "model.sr_blocks": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "model.options": (lambda c: own_model(c), "a model.arch of your own"),
     "loss.content_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "eval.sr_photos": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "eval.sr_tile": (lambda c: c.model.arch == "srgan" and bool(c.eval.sr_photos), "eval.sr_photos"),
@@ -720,11 +741,27 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
 }
 
 
+# A builder of your own gets the whole model config, and super-resolution's content losses apply
+# to a super-resolution model of your own: these keys may act for any model.arch but a built-in.
+ARCH_KEYS = {key for key in INERT_WHEN if key.startswith("model.")} | {
+    "loss.content_weight", "loss.perceptual_weight", "loss.perceptual_weights"}
+
+
+def own_model(cfg: "Config") -> bool:
+    """model.arch is not a built-in: an entry point or a module:function path."""
+    # Deferred on purpose, as in ModelConfig.validate: the registry imports torch.
+    from gan_dist.models import ARCHITECTURES
+
+    return cfg.model.arch not in ARCHITECTURES
+
+
 def inert_keys(cfg: "Config") -> list[str]:
     """Warnings for keys set to a non-default value that have no effect in this config."""
     default = Config()
     found = []
     for key, (acts, needs) in INERT_WHEN.items():
+        if key in ARCH_KEYS and own_model(cfg):
+            continue
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value != getattr(getattr(default, section), name) and not acts(cfg):

@@ -23,7 +23,7 @@ from torch import nn
 from gan_dist import superres
 from gan_dist.data.sources import cache_root
 from gan_dist.data.stream import RankStream
-from gan_dist.models import TASKS
+from gan_dist.models import model_task
 from gan_dist.models.srgan import downsample
 from gan_dist.quality.distances import frechet_distance, kid
 
@@ -275,7 +275,7 @@ def evaluate_super_resolution(G, cfg, index, device) -> dict:
 
 def evaluate_generator(G, cfg, index, device) -> dict:
     """The quality metrics that fit the data and the task (see DESIGN's summary.json `eval`)."""
-    meta, task = index.meta, TASKS[cfg.model.arch]
+    meta, task = index.meta, model_task(cfg.model.arch)
     was_training = G.training
     G.eval()
     try:

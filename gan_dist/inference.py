@@ -26,7 +26,7 @@ from gan_dist.data.builtin import Mixture2D
 from gan_dist.data.index import check_meta
 from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import HIGH_QUALITY_STDS, evaluate_generator, generate
-from gan_dist.models import TASKS, build_models
+from gan_dist.models import build_models, model_task
 from gan_dist.plan import data_shape
 from gan_dist.rundir import check_writable
 from gan_dist.visualize import image_grid_png, png_bytes, scatter_png
@@ -41,7 +41,7 @@ class Generator:
 
     @property
     def task(self) -> str:
-        return TASKS[self.cfg.model.arch]
+        return model_task(self.cfg.model.arch)
 
 
 def load_generator(path: str) -> Generator:
@@ -238,9 +238,8 @@ def upscale_png(gen: Generator, path: str) -> bytes:
     return png_bytes(upscale_image(gen, read_input_image(path)), {**caption(gen)[1], "input": Path(path).name})
 
 
-def evaluate_checkpoint(path: str, data: str | None) -> dict:
-    """The quality metrics of a checkpoint's G_ema on its data (or on `data`)."""
-    gen = load_generator(path)
+def evaluate_checkpoint(gen: Generator, data: str | None) -> dict:
+    """The quality metrics of a loaded checkpoint's G_ema on its data (or on `data`), with its step."""
     index = resolve_source(data or gen.cfg.data.source, gen.cfg.data.cache_dir)
     if data_shape(index.meta) != data_shape(gen.meta):
         raise ValueError(f"--data {data}: its samples are {index.meta['sample_shape']}, the model makes "

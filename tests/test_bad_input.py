@@ -370,6 +370,52 @@ CASES: dict[str, Case] = {
     "exploit policy outside a tune": Case((*TRAIN, "--set", "monitor.collapse=exploit"),
                                           "monitor.collapse=exploit replaces a member of a population (gan-dist tune)"),
     "run.stop_at_step negative": Case((*TRAIN, "--set", "run.stop_at_step=-1"), "run.stop_at_step must be >= 0"),
+    # A model or loss of the user's own (issue 26), refused at start-up: plug-ins that do not load
+    # or break the contract (tests/plugin_fixtures.py; the example plug-in of examples/custom-model).
+    "model.arch path that does not import": Case((*TRAIN, "--set", "model.arch=no_such_module:build"),
+                                                 "model.arch no_such_module:build: cannot import no_such_module "
+                                                 "(ModuleNotFoundError: No module named 'no_such_module')"),
+    "model.arch module failing as it loads": Case((*TRAIN, "--set", "model.arch=plugin_fixtures_broken:build"),
+                                                  "cannot import plugin_fixtures_broken (RuntimeError: this plug-in "
+                                                  "fails as it loads)"),
+    "model.arch attribute missing": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:no_such_builder"),
+                                         "plugin_fixtures has no attribute no_such_builder"),
+    "model.arch not a path": Case((*TRAIN, "--set", "model.arch=a:b:c"), "model.arch 'a:b:c' is not a module:attr path"),
+    "model.arch entry point missing": Case((*TRAIN, "--set", "model.arch=no-such-model"),
+                                           "model.arch 'no-such-model' is not a built-in (cgan, dcgan, mlp, srgan), an "
+                                           "entry point of the group gan_dist.models"),
+    "model.arch not a function": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:not_a_builder"),
+                                      "model.arch plugin_fixtures:not_a_builder is a int, not a builder function"),
+    "builder returning one module": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:one_module"),
+                                         "the builder returned a Linear, not a tuple (G, D) of torch.nn.Modules"),
+    "builder raising": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:reads_a_missing_option"),
+                            "model.arch plugin_fixtures:reads_a_missing_option: the builder raised KeyError: 'depth'"),
+    "builder of an unknown task": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:unknown_task"),
+                                       "the builder's task is 'text_to_image', not one of unconditional, conditional, "
+                                       "super_resolution"),
+    "G of the wrong shape": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:g_of_three_values"),
+                                 "model.arch plugin_fixtures:g_of_three_values: G(z) returned shape [256, 3] for a "
+                                 "batch of 256; the data's samples need [256, 2]"),
+    "D logits of shape [B, 1]": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:d_of_shape_b1"),
+                                     "D(x, y) returned shape [256, 1] for a batch of 256; it must return one logit per "
+                                     "sample, shape [256]"),
+    "conditional G without labels": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:conditional_without_labels"),
+                                         "G(z, y) failed (TypeError:"),
+    "model.options not a mapping": Case((*TRAIN, "--set", "model.options=3"), "model.options must be a mapping, got 3"),
+    "unknown option of the example plug-in": Case((*TRAIN, "--set", "model.arch=custom-resnet", "--set",
+                                                   "data.source=builtin:digits", "--set", "model.options.depth=3"),
+                                                  "model.arch custom-resnet (entry point custom_gan.models:"
+                                                  "build_resnet_gan): unknown model.options key depth"),
+    "loss of per-sample values": Case((*TRAIN, "--set", "loss.kind=plugin_fixtures:per_sample"),
+                                      "loss.kind plugin_fixtures:per_sample: d_loss returned shape [4] for logits of "
+                                      "shape [4], not a scalar"),
+    "loss without a gradient": Case((*TRAIN, "--set", "loss.kind=plugin_fixtures:detached"),
+                                    "loss.kind plugin_fixtures:detached: d_loss does not depend on the logits"),
+    "loss not an AdversarialLoss": Case((*TRAIN, "--set", "loss.kind=plugin_fixtures:not_a_loss"),
+                                        "loss.kind plugin_fixtures:not_a_loss is a dict, not a "
+                                        "gan_dist.losses.AdversarialLoss"),
+    "loss.kind entry point missing": Case((*TRAIN, "--set", "loss.kind=no-such-loss"),
+                                          "loss.kind 'no-such-loss' is not a built-in"),
 }
 
 

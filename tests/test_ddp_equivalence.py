@@ -43,6 +43,9 @@ CASES = {
     "reuse_fake": (POINTS, ["schedule.reuse_fake=true"]),
     "cgan_classes_r1": (IMAGES, ["model.arch=cgan", *IMAGE_MODEL, "loss.class_weight=1", "loss.r1_gamma=1",
                                  "loss.r1_interval=2"]),
+    # A user's own model and loss (examples/custom-model, installed by make setup), with GP and R1 on its D.
+    "plugin_resnet_rsgan_gp_r1": (IMAGES, ["model.arch=custom-resnet", *IMAGE_MODEL, "loss.kind=custom-rsgan",
+                                           "loss.gp_weight=1", "loss.r1_gamma=0.1", "loss.r1_interval=2"]),
 }
 
 

@@ -17,8 +17,17 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class AdversarialLoss:
+    """D's loss from (logits on real, logits on fake) and G's from logits on fake, each a
+    scalar tensor. With `g_uses_real` G's loss is g_loss(fake_logits, real_logits), for the
+    relativistic losses: the G step then also runs D (frozen, without gradients) on the
+    step's real batch."""
+
     d_loss: Callable[[Tensor, Tensor], Tensor]
-    g_loss: Callable[[Tensor], Tensor]
+    g_loss: Callable[..., Tensor]
+    g_uses_real: bool = False
+
+    def g_term(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+        return self.g_loss(fake_logits, real_logits) if self.g_uses_real else self.g_loss(fake_logits)
 
 
 def _d_bce(real_logits: Tensor, fake_logits: Tensor) -> Tensor:

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_dist.losses import (ADVERSARIAL_LOSSES, AdversarialLoss, class_loss, d_stats, diff_augment,
+from gan_dist.losses import (AdversarialLoss, adversarial_loss, class_loss, d_stats, diff_augment,
                              gradient_penalty, interpolate, r1_penalty)
-from gan_dist.models import TASKS
+from gan_dist.models import model_task
 from gan_dist.models.srgan import downsample, load_vgg19_features
 from gan_dist.runtime import Runtime
 from gan_dist.schedule import Schedule, build_schedule, lr_at
@@ -62,9 +62,9 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
     if cfg.loss.perceptual_weight > 0:
         perceptual = load_vgg19_features(cfg.loss.perceptual_weights).to(device)
     return StepContext(
-        loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule, cfg.loss),
+        loss=adversarial_loss(cfg.loss.kind), schedule=build_schedule(cfg.schedule, cfg.loss),
         batch_size=batch_per_rank, z_dim=cfg.model.z_dim, lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d * d_lazy_ratio(cfg),
-        task=TASKS[cfg.model.arch], gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma,
+        task=model_task(cfg.model.arch), gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma,
         r1_interval=cfg.loss.r1_interval, augment=cfg.loss.augment_policy, sr_scale=cfg.model.sr_scale,
         content_weight=cfg.loss.content_weight, adversarial_weight=cfg.loss.adversarial_weight,
         perceptual_weight=cfg.loss.perceptual_weight, perceptual=perceptual,
@@ -237,7 +237,13 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 fake = fake_for_g if fake_for_g is not None else st.G_ddp(*g_inputs(rng, ctx, real, y))
                 fake_logits, fake_classes = d_logits(st.D, augment(rng, ctx, fake), y,
                                                      classes=bool(ctx.class_weight))
-            loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
+            real_logits = None
+            if ctx.loss.g_uses_real:
+                # A relativistic G loss compares the fakes with this step's reals under the same
+                # D; no gradient flows to G through the reals, so D runs on them without one.
+                with torch.no_grad(), rt.autocast():
+                    real_logits = st.D(augment(rng, ctx, real), y).float()
+            loss_G = ctx.adversarial_weight * ctx.loss.g_term(fake_logits, real_logits)
             if ctx.class_weight:
                 # G is pulled towards images that D classifies as the class asked for.
                 cls_g = class_loss(fake_classes, y)
