@@ -71,7 +71,11 @@ class MemberHub(RemoteHub):
     def snapshot(self, since: int = 0):
         return self._get(self.actor.snapshot.remote(self.member, since))
 
+    def start_tensorboard(self, log_dir: str, config: dict) -> None:
+        self._get(self.actor.start_tensorboard.remote(self.member, log_dir, config))
+
     def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
+        self._get(self.actor.end.remote(self.member))  # the interval's end; the population's target stays
         return None
 
     def started(self, world_size: int, step: int) -> None:
@@ -85,6 +89,9 @@ class MemberHub(RemoteHub):
 
     def first_step(self) -> None:
         self.actor.first_step.remote(self.member)
+
+    def samples(self, step: int, png: bytes) -> None:
+        self.actor.samples.remote(self.member, step, png)
 
     def finished(self, result) -> None:
         self._get(self.actor.finished.remote(self.member, result))

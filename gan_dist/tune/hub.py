@@ -57,11 +57,26 @@ class TuneHub:
 
     def begin(self, member: str, max_steps: int) -> None:
         """A member starts an interval: a run of its own, with a hub of its own."""
+        self.end(member)
         hub = RunHub(max_steps, monitoring=False)
         hub.metrics = MemberMetrics(self.metrics, member)
         self.hubs[member] = hub
 
+    def end(self, member: str) -> None:
+        """A member's interval is over: its TensorBoard file is closed (the population's metrics
+        target stays)."""
+        hub = self.hubs.get(member)
+        if hub is not None and hub.tensorboard is not None:
+            hub.tensorboard.close()
+            hub.tensorboard = None
+
     # A member's run hub (gan_dist.monitor.hub.RunHub), by member.
+    def start_tensorboard(self, member: str, log_dir: str, config: dict) -> None:
+        self.hubs[member].start_tensorboard(log_dir, config)
+
+    def samples(self, member: str, step: int, png: bytes) -> None:
+        self.hubs[member].samples(step, png)
+
     def started(self, member: str, world_size: int, step: int) -> None:
         self.hubs[member].started(world_size, step)
 
