@@ -8,10 +8,8 @@ scrapes the population at one target, whatever the members' restarts and replace
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from gan_dist.monitor.hub import RunHub
-from gan_dist.monitor.metrics import NullMetrics, RunMetrics, scrape_host, write_targets
+from gan_dist.monitor.hub import RunHub, serve_target
+from gan_dist.monitor.metrics import NullMetrics, RunMetrics
 from gan_dist.results import HubSnapshot, WorkerResult
 
 
@@ -48,11 +46,7 @@ class TuneHub:
         self.target: str | None = None
 
     def serve_metrics(self, host: str, port: int, tune_dir: str, labels: dict[str, str]) -> str | None:
-        if isinstance(self.metrics, NullMetrics):
-            return None
-        port = self.metrics.serve(host, port)
-        self.target = f"{scrape_host(host)}:{port}"
-        write_targets(Path(tune_dir), scrape_host(host), port, labels)
+        self.target = serve_target(self.metrics, host, port, tune_dir, labels)
         return self.target
 
     def begin(self, member: str, max_steps: int) -> None:
