@@ -40,8 +40,6 @@ def test_the_plan_names_each_members_draw(tune_run):
     assert "member-1          optim.lr 3.107" in result.stdout
 
 
-@pytest.mark.xfail(reason="known bug, issue 23: the diverging member is not always replaced at once (PBT is "
-                   "asynchronous; 2 of 3 runs on 2026-12-05 recorded no collapse exploit)", strict=False)
 def test_the_diverging_member_is_replaced_at_once_by_a_copy_of_the_healthy_one(tune_run):
     tune_dir, result = tune_run
     exploits = records.read(tune_dir / records.EXPLOITS_FILE)
@@ -67,8 +65,6 @@ def test_the_diverging_member_is_replaced_at_once_by_a_copy_of_the_healthy_one(t
     assert ckpt.read_config(adopted[-1]).run.name == "member-1"
 
 
-@pytest.mark.xfail(reason="known bug, issue 23: the diverging member is not always replaced at once (PBT is "
-                   "asynchronous; 2 of 3 runs on 2026-12-05 recorded no collapse exploit)", strict=False)
 def test_every_copy_is_recorded_whole(tune_run):
     """Which interval copies an asynchronous PBT makes depends on the order the members report
     in; whatever they are, each names its source, the copied step and values within the range."""
@@ -80,8 +76,6 @@ def test_every_copy_is_recorded_whole(tune_run):
         assert 1e-4 <= e["to"]["optim.lr"] <= 20 and e["exploit"] >= 1
 
 
-@pytest.mark.xfail(reason="known bug, issue 23: the diverging member is not always replaced at once (PBT is "
-                   "asynchronous; 2 of 3 runs on 2026-12-05 recorded no collapse exploit)", strict=False)
 def test_the_tune_directory_holds_every_member_and_the_summary(tune_run):
     tune_dir, result = tune_run
     for name in ("tune.yaml", "results.jsonl", "exploits.jsonl", "tune-summary.json", "tune-summary.png",
