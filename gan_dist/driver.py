@@ -303,7 +303,10 @@ class ProgressDisplay:
 
     def _show(self, row: dict, start_step: int) -> None:
         step = row["step"]
-        losses = f"loss D {row.get('loss_d', float('nan')):.4f} G {row.get('loss_g', float('nan')):.4f}"
+        loss_g = f"G {row.get('loss_g', float('nan')):.4f}"
+        # No D step in the interval (SRGAN's SRResNet phase trains G on its content loss alone).
+        trains_d = "loss_d" in row
+        losses = f"loss D {row['loss_d']:.4f} {loss_g}" if trains_d else f"loss {loss_g} (no D step)"
         rate = f"{row['samples_per_second']:,.0f} samples/s"
         if self.interactive:
             if self._bar is None:
@@ -311,5 +314,5 @@ class ProgressDisplay:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix_str(f"{losses}, {rate}")
         else:
-            print(f"step {step}/{self.max_steps}  {losses}  D acc real {row.get('d_acc_real', 0):.2f} "
-                  f"fake {row.get('d_acc_fake', 0):.2f}  {rate}", flush=True)
+            accuracy = f"  D acc real {row.get('d_acc_real', 0):.2f} fake {row.get('d_acc_fake', 0):.2f}" if trains_d else ""
+            print(f"step {step}/{self.max_steps}  {losses}{accuracy}  {rate}", flush=True)

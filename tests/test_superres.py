@@ -283,3 +283,19 @@ def test_the_benchmark_scores_both_phases_against_the_goals(straight, hr_crops, 
     # without a checkpoint at srresnet_steps, the benchmark says what to do
     with pytest.raises(ValueError, match="no checkpoint at the end of the SRResNet phase .step 4.; name one"):
         bench_superres.main([str(run), "--out", str(tmp_path)])
+
+
+@pytest.mark.unit
+def test_the_progress_line_of_the_srresnet_phase_names_no_d_step(capsys):
+    from gan_dist.driver import ProgressDisplay
+    from gan_dist.results import HubSnapshot
+
+    rows = [{"step": 100, "loss_g": 0.118, "content_loss": 0.118, "samples_per_second": 73.0},
+            {"step": 4100, "loss_g": 0.05, "loss_d": 1.3, "d_acc_real": 0.6, "d_acc_fake": 0.55,
+             "samples_per_second": 40.0}]
+    snapshot = lambda since: HubSnapshot(1, 2, 0, rows[since:], len(rows), 5000, None, [], [], None)  # noqa: E731
+    display = ProgressDisplay(snapshot, 5000, interactive=False)
+    display.poll()
+    srresnet, srgan = capsys.readouterr().out.splitlines()
+    assert srresnet == "step 100/5000  loss G 0.1180 (no D step)  73 samples/s"
+    assert srgan == "step 4100/5000  loss D 1.3000 G 0.0500  D acc real 0.60 fake 0.55  40 samples/s"
