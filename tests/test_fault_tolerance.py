@@ -45,17 +45,15 @@ def train(cluster, storage: Path, name: str, steps: int, *extra: str) -> tuple[i
     return code, json.loads((storage / name / "summary.json").read_text())
 
 
-def train_workers(cluster=None) -> list[psutil.Process]:
-    """The Ray Train workers on this machine; with `cluster` (a ray.cluster_utils.Cluster), only
-    the ones its raylets started, since other Ray clusters may share the machine."""
-    raylets = None if cluster is None else {info.process.pid for node in cluster.list_all_nodes()
-                                            for info in node.all_processes.get("raylet", [])}
+def train_workers(cluster) -> list[psutil.Process]:
+    """The Ray Train workers that the raylets of `cluster` (a ray.cluster_utils.Cluster) started:
+    only those, since other Ray clusters (another test, a benchmark) may share the machine."""
+    raylets = {info.process.pid for node in cluster.list_all_nodes() for info in node.all_processes.get("raylet", [])}
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
         try:
-            if cmd.startswith("ray::RayTrainWorker") and (
-                    raylets is None or raylets & {parent.pid for parent in proc.parents()}):
+            if cmd.startswith("ray::RayTrainWorker") and raylets & {parent.pid for parent in proc.parents()}:
                 found.append(proc)
         except psutil.NoSuchProcess:
             pass  # ended while we looked
@@ -77,7 +75,7 @@ def when_checkpointed(run_dir: Path, step: int, action, timeout: float = 240) ->
     return thread
 
 
-def signal_one_worker(sig: int, cluster=None) -> None:
+def signal_one_worker(sig: int, cluster) -> None:
     workers = train_workers(cluster)
     assert workers, "no training worker to signal"
     os.kill(workers[-1].pid, sig)
@@ -93,7 +91,7 @@ def reference(cluster, tmp_path_factory):
 
 def test_sigkill_of_a_worker_is_survived_bit_for_bit_and_a_truncated_checkpoint_is_skipped(
         cluster, reference, tmp_path):
-    watcher = when_checkpointed(tmp_path / "killed", 60, lambda: signal_one_worker(signal.SIGKILL))
+    watcher = when_checkpointed(tmp_path / "killed", 60, lambda: signal_one_worker(signal.SIGKILL, cluster[0]))
     code, summary = train(cluster, tmp_path, "killed", 240)
     watcher.join(1)
     assert code == 0, summary
@@ -114,7 +112,7 @@ def test_sigkill_of_a_worker_is_survived_bit_for_bit_and_a_truncated_checkpoint_
 
 
 def test_sigterm_saves_at_the_next_step_and_resumes_exactly(cluster, reference, tmp_path):
-    watcher = when_checkpointed(tmp_path / "term", 60, lambda: signal_one_worker(signal.SIGTERM))
+    watcher = when_checkpointed(tmp_path / "term", 60, lambda: signal_one_worker(signal.SIGTERM, cluster[0]))
     code, stopped = train(cluster, tmp_path, "term", 240)
     watcher.join(1)
     assert code == 1 and stopped["status"] == "stopped", stopped

@@ -185,3 +185,20 @@ def test_a_collapsed_member_trains_on_when_no_member_can_become_a_source():
     assert ledger.verdict("member-1", 0)[0] == "alone"
     ledger.started("member-0")
     assert ledger.verdict("member-1", 0)[0] == "wait"
+
+
+def test_the_pbt_benchmark_measures_each_replacement_from_the_records(tmp_path):
+    from gan_dist.bench.pbt import collapse_delays
+
+    records.append(tmp_path / records.RESULTS_FILE, {"time": 100.0, "member": "member-1", "step": 10, "start_step": 0,
+                                                      "collapsed": True})
+    records.append(tmp_path / records.RESULTS_FILE, {"time": 101.0, "member": "member-0", "step": 20, "start_step": 0,
+                                                      "collapsed": False})
+    records.append(tmp_path / records.EXPLOITS_FILE, {"time": 101.5, "member": "member-0", "source": "member-1",
+                                                       "reason": "interval", "step": 20, "source_step": 20})
+    records.append(tmp_path / records.EXPLOITS_FILE, {"time": 102.5, "member": "member-1", "source": "member-0",
+                                                       "reason": "collapse", "alarm": {"kind": "divergence", "step": 10},
+                                                       "step": 10, "source_step": 20})
+    [delay] = collapse_delays(tmp_path)
+    assert delay["member"] == "member-1" and delay["steps_after_alarm"] == 0 and delay["source_step"] == 20
+    assert delay["waited_seconds"] == pytest.approx(2.5)

@@ -3,7 +3,7 @@
     python -m gan_dist.bench.data [--batches 100] [--repeats 5] [--json OUT]
 
 For 32x32 and 64x64 RGB images (builtin:shapes, builtin:shapes64; 8192 PNGs
-each) it measures, in images per second of float32 [-1, 1] NCHW batches of 64:
+each) and the 96x96 photo crops of builtin:photos (9216 PNGs) it measures, in images per second of float32 [-1, 1] NCHW batches of 64:
 - ours: a RankStream reading the packed shards in this process (what one
   loader worker does; sha256 verification on, as by default), with the
   images stored as PNG (as packed) and as PPM (`data pack --encode ppm`);
@@ -11,7 +11,9 @@ each) it measures, in images per second of float32 [-1, 1] NCHW batches of 64:
   converted and normalised, then stacked (an ImageFolder-style loader);
 - the rate a DCGAN-32 training step consumes images at batch 64: a plain
   torch DCGAN (transposed-conv G, strided-conv D, BatchNorm, Adam, one D and
-  one G step per batch) written here, because the model zoo lacks one yet.
+  one G step per batch) written here, because the model zoo lacked one then;
+- the rate an srgan-photos step (the SRGAN phase, batch 16, gan-dist's own G and D)
+  consumes the 96x96 crops.
 Each figure is the best of `repeats` interleaved runs after a warm-up batch,
 in images per CPU-second of one thread (see best_rates).
 """
@@ -34,6 +36,7 @@ from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream, ShardReader
 
 BATCH = 64
+SR_BATCH = 16  # srgan-photos' batch
 
 
 def best_rates(runs: dict, images: int, repeats: int) -> dict[str, float]:
@@ -123,6 +126,42 @@ def dcgan32_rate(steps: int, repeats: int) -> float:
     return best_rates({"dcgan": lambda: [step() for _ in range(steps)]}, steps * BATCH, repeats)["dcgan"]
 
 
+def srgan96_rate(steps: int, repeats: int) -> float:
+    """HR images per second consumed by an `srgan-photos` step of the SRGAN phase on one thread:
+    gan-dist's own G and D of the recipe at its batch, the LR input made from the HR batch, one
+    D update (BCE on reals and fakes) and one G update (pixel MSE plus the adversarial term)."""
+    import torch
+    import torch.nn.functional as F
+
+    from gan_dist.api import load_config
+    from gan_dist.models import build_models
+    from gan_dist.models.srgan import downsample
+    from gan_dist.plan import data_shape
+
+    torch.set_num_threads(1)
+    cfg = load_config("srgan-photos")
+    G, D = build_models(cfg.model, data_shape(resolve_source(cfg.data.source).meta, cfg.model))
+    opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-4), torch.optim.Adam(D.parameters(), 1e-4)
+    hr = torch.rand(SR_BATCH, 3, 96, 96) * 2 - 1
+
+    def step() -> None:
+        fake = G(downsample(hr, cfg.model.sr_scale))
+        real_logit, fake_logit = D(hr, None), D(fake.detach(), None)
+        loss_d = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+                  + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        logit = D(fake, None)
+        loss_g = F.mse_loss(fake, hr) + 1e-3 * F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+    step()
+    return best_rates({"srgan": lambda: [step() for _ in range(steps)]}, steps * SR_BATCH, repeats)["srgan"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=100, help="batches of 64 per timed run")
@@ -135,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "torch": torch.__version__, "batch": BATCH, "sizes": {}}
-    for name, size in (("shapes", 32), ("shapes64", 64)):
+    for name, size in (("shapes", 32), ("shapes64", 64), ("photos", 96)):
         index = resolve_source(f"builtin:{name}")
         with tempfile.TemporaryDirectory() as tmp:
             paths = write_png_folder(index, Path(tmp) / "png")
@@ -156,6 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
                   ppm32_over_dcgan32=at32["ours_ppm"] / dcgan)
     print(f"DCGAN-32 step (batch {BATCH}) consumes {dcgan:,.0f} img/s; one loader worker at 32x32 delivers "
           f"x{result['png32_over_dcgan32']:.0f} (PNG) and x{result['ppm32_over_dcgan32']:.0f} (PPM) that")
+    srgan = srgan96_rate(args.dcgan_steps, args.repeats)
+    at96 = result["sizes"]["96x96"]
+    result.update(srgan96_step=srgan, png96_over_srgan96=at96["ours_png"] / srgan)
+    print(f"srgan-photos step (batch {SR_BATCH}) consumes {srgan:,.0f} img/s; one loader worker on the 96x96 "
+          f"photo crops delivers x{result['png96_over_srgan96']:.0f} that")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

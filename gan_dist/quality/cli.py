@@ -20,8 +20,9 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from gan_dist.api import load_generator
 from gan_dist.data.sources import resolve_source
-from gan_dist.inference import load_generator, to_json
+from gan_dist.inference import to_json
 from gan_dist.quality.errors import QualityError
 from gan_dist.quality.features import Ranks, Sharding, real_cache_path
 from gan_dist.quality.metrics import (METRICS, check_count, check_reals, data_metrics, inception_metrics,
