@@ -75,9 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     report = commands.add_parser("report", help="write one self-contained HTML page of a run: summary, plots, "
-                                                "samples over time, alerts")
-    report.add_argument("run", help="a run folder (it may still be going, or have failed)")
-    report.add_argument("--out", help="the HTML file to write (default RUN/report.html)")
+                                                "samples over time, alerts (of a tune: an overview and a page "
+                                                "per member)")
+    report.add_argument("run", help="a run folder (it may still be going, or have failed), or a gan-dist tune folder")
+    report.add_argument("--out", help="the HTML file to write (default RUN/report.html); for a tune, the overview's, "
+                                      "with each member's page beside it as FILE's stem-member-N.html (default "
+                                      "TUNE/report.html and TUNE/member-N/report.html)")
     report.set_defaults(func=cmd_report)
 
     data_cli.register(commands)
@@ -159,9 +162,16 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     # Deferred on purpose: matplotlib (and pyarrow) load only for the command that draws.
     from gan_dist.report import write_report
+    from gan_dist.tune.report import is_tune, write_tune_report
 
-    out = write_report(Path(args.run).absolute(), Path(args.out).absolute() if args.out else None)
-    print(f"wrote {out}")
+    folder, out = Path(args.run).absolute(), Path(args.out).absolute() if args.out else None
+    if not is_tune(folder):
+        print(f"wrote {write_report(folder, out)}")
+        return 0
+    overview, members = write_tune_report(folder, out)
+    print(f"wrote {overview} (the tune's overview)")
+    for page in members:
+        print(f"wrote {page}")
     return 0
 
 

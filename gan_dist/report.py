@@ -5,7 +5,8 @@ as a data: URI, so the page loads nothing from anywhere.
 
 It reads the run directory's files only (config.yaml, summary.json, history.parquet, samples/,
 error.log), so it works on a run still going (history.parquet is rewritten at every checkpoint;
-summary.json comes at the end) and on a failed one (whatever it left).
+summary.json comes at the end) and on a failed one (whatever it left). A tune directory's
+overview and its members' pages (this page with a link back): gan_dist.tune.report.
 """
 
 from __future__ import annotations
@@ -251,12 +252,12 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _table(rows: list[tuple[str, object]]) -> str:
-    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows)
+def kv_table(rows: list[tuple[str, object]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(fmt(v))}</td></tr>" for k, v in rows)
     return f"<table class=\"kv\">{cells}</table>"
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -271,7 +272,7 @@ def summary_section(run: RunFiles) -> str:
     status = s.get("status") or "running, or ended without a summary (no summary.json yet)"
     facts: list[tuple[str, object]] = [
         ("status", status),
-        ("steps", f"{_fmt(s.get('steps', last_step if last_step is not None else 0))} of {_fmt(max_steps)}"),
+        ("steps", f"{fmt(s.get('steps', last_step if last_step is not None else 0))} of {fmt(max_steps)}"),
         ("world size", s.get("world_size", (run.config.get("run") or {}).get("workers", "?"))),
         ("restarts", s.get("restarts", "?")),
         ("rollbacks", s.get("rollbacks", run.rows[-1].get("rollbacks", 0) if run.rows else 0)),
@@ -283,9 +284,9 @@ def summary_section(run: RunFiles) -> str:
                   ("corrupt samples", (s.get("data") or {}).get("corrupt_samples", 0))]
     if s.get("error") or s.get("reason"):
         facts.append(("error" if s.get("error") else "reason", s.get("error") or s.get("reason")))
-    out = f"<section id=\"summary\"><h2>Summary</h2>{_table(facts)}"
+    out = f"<section id=\"summary\"><h2>Summary</h2>{kv_table(facts)}"
     if s.get("eval"):
-        out += "<h3>Eval</h3>" + _table(sorted(s["eval"].items()))
+        out += "<h3>Eval</h3>" + kv_table(sorted(s["eval"].items()))
     if run.error_log:
         tail = "\n".join(run.error_log.rstrip().splitlines()[-ERROR_LOG_LINES:])
         out += f"<h3>{ERROR_LOG} (its last lines)</h3><pre class=\"log\">{html.escape(tail)}</pre>"
@@ -339,10 +340,10 @@ def alerts_section(alerts: list[dict]) -> str:
                                              "note"))
     body = ""
     for e in alerts:
-        evidence = ", ".join(f"{k} {_fmt(v)}" for k, v in (e.get("evidence") or {}).items())
+        evidence = ", ".join(f"{k} {fmt(v)}" for k, v in (e.get("evidence") or {}).items())
         cells = (e.get("step"), e.get("kind"), e.get("onset_step"), e.get("action"), e.get("to_step"), evidence,
                  e.get("note", ""))
-        body += "<tr>" + "".join(f"<td>{html.escape('' if c is None else _fmt(c))}</td>" for c in cells) + "</tr>"
+        body += "<tr>" + "".join(f"<td>{html.escape('' if c is None else fmt(c))}</td>" for c in cells) + "</tr>"
     return (f"<section id=\"alerts\"><h2>Alerts</h2><table class=\"alerts\"><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table></section>")
 
@@ -361,6 +362,7 @@ table.kv th { text-align: left; background: #f5f5f5; font-weight: normal; }
 .note { color: #666; } figure { margin: .5em 0; } figure.plot img { max-width: 100%; }
 .strip { display: flex; gap: .8em; overflow-x: auto; padding-bottom: .5em; }
 .strip figure { flex: none; text-align: center; } .strip img { height: 240px; image-rendering: pixelated; }
+nav { background: #eef3f8; padding: .5em .8em; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; } pre.log { max-height: 30em; }
 """
 
@@ -376,18 +378,25 @@ window.addEventListener("load", function () {
 """
 
 
-def render(run: RunFiles) -> str:
-    """The page of `run`, whole."""
+def page(title: str, heading: str, where: Path, body: str) -> str:
+    """A whole page: `heading` and `body` are HTML; `where` is the folder it reports on."""
+    stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>gan-dist report: {html.escape(title)}</title><style>{STYLE}</style><script>{LOAD_CHECK}</script>"
+            f"</head><body data-rendered=\"pending\"><h1>{heading}</h1>"
+            f"<p class=\"note\">{html.escape(str(where))}: report by gan-dist {__version__}, {stamp}.</p>"
+            f"{body}</body></html>\n")
+
+
+def render(run: RunFiles, nav: str = "") -> str:
+    """The page of `run`, whole. `nav` (HTML) goes under the title: a tune member's page links
+    back to the tune's overview there (gan_dist.tune.report)."""
     name = html.escape(run.path.name)
     recipe = html.escape(str(run.config.get("recipe", "")))
     alerts = alert_events(run)
-    stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>gan-dist report: {name}</title><style>{STYLE}</style><script>{LOAD_CHECK}</script></head>"
-            f"<body data-rendered=\"pending\"><h1>Run {name} <span class=\"note\">({recipe})</span></h1>"
-            f"<p class=\"note\">{html.escape(str(run.path))}: report by gan-dist {__version__}, {stamp}.</p>"
-            f"{summary_section(run)}{plots_section(run, alerts)}{samples_section(run)}{alerts_section(alerts)}"
-            f"{config_section(run)}</body></html>\n")
+    return page(run.path.name, f"Run {name} <span class=\"note\">({recipe})</span>", run.path,
+                f"{nav}{summary_section(run)}{plots_section(run, alerts)}{samples_section(run)}"
+                f"{alerts_section(alerts)}{config_section(run)}")
 
 
 def check_out(out: Path) -> None:

@@ -40,6 +40,7 @@ import pytest
 
 from conftest import REPO
 from data_helpers import random_images, replace_member, tar_members
+from tune_helpers import make_tune
 from gan_dist import checkpoint as ckpt
 from gan_dist.cli import main
 from gan_dist.data.pack import PackOptions, pack_images
@@ -150,6 +151,23 @@ def no_rows(tmp: Path) -> None:
     """The trained run's history.parquet with its columns and no row."""
     path = tmp / "run" / "history.parquet"
     pq.write_table(pq.read_table(path).slice(0, 0), path)
+
+def tune(*changes: Callable[[Path], None]) -> Callable[[Path], None]:
+    """{tmp}/pbt, a tune of two members that are copies of the trained run (tests/tune_helpers.py),
+    then `changes` to it."""
+    def make(tmp: Path) -> None:
+        make_tune(tmp, tmp / "run")
+        for change in changes:
+            change(tmp)
+    return make
+
+
+def insert_line(name: str, line: str, at: int) -> Callable[[Path], None]:
+    def damage(tmp: Path) -> None:
+        lines = (tmp / name).read_text().splitlines(keepends=True)
+        (tmp / name).write_text("".join(lines[:at] + [line + "\n"] + lines[at:]))
+    return damage
+
 
 CASES: dict[str, Case] = {
     # 0 is not "not given": every count a user types is checked (issue 16, item 7).
@@ -340,6 +358,31 @@ CASES: dict[str, Case] = {
                                              "--out {tmp}/none/r.html: the folder {tmp}/none does not exist", run=True),
     "report --out a folder": Case(("report", "{tmp}/run", "--out", "{tmp}/run/samples"),
                                   "--out {tmp}/run/samples is a folder", run=True),
+    # `gan-dist report` of a tune (issue 24): a log that does not read, a member that is not a run.
+    "report of a tune with a damaged results.jsonl": Case(
+        ("report", "{tmp}/pbt"), "{tmp}/pbt/results.jsonl is damaged (line 2: Expecting", run=True,
+        setup=tune(insert_line("pbt/results.jsonl", '{"time": 1.5, "member": ', 1))),
+    "report of a tune with a result without a step": Case(
+        ("report", "{tmp}/pbt"), "{tmp}/pbt/results.jsonl is damaged (line 1 has no valid step)", run=True,
+        setup=tune(insert_line("pbt/results.jsonl", '{"time": 0.5, "member": "member-0", "start_step": 0, '
+                                                    '"hyperparams": {}}', 0))),
+    "report of a tune whose exploit names no member": Case(
+        ("report", "{tmp}/pbt"), "exploits.jsonl is damaged (line 2 names member-7, not a member of the population "
+                                 "of 2)", run=True,
+        setup=tune(insert_line("pbt/exploits.jsonl", json.dumps({
+            "time": 3.5, "member": "member-0", "source": "member-7", "reason": "interval", "step": 2,
+            "source_step": 2, "from": {}, "to": {}}), 1))),
+    "report of a tune whose member is not a run": Case(
+        ("report", "{tmp}/pbt"), "{tmp}/pbt/member-1 is not a run directory (it has no config.yaml)", run=True,
+        setup=tune(remove("pbt/member-1/config.yaml"))),
+    "report of a tune with a damaged tune.yaml": Case(
+        ("report", "{tmp}/pbt"), "{tmp}/pbt/tune.yaml is not a tune record (", run=True,
+        setup=tune(write("pbt/tune.yaml", "population: [2\n"))),
+    "report of a tune with a damaged tune-summary.json": Case(
+        ("report", "{tmp}/pbt"), "{tmp}/pbt/tune-summary.json is damaged (", run=True,
+        setup=tune(truncate("pbt/tune-summary.json"))),
+    "report of a tune --out a folder": Case(("report", "{tmp}/pbt", "--out", "{tmp}/pbt/member-0"),
+                                            "--out {tmp}/pbt/member-0 is a folder", run=True, setup=tune()),
     # The resume guard (item 11): without the run's config.yaml and newest checkpoint, the older
     # checkpoint's own config still refuses other settings.
     "resume guard bypass": Case(("train", "--max-steps", "6", *RUN, "--set", "loss.kind=hinge", "--set",

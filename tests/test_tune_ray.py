@@ -6,12 +6,16 @@ command again resuming the finished tune. One tune for the module: it is the exp
 from __future__ import annotations
 
 import json
+import re
+from urllib.parse import unquote
 
 import pytest
 
 from conftest import run_cli
 from gan_dist import checkpoint as ckpt
+from gan_dist.cli import main
 from gan_dist.tune import records
+from test_report import chromium
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -93,6 +97,45 @@ def test_the_tune_directory_holds_every_member_and_the_summary(tune_run):
     target = json.loads((tune_dir / "prometheus-targets.json").read_text())[0]
     assert target["labels"] == {"tune": "pbt", "recipe": "ring8"}
     assert f"best: {best['member']}" in result.stdout
+
+
+def rendered(dom: str) -> tuple[int, int]:
+    """(images loaded, images) as the page's own script put them on <body> once it had loaded."""
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-rendered="yes"' in body, body
+    loaded, total = map(int, re.search(r'data-images-loaded="(\d+)/(\d+)"', body).groups())
+    return loaded, total
+
+
+def test_the_tunes_report_renders_in_a_real_browser_and_links_each_member(tune_run, tmp_path, capsys):
+    """Chromium loads the overview from a file with the network shut off (its screenshot kept in
+    the tune directory as report.png): the metric plot loaded, the collapse exploit's row is in
+    the table, and each member's link opens that member's page, which links back."""
+    tune_dir, _ = tune_run
+    assert main(["report", str(tune_dir)]) == 0
+    overview = tune_dir / "report.html"
+    shot = tune_dir / "report.png"  # CI's evidence of what the overview looked like
+    result = chromium(overview.as_uri(), tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2400")
+    assert shot.is_file(), result.stderr[-2000:]
+    dom = chromium(overview.as_uri(), tmp_path / "profile-dom", "--dump-dom").stdout
+    assert rendered(dom) == (1, 1) and 'id="plot-tune"' in dom
+
+    first = next(e for e in records.read(tune_dir / records.EXPLOITS_FILE) if e["reason"] == "collapse")
+    rows = re.findall(r"<tr>(.*?)</tr>", dom.split('<table class="exploits">')[1].split("</table>")[0])
+    cells = [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td>(.*?)</td>", row)] for row in rows]
+    assert [first["member"], str(first["step"]), first["source"], str(first["source_step"]), "collapse",
+            f"divergence at step {first['alarm']['step']}"] in [row[1:7] for row in cells], cells
+
+    members = dict((text, target) for target, text in re.findall(r'<a href="([^"]+)">(member-\d)</a>', dom))
+    assert set(members) == {"member-0", "member-1"}
+    for name, target in members.items():
+        page = (overview.parent / unquote(target)).resolve()
+        assert page == tune_dir / name / "report.html"
+        member_dom = chromium(page.as_uri(), tmp_path / f"profile-{name}", "--dump-dom").stdout
+        loaded, total = rendered(member_dom)
+        assert loaded == total > 0 and 'id="plot-losses"' in member_dom
+        back = re.search(r'<nav id="tune"><a href="([^"]+)">', member_dom).group(1)
+        assert (page.parent / unquote(back)).resolve() == overview
 
 
 def test_the_same_command_again_resumes_the_finished_tune(tune_run, cache_dir):
