@@ -119,14 +119,19 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    # The adversarial loss: minimax, nonsaturating, wasserstein, hinge or least_squares.
+    # The adversarial loss: minimax, nonsaturating, wasserstein, hinge, least_squares or rpgan
+    # (relativistic pairing, R3GAN's; pair it with loss.r1_gamma and loss.r2_gamma).
     kind: str = "nonsaturating"
     # WGAN-GP's lambda (10 in the paper); 0 turns the gradient penalty off.
     gp_weight: float = 0.0
-    # R1's gamma (Mescheder et al. 2018); 0 turns it off.
+    # R1's gamma (Mescheder et al. 2018): gamma/2 x E||grad D(x)||^2 on reals; 0 turns it off.
     r1_gamma: float = 0.0
-    # Lazy R1: applied every this many steps in a D phase of its own, its weight scaled up to
-    # match; D's lr is multiplied and its betas raised to the power k/(k+1) (StyleGAN2, App. B).
+    # R2's gamma: gamma/2 x E||grad D(G(z))||^2 on G's samples (R3GAN puts R1 and R2 together,
+    # with the same gamma); 0 turns it off.
+    r2_gamma: float = 0.0
+    # R1 and R2 every this many steps: 1 adds them to D's loss at every D step; k > 1 applies them
+    # in a D phase of their own every k steps, their weight multiplied by k, and D's lr multiplied
+    # and its betas raised to the power k/(k+1) (lazy regularization, StyleGAN2, App. B).
     r1_interval: int = 16
     # DiffAugment policy: a comma list of color, translation, cutout ("" is off).
     diffaugment: str = ""
@@ -148,8 +153,8 @@ class LossConfig:
 
         _require(self.kind in ADVERSARIAL_LOSSES, "loss.kind",
                  f"unknown loss {self.kind!r} (known: {', '.join(sorted(ADVERSARIAL_LOSSES))})")
-        for key in ("gp_weight", "r1_gamma", "content_weight", "adversarial_weight", "perceptual_weight",
-                    "class_weight"):
+        for key in ("gp_weight", "r1_gamma", "r2_gamma", "content_weight", "adversarial_weight",
+                    "perceptual_weight", "class_weight"):
             value = getattr(self, key)
             _require(value >= 0, f"loss.{key}", f"must be >= 0, got {value}")
         _require(self.r1_interval >= 1, "loss.r1_interval", f"must be >= 1, got {self.r1_interval}")
@@ -166,12 +171,17 @@ class LossConfig:
     def augment_policy(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.diffaugment.split(",") if p.strip())
 
+    @property
+    def penalized(self) -> bool:
+        """Whether R1 or R2 is on."""
+        return self.r1_gamma > 0 or self.r2_gamma > 0
+
 
 @dataclass
 class OptimConfig:
     # Adam's learning rate for G.
     lr_g: float = 1e-4
-    # Adam's learning rate for D (before the lazy R1 correction, see loss.r1_interval).
+    # Adam's learning rate for D (before the lazy R1/R2 correction, see loss.r1_interval).
     lr_d: float = 1e-4
     # Adam's beta1, both networks.
     beta1: float = 0.5
@@ -281,7 +291,7 @@ class PerfConfig:
     # and oneDNN on CPU is faster with it too.
     channels_last: bool = True
     # torch.compile G and D: faster steps after a slower start; not with gradient penalties
-    # (loss.gp_weight, loss.r1_gamma), whose double backward compiled graphs do not support.
+    # (loss.gp_weight, loss.r1_gamma, loss.r2_gamma), whose double backward compiled graphs do not support.
     compile: bool = False
     # On GPUs, read the next batch during the step and copy it from pinned memory without waiting.
     prefetch: bool = True
@@ -497,9 +507,9 @@ class Config:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
-        _require(not (self.perf.compile and (self.loss.gp_weight or self.loss.r1_gamma)), "perf.compile",
-                 "cannot be used with gradient penalties (loss.gp_weight, loss.r1_gamma): compiled graphs "
-                 "have no double backward")
+        _require(not (self.perf.compile and (self.loss.gp_weight or self.loss.penalized)), "perf.compile",
+                 "cannot be used with gradient penalties (loss.gp_weight, loss.r1_gamma, loss.r2_gamma): compiled "
+                 "graphs have no double backward")
         best = self.checkpoint.keep_best_metric
         if best in ("fid", "kid", "precision", "recall"):
             # Periodic evals write these into history rows: a checkpoint scores by its step's row.
@@ -679,7 +689,7 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "loss.content_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.perceptual_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.perceptual_weights": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
-    "loss.r1_interval": (lambda c: c.loss.r1_gamma > 0, "loss.r1_gamma > 0"),
+    "loss.r1_interval": (lambda c: c.loss.penalized, "loss.r1_gamma > 0 or loss.r2_gamma > 0"),
     "optim.lr_decay_start": (lambda c: c.optim.lr_decay != "none", "optim.lr_decay linear or cosine"),
     "checkpoint.keep_best_mode": (lambda c: bool(c.checkpoint.keep_best_metric), "checkpoint.keep_best_metric"),
     "eval.inception_n": (lambda c: c.eval.inception, "eval.inception true"),

@@ -53,8 +53,10 @@ class Schedule:
 
 
 def build_schedule(schedule_cfg, loss_cfg=None) -> Schedule:
+    """The phases: Dmain (n_critic times), Dreg when R1 or R2 is lazy (every loss.r1_interval
+    steps; at interval 1 they are part of Dmain's loss instead), Gmain."""
     phases = [Phase("Dmain", "D")]
-    if loss_cfg is not None and loss_cfg.r1_gamma > 0:
+    if loss_cfg is not None and lazy_penalties(loss_cfg):
         phases.append(Phase("Dreg", "D", interval=loss_cfg.r1_interval))
     phases.append(Phase("Gmain", "G"))
     return Schedule(
@@ -63,6 +65,11 @@ def build_schedule(schedule_cfg, loss_cfg=None) -> Schedule:
         ema_halflife_steps=schedule_cfg.ema_halflife_steps,
         ema_rampup=schedule_cfg.ema_rampup,
     )
+
+
+def lazy_penalties(loss_cfg) -> bool:
+    """Whether R1/R2 run in a phase of their own (Dreg) every loss.r1_interval > 1 steps."""
+    return loss_cfg.penalized and loss_cfg.r1_interval > 1
 
 
 def lazy_regularization(interval: int) -> float:

@@ -145,6 +145,7 @@ CASES: dict[str, Case] = {
     "z_dim 0": Case((*TRAIN, "--set", "model.z_dim=0"), "model.z_dim must be > 0"),
     "n_critic 0": Case((*TRAIN, "--set", "schedule.n_critic=0"), "schedule.n_critic must be >= 1"),
     "r1_interval 0": Case((*TRAIN, "--set", "loss.r1_interval=0"), "loss.r1_interval must be >= 1"),
+    "r2_gamma negative": Case((*TRAIN, "--set", "loss.r2_gamma=-1"), "loss.r2_gamma must be >= 0"),
     "eval.num_samples 0": Case((*TRAIN, "--set", "eval.num_samples=0"), "eval.num_samples must be > 0"),
     "monitor.patience 0": Case((*TRAIN, "--set", "monitor.patience=0"), "monitor.patience must be >= 1"),
     "metrics.port too big": Case((*TRAIN, "--set", "metrics.port=70000"), "metrics.port must be in [0, 65535]"),

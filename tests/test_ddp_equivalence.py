@@ -43,6 +43,8 @@ CASES = {
     "reuse_fake": (POINTS, ["schedule.reuse_fake=true"]),
     "cgan_classes_r1": (IMAGES, ["model.arch=cgan", *IMAGE_MODEL, "loss.class_weight=1", "loss.r1_gamma=1",
                                  "loss.r1_interval=2"]),
+    "rpgan_r1_r2": (POINTS, ["loss.kind=rpgan", "loss.r1_gamma=1", "loss.r2_gamma=1", "loss.r1_interval=1"]),
+    "rpgan_lazy_r1_r2": (POINTS, ["loss.kind=rpgan", "loss.r1_gamma=1", "loss.r2_gamma=1", "loss.r1_interval=2"]),
 }
 
 

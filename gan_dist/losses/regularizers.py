@@ -32,6 +32,13 @@ def r1_penalty(logits: Tensor, reals: Tensor, scale: Tensor | float = 1.0) -> Te
     return grads.square().sum(dim=1).mean()
 
 
+def r2_penalty(logits: Tensor, fakes: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """R2 (Mescheder et al. 2018): the same zero-centred penalty on G's samples, E[||grad D(G(z))||^2].
+    With R1 it makes the relativistic pairing loss locally convergent (R3GAN, Huang et al. 2024,
+    section 2.3); the caller weights it by gamma/2."""
+    return r1_penalty(logits, fakes, scale)
+
+
 def interpolate(real: Tensor, fake: Tensor, rng) -> Tensor:
     eps = rng.rand(real.shape[0], *([1] * (real.dim() - 1)))
     return (eps * real + (1 - eps) * fake).detach().requires_grad_(True)

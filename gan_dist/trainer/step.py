@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_dist.losses import (ADVERSARIAL_LOSSES, AdversarialLoss, class_loss, d_stats, diff_augment,
-                             gradient_penalty, interpolate, r1_penalty)
+                             gradient_penalty, interpolate, r1_penalty, r2_penalty)
 from gan_dist.models import TASKS
 from gan_dist.models.srgan import downsample, load_vgg19_features
 from gan_dist.runtime import Runtime
@@ -55,6 +55,12 @@ class StepContext:
     reuse_fake: bool = False  # the G step trains on the D step's fakes
     class_weight: float = 0.0  # auxiliary classification on a projection D's class scores
     lr_decay: tuple[str, int, int] = ("none", 0, 0)  # kind, first and last step (schedule.lr_at)
+    r2_gamma: float = 0.0
+
+    @property
+    def penalties_in_dmain(self) -> bool:
+        """R1/R2 at every D step, in D's loss (loss.r1_interval 1); lazy ones have a phase, Dreg."""
+        return bool(self.r1_gamma or self.r2_gamma) and self.r1_interval == 1
 
 
 def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
@@ -70,7 +76,8 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
         perceptual_weight=cfg.loss.perceptual_weight, perceptual=perceptual,
         skip_nonfinite=cfg.train.skip_nonfinite, reuse_fake=cfg.schedule.reuse_fake,
         class_weight=cfg.loss.class_weight,
-        lr_decay=(cfg.optim.lr_decay, int(cfg.optim.lr_decay_start * cfg.train.max_steps), cfg.train.max_steps))
+        lr_decay=(cfg.optim.lr_decay, int(cfg.optim.lr_decay_start * cfg.train.max_steps), cfg.train.max_steps),
+        r2_gamma=cfg.loss.r2_gamma)
 
 
 class StepRng:
@@ -124,6 +131,22 @@ def perceptual_features(net: nn.Module, x: Tensor) -> Tensor:
     mean = x.new_tensor([0.485, 0.456, 0.406])[None, :, None, None]
     std = x.new_tensor([0.229, 0.224, 0.225])[None, :, None, None]
     return net((x - mean) / std)
+
+
+def penalties(ctx: StepContext, scale, real: Tensor | None, real_logits: Tensor | None, fake: Tensor | None,
+              fake_logits: Tensor | None, stats: dict) -> Tensor:
+    """gamma/2 x R1 on reals + gamma/2 x R2 on fakes (each where its gamma is set), with the input
+    gradients taken with respect to D's un-augmented input (`real`, `fake` must require grad)."""
+    loss = torch.zeros((), device=(real if real is not None else fake).device)
+    if ctx.r1_gamma:
+        r1 = r1_penalty(real_logits, real, scale)
+        loss = loss + r1 * (ctx.r1_gamma / 2)
+        stats["r1_penalty"] = r1.detach()
+    if ctx.r2_gamma:
+        r2 = r2_penalty(fake_logits, fake, scale)
+        loss = loss + r2 * (ctx.r2_gamma / 2)
+        stats["r2_penalty"] = r2.detach()
+    return loss
 
 
 def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, loss: Tensor, stats: dict, net: str) -> None:
@@ -183,6 +206,10 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             else:
                 with torch.no_grad(), rt.autocast():
                     fake = st.G(*g_inputs(rng, ctx, real, y)).to(real.dtype)
+            if ctx.penalties_in_dmain:
+                # R1/R2 take D's gradients with respect to its un-augmented input.
+                real = real.detach().requires_grad_(bool(ctx.r1_gamma))
+                fake = fake.detach().requires_grad_(bool(ctx.r2_gamma))
             real_a, fake_a = augment(rng, ctx, real), augment(rng, ctx, fake)
             with rt.autocast():
                 real_logits, real_classes = d_logits(st.D_ddp, real_a, y, classes=bool(ctx.class_weight))
@@ -200,19 +227,25 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 gp = gradient_penalty(hat_logits, x_hat, rt.loss_scale())
                 loss_D = loss_D + ctx.gp_weight * gp
                 stats["gradient_penalty"] = gp.detach()
+            if ctx.penalties_in_dmain:
+                loss_D = loss_D + penalties(ctx, rt.loss_scale(), real, real_logits, fake, fake_logits, stats)
             apply_update(st, rt, ctx, st.opt_D, loss_D, stats, "d")
             stats["loss_d"] = loss_D.detach()
             stats.update(d_stats(real_logits.detach(), fake_logits.detach()))
+            real, fake = real.detach(), fake.detach()
 
         elif phase.name == "Dreg":
-            # Lazy R1 on the last real batch, weighted by the interval (StyleGAN2, App. B).
-            x = real.detach().requires_grad_(True)
+            # Lazy R1/R2 on the last D step's batches, weighted by the interval (StyleGAN2, App. B).
+            x_r = real.detach().requires_grad_(True) if ctx.r1_gamma else None
+            x_f = fake.detach().requires_grad_(True) if ctx.r2_gamma else None
             with rt.autocast():
-                logits = st.D_ddp(augment(rng, ctx, x), y).float()
-            r1 = r1_penalty(logits, x, rt.loss_scale())
-            loss_Dreg = r1 * (ctx.r1_gamma / 2) * ctx.r1_interval + 0 * logits.sum()
+                real_logits = st.D_ddp(augment(rng, ctx, x_r), y).float() if ctx.r1_gamma else None
+                fake_logits = st.D_ddp(augment(rng, ctx, x_f), y).float() if ctx.r2_gamma else None
+            loss_Dreg = penalties(ctx, rt.loss_scale(), x_r, real_logits, x_f, fake_logits, stats)
+            # 0 x the logits: every D weight joins the all-reduce.
+            touched = sum(logits.sum() for logits in (real_logits, fake_logits) if logits is not None)
+            loss_Dreg = loss_Dreg * ctx.r1_interval + 0 * touched
             apply_update(st, rt, ctx, st.opt_D, loss_Dreg, {}, "d")
-            stats["r1_penalty"] = r1.detach()
 
         elif phase.name == "Gmain":
             # Update G. D runs unwrapped with frozen weights: gradients flow through D
@@ -222,7 +255,13 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 fake = fake_for_g if fake_for_g is not None else st.G_ddp(*g_inputs(rng, ctx, real, y))
                 fake_logits, fake_classes = d_logits(st.D, augment(rng, ctx, fake), y,
                                                      classes=bool(ctx.class_weight))
-            loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
+            if ctx.loss.relativistic:
+                # The pairing loss compares each fake with a real: D's logits on the D step's reals.
+                with torch.no_grad(), rt.autocast():
+                    real_logits = st.D(augment(rng, ctx, real), y).float()
+                loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits, real_logits)
+            else:
+                loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
             if ctx.class_weight:
                 # G is pulled towards images that D classifies as the class asked for.
                 cls_g = class_loss(fake_classes, y)
