@@ -135,6 +135,9 @@ class LossConfig:
     r1_interval: int = 16
     # DiffAugment policy: a comma list of color, translation, cutout ("" is off).
     diffaugment: str = ""
+    # The probability with which each augmentation of loss.diffaugment reaches each image (ADA's p;
+    # 1: every image, as DiffAugment does); with cosine.images, its value at the start.
+    augment_p: float = 1.0
     # Super-resolution: weight of the pixel (MSE) content loss in G's loss.
     content_weight: float = 1.0
     # Weight of the adversarial term in G's loss (SRGAN: 1e-3).
@@ -158,6 +161,7 @@ class LossConfig:
             value = getattr(self, key)
             _require(value >= 0, f"loss.{key}", f"must be >= 0, got {value}")
         _require(self.r1_interval >= 1, "loss.r1_interval", f"must be >= 1, got {self.r1_interval}")
+        _require(0 <= self.augment_p <= 1, "loss.augment_p", f"must be in [0, 1], got {self.augment_p}")
         for name in self.augment_policy:
             _require(name in AUGMENTATIONS, "loss.diffaugment",
                      f"unknown augmentation {name!r} (known: {', '.join(sorted(AUGMENTATIONS))})")
@@ -247,6 +251,40 @@ class TrainConfig:
             _require(value > 0, f"train.{key}", f"must be > 0, got {value}")
         _require(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision",
                  f"must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
+
+
+@dataclass
+class CosineConfig:
+    """Schedules measured in images seen (R3GAN, Huang et al. 2024, App. B): each value moves from
+    its start to its end along a half cosine over cosine.images, then stays. Images seen after
+    step s are s x data.batch_size (the global batch), so every schedule is a pure function of
+    the step and the global batch, the same on any number of workers."""
+
+    # The images over which the schedules run (e.g. 2e7); 0 turns them off (step-based
+    # schedules: optim.lr_decay, schedule.ema_*).
+    images: float = 0.0
+    # Both learning rates at the end, as a fraction of their start (optim.lr_g, optim.lr_d).
+    lr_end_factor: float = 1.0
+    # Adam's beta2 at the end (it starts at optim.beta2); -1 keeps optim.beta2.
+    beta2_end: float = -1.0
+    # The penalties' gammas at the end, as a fraction of their start (loss.r1_gamma, loss.r2_gamma).
+    gamma_end_factor: float = 1.0
+    # G_ema's half-life in images at the end; it starts at 0 (G_ema follows G at first: the
+    # ramp-up). 0 keeps the step-based half-life (schedule.ema_halflife_steps, ema_rampup).
+    ema_halflife_images: float = 0.0
+    # The augmentation probability at the end (it starts at loss.augment_p); -1 keeps loss.augment_p.
+    augment_p_end: float = -1.0
+
+    def validate(self) -> None:
+        _require(self.images >= 0, "cosine.images", f"must be >= 0, got {self.images}")
+        _require(self.lr_end_factor > 0, "cosine.lr_end_factor", f"must be > 0, got {self.lr_end_factor}")
+        _require(self.beta2_end == -1 or 0 <= self.beta2_end < 1, "cosine.beta2_end",
+                 f"must be in [0, 1) or -1, got {self.beta2_end}")
+        _require(self.gamma_end_factor >= 0, "cosine.gamma_end_factor", f"must be >= 0, got {self.gamma_end_factor}")
+        _require(self.ema_halflife_images >= 0, "cosine.ema_halflife_images",
+                 f"must be >= 0, got {self.ema_halflife_images}")
+        _require(self.augment_p_end == -1 or 0 <= self.augment_p_end <= 1, "cosine.augment_p_end",
+                 f"must be in [0, 1] or -1, got {self.augment_p_end}")
 
 
 @dataclass
@@ -493,6 +531,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    cosine: CosineConfig = field(default_factory=CosineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
@@ -522,6 +561,8 @@ class Config:
                      f"must be {mode} for {best}, got {self.checkpoint.keep_best_mode}")
         _require(not self.loss.class_weight or self.model.arch == "cgan", "loss.class_weight",
                  f"needs a conditional model (model.arch cgan), not {self.model.arch}")
+        _require(not (self.cosine.images and self.optim.lr_decay != "none"), "optim.lr_decay",
+                 f"is {self.optim.lr_decay}, but cosine.images also schedules the learning rates: set one of them")
 
     def run_name(self) -> str:
         """The run's name: `run.name`, else `<recipe>-<UTC time>`, checked either way (a recipe
@@ -690,6 +731,9 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "loss.perceptual_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.perceptual_weights": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.r1_interval": (lambda c: c.loss.penalized, "loss.r1_gamma > 0 or loss.r2_gamma > 0"),
+    "loss.augment_p": (lambda c: bool(c.loss.augment_policy), "loss.diffaugment"),
+    **{f"cosine.{key}": (lambda c: c.cosine.images > 0, "cosine.images > 0")
+       for key in ("lr_end_factor", "beta2_end", "gamma_end_factor", "ema_halflife_images", "augment_p_end")},
     "optim.lr_decay_start": (lambda c: c.optim.lr_decay != "none", "optim.lr_decay linear or cosine"),
     "checkpoint.keep_best_mode": (lambda c: bool(c.checkpoint.keep_best_metric), "checkpoint.keep_best_metric"),
     "eval.inception_n": (lambda c: c.eval.inception, "eval.inception true"),

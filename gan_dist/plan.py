@@ -11,7 +11,7 @@ from gan_dist.data.stream import shards_of_rank
 from gan_dist.models import TASKS, DataShape, build_models
 from gan_dist.quality.inception import check_installed
 from gan_dist.quality.metrics import check_count, check_reals, parse_metrics
-from gan_dist.schedule import build_schedule, describe
+from gan_dist.schedule import build_cosine, build_schedule, describe, describe_cosine
 
 
 class PlanError(ValueError):
@@ -31,6 +31,7 @@ class Plan:
     shards_per_rank: list[int]
     first_phases: list[str]
     model: str = ""
+    schedules: str = ""  # the schedules in images seen, if any
 
     def lines(self) -> list[str]:
         return [
@@ -41,7 +42,7 @@ class Plan:
             f"data              {self.num_samples} samples in {self.num_records} records, {self.num_shards} shards",
             f"shards per rank   {', '.join(map(str, self.shards_per_rank))} (epoch 0)",
             "schedule          " + "; ".join(self.first_phases),
-        ]
+        ] + ([f"schedules         {self.schedules}"] if self.schedules else [])
 
 
 def data_shape(meta: dict, model_cfg=None) -> DataShape:
@@ -113,6 +114,7 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
         raise PlanError(f"the dataset has {index.num_records} records, fewer than the {world_size} workers")
     model = check_models(cfg, data_shape(index.meta, cfg.model))
     check_inception_eval(cfg, index)
+    cosine = build_cosine(cfg.cosine, cfg.optim, cfg.loss, batch)
     return Plan(
         world_size=world_size,
         global_batch=batch,
@@ -125,4 +127,5 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
         shards_per_rank=[len(shards_of_rank(index, r, world_size, cfg.seed)) for r in range(world_size)],
         first_phases=describe(build_schedule(cfg.schedule, cfg.loss), steps=2),
         model=model,
+        schedules=describe_cosine(cosine) if cosine else "",
     )

@@ -84,8 +84,14 @@ def _cutout(x: Tensor, rng, ratio: float = 0.5) -> Tensor:
 AUGMENTATIONS = {"color": _color, "translation": _translation, "cutout": _cutout}
 
 
-def diff_augment(x: Tensor, policy: tuple[str, ...], rng) -> Tensor:
-    """`rng` draws the random numbers (rand(*shape), randint(low, high, shape))."""
+def diff_augment(x: Tensor, policy: tuple[str, ...], rng, p: float = 1.0) -> Tensor:
+    """`rng` draws the random numbers (rand(*shape), randint(low, high, shape)). With p < 1 each
+    augmentation reaches each image with probability p (ADA's per-image probability, Karras et
+    al. 2020), the others passing unchanged; p = 1 draws no more random numbers than before."""
     for name in policy:
-        x = AUGMENTATIONS[name](x, rng)
+        augmented = AUGMENTATIONS[name](x, rng)
+        if p < 1:
+            keep = (rng.rand(x.shape[0], *([1] * (x.dim() - 1))) < p).to(x.dtype)
+            augmented = x + keep * (augmented - x)
+        x = augmented
     return x.contiguous()

@@ -26,7 +26,7 @@ from gan_dist.losses import (ADVERSARIAL_LOSSES, AdversarialLoss, class_loss, d_
 from gan_dist.models import TASKS
 from gan_dist.models.srgan import downsample, load_vgg19_features
 from gan_dist.runtime import Runtime
-from gan_dist.schedule import Schedule, build_schedule, lr_at
+from gan_dist.schedule import Schedule, build_cosine, build_schedule, lr_at
 from gan_dist.trainer.ema import ema_update
 from gan_dist.trainer.state import TrainState, d_lazy_ratio
 
@@ -56,6 +56,8 @@ class StepContext:
     class_weight: float = 0.0  # auxiliary classification on a projection D's class scores
     lr_decay: tuple[str, int, int] = ("none", 0, 0)  # kind, first and last step (schedule.lr_at)
     r2_gamma: float = 0.0
+    augment_p: float = 1.0  # each augmentation's probability per image (without a schedule in images)
+    d_lazy: float = 1.0  # D's lr factor and betas' exponent under lazy R1/R2 (schedule.lazy_regularization)
 
     @property
     def penalties_in_dmain(self) -> bool:
@@ -67,8 +69,9 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
     perceptual = None
     if cfg.loss.perceptual_weight > 0:
         perceptual = load_vgg19_features(cfg.loss.perceptual_weights).to(device)
+    cosine = build_cosine(cfg.cosine, cfg.optim, cfg.loss, cfg.data.batch_size)
     return StepContext(
-        loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule, cfg.loss),
+        loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule, cfg.loss, cosine),
         batch_size=batch_per_rank, z_dim=cfg.model.z_dim, lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d * d_lazy_ratio(cfg),
         task=TASKS[cfg.model.arch], gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma,
         r1_interval=cfg.loss.r1_interval, augment=cfg.loss.augment_policy, sr_scale=cfg.model.sr_scale,
@@ -77,7 +80,7 @@ def build_step_context(cfg, batch_per_rank: int, device) -> StepContext:
         skip_nonfinite=cfg.train.skip_nonfinite, reuse_fake=cfg.schedule.reuse_fake,
         class_weight=cfg.loss.class_weight,
         lr_decay=(cfg.optim.lr_decay, int(cfg.optim.lr_decay_start * cfg.train.max_steps), cfg.train.max_steps),
-        r2_gamma=cfg.loss.r2_gamma)
+        r2_gamma=cfg.loss.r2_gamma, augment_p=cfg.loss.augment_p, d_lazy=d_lazy_ratio(cfg))
 
 
 class StepRng:
@@ -107,8 +110,8 @@ def g_inputs(rng: StepRng, ctx: StepContext, real: Tensor, y: Tensor | None) -> 
     return (z, y) if ctx.task == "conditional" else (z,)
 
 
-def augment(rng: StepRng, ctx: StepContext, x: Tensor) -> Tensor:
-    return diff_augment(x, ctx.augment, rng) if ctx.augment else x
+def augment(rng: StepRng, ctx: StepContext, x: Tensor, p: float = 1.0) -> Tensor:
+    return diff_augment(x, ctx.augment, rng, p) if ctx.augment else x
 
 
 def d_logits(D: nn.Module, x: Tensor, y: Tensor | None, classes: bool) -> tuple[Tensor, Tensor | None]:
@@ -133,20 +136,26 @@ def perceptual_features(net: nn.Module, x: Tensor) -> Tensor:
     return net((x - mean) / std)
 
 
-def penalties(ctx: StepContext, scale, real: Tensor | None, real_logits: Tensor | None, fake: Tensor | None,
-              fake_logits: Tensor | None, stats: dict) -> Tensor:
+def penalties(ctx: StepContext, gamma_factor: float, scale, real: Tensor | None, real_logits: Tensor | None,
+              fake: Tensor | None, fake_logits: Tensor | None, stats: dict) -> Tensor:
     """gamma/2 x R1 on reals + gamma/2 x R2 on fakes (each where its gamma is set), with the input
     gradients taken with respect to D's un-augmented input (`real`, `fake` must require grad)."""
     loss = torch.zeros((), device=(real if real is not None else fake).device)
     if ctx.r1_gamma:
         r1 = r1_penalty(real_logits, real, scale)
-        loss = loss + r1 * (ctx.r1_gamma / 2)
+        loss = loss + r1 * (ctx.r1_gamma * gamma_factor / 2)
         stats["r1_penalty"] = r1.detach()
     if ctx.r2_gamma:
         r2 = r2_penalty(fake_logits, fake, scale)
-        loss = loss + r2 * (ctx.r2_gamma / 2)
+        loss = loss + r2 * (ctx.r2_gamma * gamma_factor / 2)
         stats["r2_penalty"] = r2.detach()
     return loss
+
+
+def set_beta2(opt, beta2: float, exponent: float) -> None:
+    """Adam's beta2 for the next update (D's raised to the lazy-regularization exponent)."""
+    for group in opt.param_groups:
+        group["betas"] = (group["betas"][0], beta2 ** exponent)
 
 
 def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, loss: Tensor, stats: dict, net: str) -> None:
@@ -186,10 +195,19 @@ def apply_update(st: TrainState, rt: Runtime, ctx: StepContext, opt, loss: Tenso
 def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict[str, Tensor]:
     """Run the phases of step `st.step`; `next_real()` returns this rank's next real batch."""
     stats: dict[str, Tensor] = {}
+    # The step's hyper-parameters: pure functions of the step (and, measured in images, of the
+    # global batch), the same on every rank.
+    lr_factor = ctx.schedule.lr_factor(st.step) * st.lr_scale
     for group in st.opt_G.param_groups:
-        group["lr"] = lr_at(ctx.lr_g, st.step, *ctx.lr_decay) * st.lr_scale
+        group["lr"] = lr_at(ctx.lr_g, st.step, *ctx.lr_decay) * lr_factor
     for group in st.opt_D.param_groups:
-        group["lr"] = lr_at(ctx.lr_d, st.step, *ctx.lr_decay) * st.lr_scale
+        group["lr"] = lr_at(ctx.lr_d, st.step, *ctx.lr_decay) * lr_factor
+    beta2 = ctx.schedule.beta2_at(st.step)
+    if beta2 is not None:
+        set_beta2(st.opt_G, beta2, 1.0)
+        set_beta2(st.opt_D, beta2, ctx.d_lazy)
+    gamma_factor = ctx.schedule.gamma_factor(st.step)
+    p = ctx.schedule.augment_p_at(st.step, ctx.augment_p)
     real = y = fake_for_g = None
     rng = make_rng(st, rt.device)
 
@@ -210,7 +228,7 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 # R1/R2 take D's gradients with respect to its un-augmented input.
                 real = real.detach().requires_grad_(bool(ctx.r1_gamma))
                 fake = fake.detach().requires_grad_(bool(ctx.r2_gamma))
-            real_a, fake_a = augment(rng, ctx, real), augment(rng, ctx, fake)
+            real_a, fake_a = augment(rng, ctx, real, p), augment(rng, ctx, fake, p)
             with rt.autocast():
                 real_logits, real_classes = d_logits(st.D_ddp, real_a, y, classes=bool(ctx.class_weight))
                 fake_logits = st.D_ddp(fake_a, y).float()
@@ -228,7 +246,8 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                 loss_D = loss_D + ctx.gp_weight * gp
                 stats["gradient_penalty"] = gp.detach()
             if ctx.penalties_in_dmain:
-                loss_D = loss_D + penalties(ctx, rt.loss_scale(), real, real_logits, fake, fake_logits, stats)
+                loss_D = loss_D + penalties(ctx, gamma_factor, rt.loss_scale(), real, real_logits, fake, fake_logits,
+                                            stats)
             apply_update(st, rt, ctx, st.opt_D, loss_D, stats, "d")
             stats["loss_d"] = loss_D.detach()
             stats.update(d_stats(real_logits.detach(), fake_logits.detach()))
@@ -239,9 +258,9 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             x_r = real.detach().requires_grad_(True) if ctx.r1_gamma else None
             x_f = fake.detach().requires_grad_(True) if ctx.r2_gamma else None
             with rt.autocast():
-                real_logits = st.D_ddp(augment(rng, ctx, x_r), y).float() if ctx.r1_gamma else None
-                fake_logits = st.D_ddp(augment(rng, ctx, x_f), y).float() if ctx.r2_gamma else None
-            loss_Dreg = penalties(ctx, rt.loss_scale(), x_r, real_logits, x_f, fake_logits, stats)
+                real_logits = st.D_ddp(augment(rng, ctx, x_r, p), y).float() if ctx.r1_gamma else None
+                fake_logits = st.D_ddp(augment(rng, ctx, x_f, p), y).float() if ctx.r2_gamma else None
+            loss_Dreg = penalties(ctx, gamma_factor, rt.loss_scale(), x_r, real_logits, x_f, fake_logits, stats)
             # 0 x the logits: every D weight joins the all-reduce.
             touched = sum(logits.sum() for logits in (real_logits, fake_logits) if logits is not None)
             loss_Dreg = loss_Dreg * ctx.r1_interval + 0 * touched
@@ -253,12 +272,12 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             st.D.requires_grad_(False)
             with rt.autocast():
                 fake = fake_for_g if fake_for_g is not None else st.G_ddp(*g_inputs(rng, ctx, real, y))
-                fake_logits, fake_classes = d_logits(st.D, augment(rng, ctx, fake), y,
+                fake_logits, fake_classes = d_logits(st.D, augment(rng, ctx, fake, p), y,
                                                      classes=bool(ctx.class_weight))
             if ctx.loss.relativistic:
                 # The pairing loss compares each fake with a real: D's logits on the D step's reals.
                 with torch.no_grad(), rt.autocast():
-                    real_logits = st.D(augment(rng, ctx, real), y).float()
+                    real_logits = st.D(augment(rng, ctx, real, p), y).float()
                 loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits, real_logits)
             else:
                 loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
