@@ -243,6 +243,12 @@ class TrainConfig:
     mixed_precision: str = "no"
     # Skip an update whose loss or gradients are not finite (on every rank alike) and count it.
     skip_nonfinite: bool = True
+    # The most samples a worker puts through G and D at once. Each step's global batch
+    # (data.batch_size) is shared by the workers, and each worker's share is split into the
+    # fewest equal micro-batches of at most this size, their gradients accumulated before one
+    # all-reduce and one update: the same math on any number of workers (docs/models-and-losses.md).
+    # 0: no limit (one micro-batch, the whole share).
+    batch_per_worker: int = 0
 
     def validate(self) -> None:
         _require(self.max_steps > 0, "train.max_steps", f"must be > 0, got {self.max_steps}")
@@ -251,6 +257,7 @@ class TrainConfig:
             _require(value > 0, f"train.{key}", f"must be > 0, got {value}")
         _require(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision",
                  f"must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
+        _require(self.batch_per_worker >= 0, "train.batch_per_worker", f"must be >= 0, got {self.batch_per_worker}")
 
 
 @dataclass

@@ -151,6 +151,12 @@ CASES: dict[str, Case] = {
     "cosine.images negative": Case((*TRAIN, "--set", "cosine.images=-5"), "cosine.images must be >= 0"),
     "lr_decay with cosine": Case((*TRAIN, "--set", "optim.lr_decay=cosine", "--set", "cosine.images=1e6"),
                                  "cosine.images also schedules the learning rates"),
+    "batch_per_worker negative": Case((*TRAIN, "--set", "train.batch_per_worker=-1"),
+                                      "train.batch_per_worker must be >= 0"),
+    "reuse_fake with micro-batches": Case((*TRAIN, "--dry-run", "--set", "schedule.reuse_fake=true", "--set",
+                                           "train.batch_per_worker=64"),
+                                          "schedule.reuse_fake needs one micro-batch per worker, but 512 global, "
+                                          "256 per rank in 4 micro-batches of 64"),
     "eval.num_samples 0": Case((*TRAIN, "--set", "eval.num_samples=0"), "eval.num_samples must be > 0"),
     "monitor.patience 0": Case((*TRAIN, "--set", "monitor.patience=0"), "monitor.patience must be >= 1"),
     "metrics.port too big": Case((*TRAIN, "--set", "metrics.port=70000"), "metrics.port must be in [0, 65535]"),

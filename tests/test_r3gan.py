@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from gan_dist.batching import BatchSplitError, split_batch
 from gan_dist.config import resolve
 from gan_dist.losses import ADVERSARIAL_LOSSES, diff_augment, r2_penalty
 from gan_dist.models import DataShape
@@ -109,3 +110,79 @@ def test_the_step_sets_lr_and_beta2_from_the_schedule():
     assert st.opt_D.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr_d * c * factor)
     assert st.opt_G.param_groups[0]["betas"] == pytest.approx((0.0, beta2))
     assert st.opt_D.param_groups[0]["betas"] == pytest.approx((0.0, beta2 ** c))
+
+
+# The global batch and micro-batches -------------------------------------------------------------
+
+@pytest.mark.unit
+@pytest.mark.parametrize("global_batch, workers, limit, share, micro, count", [
+    (512, 8, 64, 64, 64, 1), (512, 4, 64, 128, 64, 2), (512, 1, 64, 512, 64, 8), (512, 2, 0, 256, 256, 1),
+    (96, 1, 40, 96, 32, 3), (6, 1, 4, 6, 3, 2), (7, 1, 3, 7, 1, 7), (64, 64, 64, 1, 1, 1)])
+def test_split_batch(global_batch, workers, limit, share, micro, count):
+    split = split_batch(global_batch, workers, limit)
+    assert (split.share, split.micro_batch, split.accumulation) == (share, micro, count)
+    assert split.micro_batch * split.accumulation * workers == global_batch
+
+
+@pytest.mark.unit
+def test_split_batch_refuses_a_remainder():
+    with pytest.raises(BatchSplitError, match="data.batch_size 512 does not divide by the world size 3"):
+        split_batch(512, 3, 64)
+
+
+class RepeatRng:
+    """Every micro-batch of an update draws the same numbers (a fresh generator per update), so
+    2 micro-batches of the same data must train exactly as 1 of them."""
+
+    def __init__(self):
+        self.updates = 0
+
+    def micro(self, k: int, count: int):
+        self.updates += k == 0
+        return step_module.StepRng(torch.Generator().manual_seed(self.updates), "cpu")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("overrides", [
+    ["loss.kind=rpgan", "loss.r1_gamma=1", "loss.r2_gamma=1", "loss.r1_interval=1"],
+    ["loss.kind=rpgan", "loss.r1_gamma=1", "loss.r2_gamma=1", "loss.r1_interval=2"],
+    ["loss.kind=wasserstein", "loss.gp_weight=10", "schedule.n_critic=2"]])
+def test_two_identical_micro_batches_train_as_one(monkeypatch, overrides):
+    """The accumulated update, its statistics, the penalties and the non-finite skip: 2
+    micro-batches of the same data and noise give what 1 gives (the mean of equal gradients),
+    and one non-finite micro-batch skips the whole update, counted once."""
+    cfg = resolve("ring8", ["model.hidden=16", "data.batch_size=8", "optim.lr_g=1e-3", "optim.lr_d=1e-3",
+                            *overrides])
+    runs = {}
+    for count in (1, 2):
+        rt = init_runtime(0, "no")
+        st = build_state(cfg, DataShape("points", (2,)), rt)
+        ctx = step_module.build_step_context(cfg, 8, rt.device, accumulation=count)
+        rng = RepeatRng()
+        monkeypatch.setattr(step_module, "make_rng", lambda st_, device: rng)
+        reads = 0
+
+        def next_real(poison_at=None):
+            nonlocal reads
+            draw = reads // count
+            reads += 1
+            x = torch.rand(8, 2, generator=torch.Generator().manual_seed(draw)) * 2 - 1
+            return {"x": x * float("nan") if reads == poison_at else x, "y": None}
+
+        stats = [step_module.train_step(st, rt, ctx, next_real) for _ in range(3)]
+        # The last micro-batch of the next D step is not finite: that whole update is skipped.
+        poisoned = reads + count
+        before = [p.clone() for p in st.D.parameters()]
+        step_module.train_step(st, rt, ctx, lambda: next_real(poison_at=poisoned))
+        if cfg.schedule.n_critic == 1:
+            assert all(torch.equal(a, b) for a, b in zip(before, st.D.parameters()))
+        runs[count] = (st, stats, int(st.nonfinite))
+    (one, stats1, skipped1), (two, stats2, skipped2) = runs[1], runs[2]
+    assert skipped1 == skipped2 >= 1
+    for a, b in zip([*one.G.parameters(), *one.D.parameters(), *one.G_ema.parameters()],
+                    [*two.G.parameters(), *two.D.parameters(), *two.G_ema.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for s1, s2 in zip(stats1, stats2):
+        assert s1.keys() == s2.keys()
+        for name in s1:
+            torch.testing.assert_close(s1[name], s2[name], rtol=1e-5, atol=1e-6, msg=name)
