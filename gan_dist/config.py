@@ -61,12 +61,14 @@ class DataConfig:
 
 # The largest value each size key of ModelConfig accepts.
 MODEL_LIMITS = {"z_dim": 1 << 16, "hidden": 1 << 16, "depth": 1000, "channels": 1 << 14, "sr_blocks": 1000,
+                "blocks_per_stage": 1000, "cardinality": 1 << 14, "expansion": 64,
                 "image_size": 1 << 14, "image_channels": 64, "num_classes": 1 << 20}
 
 
 @dataclass
 class ModelConfig:
-    # G and D: mlp, dcgan, cgan (class-conditional DCGAN) or srgan (super-resolution).
+    # G and D: mlp, dcgan, cgan (class-conditional DCGAN), srgan (super-resolution), r3gan (the
+    # R3GAN ResNets, Huang et al. 2024) or r3gan_cond (R3GAN, class-conditional).
     arch: str = "mlp"
     # Dimensions of G's noise input (srgan's G takes a low-resolution image instead).
     z_dim: int = 256
@@ -76,7 +78,8 @@ class ModelConfig:
     depth: int = 2
     # MLP: hidden activation, tanh, relu or leaky_relu (slope 0.2).
     activation: str = "tanh"
-    # Convolutional models: base width (DCGAN's ngf/ndf, SRGAN's feature width).
+    # Convolutional models: base width (DCGAN's ngf/ndf, SRGAN's feature width, R3GAN's width
+    # of every stage unless model.stage_widths sets them).
     channels: int = 64
     # Spectral normalization of D's layers (SN-GAN); D then has no BatchNorm.
     spectral_norm: bool = False
@@ -95,6 +98,16 @@ class ModelConfig:
     image_channels: int = 0
     # Classes the recipe expects; 0 follows the data's index.
     num_classes: int = 0
+    # R3GAN: residual blocks (1x1, grouped 3x3, 1x1 convolutions) in each stage of G and D.
+    blocks_per_stage: int = 2
+    # R3GAN: groups of each block's 3x3 convolution (ResNeXt's cardinality); it must divide the
+    # block's inner width, model.channels x model.expansion.
+    cardinality: int = 32
+    # R3GAN: a block's inner width over its stage's width (the 1x1 convolutions widen, then narrow).
+    expansion: int = 2
+    # R3GAN: the width of each stage from 4x4 up to the image size, a comma list ("768,768,768,768");
+    # "" is model.channels everywhere. D mirrors G: the same widths from the image size down.
+    stage_widths: str = ""
 
     def validate(self) -> None:
         # Deferred on purpose: the registries import torch, which `gan-dist --help` does not need.
@@ -104,7 +117,8 @@ class ModelConfig:
                  f"unknown architecture {self.arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
         _require(self.activation in ACTIVATIONS, "model.activation",
                  f"unknown activation {self.activation!r} (known: {', '.join(sorted(ACTIVATIONS))})")
-        for key in ("z_dim", "hidden", "depth", "channels", "sr_blocks"):
+        for key in ("z_dim", "hidden", "depth", "channels", "sr_blocks", "blocks_per_stage", "cardinality",
+                    "expansion"):
             value = getattr(self, key)
             _require(value > 0, f"model.{key}", f"must be > 0, got {value}")
         for key in ("image_size", "image_channels", "num_classes"):
@@ -115,6 +129,15 @@ class ModelConfig:
         for key, limit in MODEL_LIMITS.items():
             value = getattr(self, key)
             _require(value <= limit, f"model.{key}", f"must be <= {limit:,}, got {value:,}")
+        widths = self.stage_widths.split(",") if self.stage_widths.strip() else []
+        _require(all(w.strip().isdigit() and 0 < int(w) <= MODEL_LIMITS["channels"] for w in widths),
+                 "model.stage_widths", f"must be a comma list of widths from 1 to {MODEL_LIMITS['channels']:,}, "
+                                       f"got {shown(self.stage_widths)}")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """model.stage_widths as numbers (empty: model.channels in every stage)."""
+        return tuple(int(w) for w in self.stage_widths.split(",")) if self.stage_widths.strip() else ()
 
 
 @dataclass
@@ -739,6 +762,8 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "loss.perceptual_weights": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.r1_interval": (lambda c: c.loss.penalized, "loss.r1_gamma > 0 or loss.r2_gamma > 0"),
     "loss.augment_p": (lambda c: bool(c.loss.augment_policy), "loss.diffaugment"),
+    **{f"model.{key}": (lambda c: c.model.arch in ("r3gan", "r3gan_cond"), "model.arch r3gan or r3gan_cond")
+       for key in ("blocks_per_stage", "cardinality", "expansion", "stage_widths")},
     **{f"cosine.{key}": (lambda c: c.cosine.images > 0, "cosine.images > 0")
        for key in ("lr_end_factor", "beta2_end", "gamma_end_factor", "ema_halflife_images", "augment_p_end")},
     "optim.lr_decay_start": (lambda c: c.optim.lr_decay != "none", "optim.lr_decay linear or cosine"),

@@ -9,15 +9,19 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from gan_dist.batching import BatchSplitError, split_batch
 from gan_dist.config import resolve
 from gan_dist.losses import ADVERSARIAL_LOSSES, diff_augment, r2_penalty
-from gan_dist.models import DataShape
+from gan_dist.models import DataShape, build_models
+from gan_dist.models.r3gan import ResidualBlock, downsample, upsample
 from gan_dist.runtime import init_runtime
 from gan_dist.schedule import CosineSchedule, build_schedule
 from gan_dist.trainer import step as step_module
 from gan_dist.trainer.state import build_state, d_lazy_ratio
+
+IMAGES = DataShape("image", (3, 16, 16), 4)
 
 
 # The loss and the penalties -------------------------------------------------------------------
@@ -186,3 +190,60 @@ def test_two_identical_micro_batches_train_as_one(monkeypatch, overrides):
         assert s1.keys() == s2.keys()
         for name in s1:
             torch.testing.assert_close(s1[name], s2[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+# The architecture -----------------------------------------------------------------------------
+
+def r3gan_cfg(*overrides: str):
+    return resolve("ring8", ["model.arch=r3gan", "model.channels=16", "model.z_dim=8", "model.cardinality=4",
+                             *overrides]).model
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("size", [4, 8, 32])
+def test_r3gan_makes_the_data_shape(size):
+    torch.manual_seed(0)
+    G, D = build_models(r3gan_cfg(), DataShape("image", (3, size, size)))
+    x = G(torch.randn(2, 8))
+    assert x.shape == (2, 3, size, size) and D(x).shape == (2,)
+    assert G.layout.startswith(f"4x4 basis to {size}x{size}")
+
+
+@pytest.mark.unit
+def test_r3gan_blocks_start_as_the_identity_with_fixup_scaling():
+    G, D = build_models(r3gan_cfg("model.blocks_per_stage=2"), IMAGES)
+    blocks = [m for m in [*G.modules(), *D.modules()] if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 2 * 3 * 2  # 3 stages (4, 8, 16) of 2 blocks, in G and in D
+    x = torch.randn(2, 16, 8, 8)
+    for block in blocks:
+        assert torch.equal(block(x), x)  # the last 1x1 starts at zero
+        # He's initialisation for leaky ReLU (fan-in 16 x 1 x 1) scaled by L^(-1/4), L = 6 blocks.
+        he = math.sqrt(2 / (1 + 0.2 ** 2)) / math.sqrt(16)
+        assert block.widen.weight.std().item() == pytest.approx(he * 6 ** -0.25, rel=0.15)
+        assert block.mix.groups == 4
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) for m in [*G.modules(), *D.modules()])
+
+
+@pytest.mark.unit
+def test_resampling_keeps_constants_and_mirrors():
+    assert torch.equal(upsample(torch.ones(1, 2, 4, 4)), torch.ones(1, 2, 8, 8))
+    assert torch.equal(downsample(torch.ones(1, 2, 8, 8)), torch.ones(1, 2, 4, 4))
+    # Upsampling is bilinear: interior pixels are 3/4 their source and 1/4 the neighbour's.
+    ramp = torch.arange(4.0).expand(1, 1, 4, 4)
+    assert upsample(ramp)[0, 0, 0, 1:7].tolist() == [0.25, 0.75, 1.25, 1.75, 2.25, 2.75]
+    # The two are adjoint in the interior: <up(a), b> = 4 <a, down(b)> up to the edges.
+    a, b = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 16, 16)
+    b[..., :2, :], b[..., -2:, :], b[..., :, :2], b[..., :, -2:] = 0, 0, 0, 0
+    assert (upsample(a) * b).sum().item() == pytest.approx(4 * (a * downsample(b)).sum().item(), rel=1e-4)
+
+
+@pytest.mark.unit
+def test_conditional_r3gan_follows_the_label():
+    torch.manual_seed(0)
+    G, D = build_models(resolve("ring8", ["model.arch=r3gan_cond", "model.channels=16", "model.z_dim=8",
+                                          "model.cardinality=4"]).model, IMAGES)
+    z = torch.randn(3, 8)
+    a, b = G(z, torch.tensor([0, 0, 0])), G(z, torch.tensor([1, 1, 1]))
+    assert not torch.allclose(a, b)
+    logits, classes = D(a, torch.tensor([0, 1, 2]), classes=True)
+    assert logits.shape == (3,) and classes.shape == (3, 4)
