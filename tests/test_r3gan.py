@@ -11,13 +11,17 @@ import pytest
 import torch
 from torch import nn
 
+from data_helpers import random_images
+from gan_dist import driver
 from gan_dist.batching import BatchSplitError, split_batch
 from gan_dist.config import resolve
+from gan_dist.data.pack import PackOptions, pack_images
+from gan_dist.data.readers import array_source
 from gan_dist.losses import ADVERSARIAL_LOSSES, diff_augment, r2_penalty
 from gan_dist.models import DataShape, build_models
 from gan_dist.models.r3gan import ResidualBlock, downsample, upsample
 from gan_dist.runtime import init_runtime
-from gan_dist.schedule import CosineSchedule, build_schedule
+from gan_dist.schedule import CosineSchedule, build_cosine, build_schedule
 from gan_dist.trainer import step as step_module
 from gan_dist.trainer.state import build_state, d_lazy_ratio
 
@@ -93,6 +97,21 @@ def test_cosine_schedules_are_functions_of_the_images_seen():
     # The same images seen, the same values, whatever the batch.
     half = CosineSchedule(images=1000, global_batch=5, lr_end_factor=0.25, beta2=(0.9, 0.99))
     assert half.lr_factor(60) == cos.lr_factor(30) and half.beta2_at(60) == cos.beta2_at(30)
+
+
+@pytest.mark.unit
+def test_recipe_schedules_and_phases():
+    cfg = resolve("r3gan-fashion")
+    cos = build_cosine(cfg.cosine, cfg.optim, cfg.loss, cfg.data.batch_size)
+    assert cos.images == cfg.train.max_steps * cfg.data.batch_size  # the horizon is the run
+    lazy = build_schedule(cfg.schedule, cfg.loss, cos)
+    assert [p.name for p in lazy.phases_at(0)] == ["Dmain", "Dreg", "Gmain"]
+    assert [p.name for p in lazy.phases_at(1)] == ["Dmain", "Gmain"]
+    every = build_schedule(cfg.schedule, resolve("r3gan-fashion", ["loss.r1_interval=1"]).loss, cos)
+    assert [p.name for p in every.phases_at(1)] == ["Dmain", "Gmain"]  # R1 + R2 inside Dmain's loss
+    assert lazy.ema_beta(0) == 0 and lazy.ema_beta(cfg.train.max_steps) == pytest.approx(0.5 ** (64 / 20000))
+    # Without cosine.images the step-based schedules are untouched.
+    assert build_cosine(resolve("ring8").cosine, cfg.optim, cfg.loss, 512) is None
 
 
 @pytest.mark.unit
@@ -247,3 +266,46 @@ def test_conditional_r3gan_follows_the_label():
     assert not torch.allclose(a, b)
     logits, classes = D(a, torch.tensor([0, 1, 2]), classes=True)
     assert logits.shape == (3,) and classes.shape == (3, 4)
+
+
+@pytest.mark.unit
+def test_the_cifar10_networks_have_the_papers_size():
+    cfg = resolve("r3gan-cifar10", ["data.source=builtin:digits"])
+    with torch.device("meta"):
+        G, D = build_models(cfg.model, DataShape("image", (3, 32, 32), 10))
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    # 4 stages x 2 blocks of 768 -> 1536 (96 groups of 16) -> 768: about 2.6M weights a block.
+    assert 20e6 < count(G) < 22e6 and 20e6 < count(D) < 22e6
+    assert "widths 768,768,768,768, 2 block(s) each, expansion 2, cardinality 96" in G.layout
+
+
+# The recipes ----------------------------------------------------------------------------------
+
+def pack_random_cifar(root, n: int = 64):
+    pixels, labels = random_images(n, size=32)
+    source = array_source("cifar-like", "cifar-like", pixels, labels, ["a", "b", "c"], shuffle=False, seed=0)
+    root.mkdir(parents=True)
+    return pack_images(source, root, PackOptions(shard_samples=16, encode="png"))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("gpus, line", [
+    (8, "512 global, 64 per rank in one micro-batch"),
+    (4, "512 global, 128 per rank in 2 micro-batches of 64 (gradients accumulated)"),
+    (1, "512 global, 512 per rank in 8 micro-batches of 64 (gradients accumulated)")])
+def test_cifar10_dry_run_plans_the_same_math_on_any_number_of_gpus(monkeypatch, capsys, tmp_path, gpus, line):
+    """The plan `gan-dist train r3gan-cifar10 --dry-run` prints on a cluster of `gpus` GPUs (8:
+    the paper's, e.g. 2 nodes of 4), the cluster's resources reported by a stand-in."""
+    pack_random_cifar(tmp_path / "cifar10")
+    monkeypatch.setattr(driver, "local_resources", lambda: {"CPU": 64.0, "GPU": float(gpus)})
+    quiet = dict(warn=lambda message: None)  # eval.inception_n and every_n do nothing with the evals off
+    cfg = resolve("r3gan-cifar10", [f"data.source={tmp_path / 'cifar10'}", f"run.storage={tmp_path / 'runs'}",
+                                    "eval.inception=false", "eval.every_steps=0", "metrics.port=0"], **quiet)
+    assert driver.train(cfg, dry_run=True) is None
+    out = capsys.readouterr().out
+    assert f"--- plan: {gpus} worker(s), 1 CPU + 1 GPU each on Ray" in out and f"world size        {gpus}\n" in out
+    assert f"batch             {line}\n" in out
+    assert "model             r3gan_cond, G 2" in out and "cardinality 96" in out
+    assert ("schedules         cosine over 20,000,000 images (39,063 steps of 512): lr x1 -> x0.25, beta2 0.9 -> "
+            "0.99, gamma x1 -> x0.1") in out
+    assert not (tmp_path / "runs").exists()
