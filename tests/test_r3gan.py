@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from data_helpers import random_images
-from gan_dist import driver
+from gan_dist import driver, evaluate
 from gan_dist.batching import BatchSplitError, split_batch
 from gan_dist.config import resolve
+from gan_dist.data import builtin
 from gan_dist.data.pack import PackOptions, pack_images
 from gan_dist.data.readers import array_source
 from gan_dist.losses import ADVERSARIAL_LOSSES, diff_augment, r2_penalty
@@ -277,6 +279,83 @@ def test_the_cifar10_networks_have_the_papers_size():
     # 4 stages x 2 blocks of 768 -> 1536 (96 groups of 16) -> 768: about 2.6M weights a block.
     assert 20e6 < count(G) < 22e6 and 20e6 < count(D) < 22e6
     assert "widths 768,768,768,768, 2 block(s) each, expansion 2, cardinality 96" in G.layout
+
+
+# Stacked Fashion-MNIST ------------------------------------------------------------------------
+
+@pytest.mark.unit
+def test_stacked_modes_on_crafted_classes():
+    every = np.array([(a, b, c) for a in range(10) for b in range(10) for c in range(10)])
+    found = evaluate.stacked_modes(every, 10)
+    assert found == {"modes_covered": 1000, "num_modes": 1000, "mode_kl": pytest.approx(0.0, abs=1e-12)}
+    collapsed = evaluate.stacked_modes(np.tile([[3, 1, 4]], (500, 1)), 10)
+    assert collapsed["modes_covered"] == 1 and collapsed["mode_kl"] == pytest.approx(math.log(1000))
+    half = evaluate.stacked_modes(np.repeat(every[every[:, 0] < 5], 3, axis=0), 10)
+    assert half["modes_covered"] == 500 and half["mode_kl"] == pytest.approx(math.log(2))
+    # Mode (0, 0, 1) is 1; (1, 0, 0) is 100: the first channel is the most significant digit.
+    skew = evaluate.stacked_modes(np.array([[0, 0, 1]] * 3 + [[1, 0, 0]]), 10)
+    p = np.array([0.75, 0.25])
+    assert skew["modes_covered"] == 2 and skew["mode_kl"] == pytest.approx(float(np.sum(p * np.log(p * 1000))))
+
+
+class BrightnessClassifier(nn.Module):
+    """A one-channel classifier that reads the class from the mean brightness: class k for a
+    mean of -0.9 + 0.2 k."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Flatten()
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        centres = -0.9 + 0.2 * torch.arange(10.0)
+        return -(f.mean(1, keepdim=True) - centres).abs()
+
+
+class CraftedG(nn.Module):
+    """Sample i's channels have the brightness of classes modes[i] (a fixed list, cycled)."""
+
+    def __init__(self, modes: np.ndarray):
+        super().__init__()
+        self.modes, self.calls = torch.as_tensor(modes), 0
+
+    def forward(self, z):
+        picked = self.modes[(torch.arange(len(z)) + self.calls) % len(self.modes)]
+        self.calls += len(z)
+        return (-0.9 + 0.2 * picked.float())[:, :, None, None].expand(-1, -1, 8, 8)
+
+
+@pytest.mark.unit
+def test_evaluate_stacked_counts_the_modes_of_crafted_images(monkeypatch, tmp_path):
+    modes = np.array([(a, b, 7) for a in range(10) for b in range(5)])  # 50 modes, evenly
+    pixels = ((np.stack([np.full((8, 8), 25 * k) for k in range(3)], axis=2)[None]).repeat(40, 0)).astype(np.uint8)
+    source = array_source("stacked", "stacked", pixels, None, [], shuffle=False, seed=0)
+    source.meta.update(builtin.STACKED_META)
+    (tmp_path / "stacked").mkdir()
+    index = pack_images(source, tmp_path / "stacked", PackOptions(shard_samples=16, encode="png"))
+
+    class Base:
+        meta = {"num_classes": 10}
+
+    monkeypatch.setattr(evaluate, "resolve_source", lambda source, cache_dir="": Base())
+    monkeypatch.setattr(evaluate, "domain_classifier", lambda index, device: (BrightnessClassifier(), 0.9))
+    cfg = resolve("r3gan-stacked-fashion", ["eval.num_samples=500", f"data.source={tmp_path / 'stacked'}"])
+    result = evaluate.evaluate_generator(CraftedG(modes), cfg, index, "cpu")
+    assert result["modes_covered"] == 50 and result["num_modes"] == 1000
+    assert result["mode_kl"] == pytest.approx(math.log(1000 / 50))
+    assert result["mode_samples"] == 500 and result["classifier_accuracy"] == 0.9
+    # The real images here are all one mode (pixel values 0, 25, 50 -> classes 0, 1, 2 at most).
+    assert result["modes_covered_data"] == 1 and result["mode_kl_data"] == pytest.approx(math.log(1000))
+
+
+@pytest.mark.unit
+def test_builtin_stacked_fashion_mnist_stacks_three_training_images():
+    pixels, labels = builtin.stacked_fashion_mnist(n=16)
+    again, _ = builtin.stacked_fashion_mnist(n=16)
+    base, _ = builtin.fashion_mnist("fashion-mnist")
+    picks = np.random.default_rng(builtin.STACKED_SEED).integers(0, len(base), size=(16, 3))
+    assert labels is None and pixels.shape == (16, 32, 32, 3) and np.array_equal(pixels, again)
+    for c in range(3):
+        assert np.array_equal(pixels[..., c], base[picks[:, c], ..., 0])
 
 
 # The recipes ----------------------------------------------------------------------------------
