@@ -160,3 +160,6 @@ def test_prometheus_scrapes_a_live_run_and_the_collapse_alert_fires(collapsing_r
     assert summary["world_size"] == 2
     assert any(a["kind"] == "mode_collapse" for a in summary["alerts"])
     assert re.search(r"alert at step \d+: mode_collapse", out)
+    # A rank's lines reach the console once (Ray Train's print patch logged them a second time).
+    alerts = re.findall(r"alert at step \d+: \w+ since step \d+", out)
+    assert len(alerts) == len(set(alerts)), alerts

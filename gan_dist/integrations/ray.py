@@ -13,6 +13,7 @@ gives the latest committed one back.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
 from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
+from ray.train.v2._internal.logging import patch_print
 from ray.train.v2.api.report_config import CheckpointUploadMode
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
@@ -173,8 +175,16 @@ def _quiet_ray_train_logs() -> None:
         logger.setLevel(logging.WARNING)
 
 
+def _unpatch_print() -> None:
+    """Ray Train 2.60 replaces `print` in its workers by one that writes the line and also
+    logs it to the root logger; both reach the driver's console, so every line a rank
+    printed (evals, alerts) showed twice. The worker's lines are its own output: plain print."""
+    builtins.print = patch_print._original_print
+
+
 def _train_fn(config: dict) -> None:
     _quiet_ray_train_logs()
+    _unpatch_print()
     preempt.reset()
     _route_sigterm_to_preempt()
     cfg = Config.from_dict(config["config"])
