@@ -1,7 +1,7 @@
 """R3GAN (issue 21): the relativistic pairing loss and R1 + R2, schedules measured in images
 seen, the global batch split into micro-batches, the architecture, the Stacked Fashion-MNIST
-mode count, the recipes (the CIFAR-10 plan on 8 GPUs, 20 steps of each on 2 Ray workers) and
-the penalty benchmark. The DDP and accumulation equivalences are in test_ddp_equivalence.py."""
+mode count, the recipes (the CIFAR-10 plan on 8 GPUs) and the penalty benchmark. The DDP and
+accumulation equivalences are in test_ddp_equivalence.py."""
 
 from __future__ import annotations
 
@@ -388,3 +388,18 @@ def test_cifar10_dry_run_plans_the_same_math_on_any_number_of_gpus(monkeypatch, 
     assert ("schedules         cosine over 20,000,000 images (39,063 steps of 512): lr x1 -> x0.25, beta2 0.9 -> "
             "0.99, gamma x1 -> x0.1") in out
     assert not (tmp_path / "runs").exists()
+
+
+# The cost of R1 + R2 ----------------------------------------------------------------------------
+
+@pytest.mark.unit
+@pytest.mark.slow
+def test_penalty_bench_reports_finite_ratios(cache_dir):
+    from gan_dist.bench.penalties import penalty_cost
+
+    result = penalty_cost("r3gan-fashion", blocks=1, overrides=("data.source=builtin:digits", "model.channels=8",
+                                                                 "model.cardinality=4", "data.batch_size=8"))
+    for key in ("every_step_ratio", "lazy_ratio", "every_step_ratio_wall", "lazy_ratio_wall"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert set(result["steps_per_cpu_second"]) == {"none", "every_step", "lazy"}
+    assert result["lazy_interval"] == 8 and result["batch"] == 8
