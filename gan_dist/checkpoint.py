@@ -175,6 +175,27 @@ def read_config(folder: Path) -> Config:
         raise CheckpointError(f"{folder}/config.yaml is not a valid config: {first_line(exc)}") from None
 
 
+# A checkpoint that `gan-dist tune` copied from another member of its population (its bridge,
+# gan_dist/tune/bridge.py, writes it and lists it in rank 0's manifest): where the state came
+# from, and `draw`, which gives the member that resumes from it random streams of its own.
+ADOPTED_FILE = "adopted.json"
+
+
+def read_adoption(folder: Path) -> dict | None:
+    """The record of a checkpoint copied from another member of a population, or None."""
+    path = folder / ADOPTED_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, OSError):
+        raise CheckpointError(f"{folder}: {ADOPTED_FILE} is not valid JSON") from None
+    draw = record.get("draw") if isinstance(record, dict) else None
+    if not (isinstance(draw, int) and not isinstance(draw, bool) and draw >= 1):
+        raise CheckpointError(f"{folder}: {ADOPTED_FILE} has no valid draw (an integer >= 1), got {draw!r:.40}")
+    return record
+
+
 def checkpoint_step(folder: Path) -> int | None:
     """A checkpoint's step: from its manifest, else from its folder's name; None if neither says."""
     try:

@@ -22,6 +22,7 @@ from gan_dist.config import ConfigError, check_run_name, resolve
 from gan_dist.data import cli as data_cli
 from gan_dist.dependencies import missing_dependency
 from gan_dist.jobspec import SubmitError
+from gan_dist.tune import cli as tune_cli
 from gan_dist.train_args import add_train_arguments, class_list, count_up_to, positive_int, train_overrides
 from gan_dist.quality import DEFAULT_N, METRICS
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.register(commands)
     submit.register(commands)
     bench_cli.register(commands)
+    tune_cli.register(commands)
     return parser
 
 

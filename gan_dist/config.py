@@ -400,6 +400,10 @@ class RunConfig:
     # With a local Ray (no address): also start Ray's dashboard, http://127.0.0.1:8265 (a dozen
     # more processes starting beside the workers).
     ray_dashboard: bool = False
+    # Stop at this step with a checkpoint (status stopped), leaving the schedule as for
+    # train.max_steps, so the next command goes on as if never stopped; gan-dist tune trains its
+    # members this way, one perturbation interval at a time. 0: train to train.max_steps.
+    stop_at_step: int = 0
 
     def validate(self) -> None:
         if self.name:
@@ -414,6 +418,7 @@ class RunConfig:
         _require(self.cpus_per_worker > 0, "run.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         _require(self.gpus_per_worker >= 0, "run.gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
         _require(self.max_failures >= -1, "run.max_failures", f"must be >= -1, got {self.max_failures}")
+        _require(self.stop_at_step >= 0, "run.stop_at_step", f"must be >= 0, got {self.stop_at_step}")
         _require(self.use_ray or self.worker_count in (None, 1), "run.workers",
                  f"without Ray a run has one worker, got {self.workers}")
 
@@ -449,7 +454,9 @@ class MetricsConfig:
                  "metrics.pushgateway_auth_file or $GAN_DIST_PUSHGATEWAY_AUTH")
 
 
-POLICIES = ("off", "warn", "rollback", "stop")
+# exploit: only for the members of `gan-dist tune` (gan_dist/tune), which replace the member at once
+# by a copy of a healthy one with perturbed hyper-parameters; `gan-dist train` refuses it.
+POLICIES = ("off", "warn", "rollback", "stop", "exploit")
 
 
 @dataclass
@@ -458,7 +465,9 @@ class MonitorConfig:
 
     A policy is off, warn (record the event and raise the alert), rollback (restore the
     last checkpoint taken before the problem began, lower the learning rates, draw fresh
-    noise, go on) or stop (save and end the run with status `stopped`).
+    noise, go on), stop (save and end the run with status `stopped`) or, for the members of
+    `gan-dist tune` only, exploit (save and stop at once, and the population replaces the
+    member by a copy of a healthy one with perturbed hyper-parameters).
     """
 
     # Policy of the mode_collapse detector.

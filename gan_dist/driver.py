@@ -91,6 +91,7 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
     progress. Bad input raises a ValueError (ConfigError, DataError, PlanError) before anything
     is written; a failure at run time is recorded in summary.json and error.log and returned."""
     cfg.run.name = cfg.run_name()
+    check_no_exploit(cfg)
     # Inside a Ray Job (or with RAY_ADDRESS exported) the run joins that cluster.
     cfg.run.address = cfg.run.address or os.environ.get("RAY_ADDRESS", "")
     index = resolve_source(cfg.data.source, cfg.data.cache_dir)
@@ -200,6 +201,14 @@ def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool
     return RunResult(run_dir, summary)
 
 
+def check_no_exploit(cfg: Config) -> None:
+    """The exploit policy needs a population to copy a healthy member from: gan-dist tune."""
+    for key in ("collapse", "d_overpower", "gradients", "divergence", "nonfinite"):
+        if getattr(cfg.monitor, key) == "exploit":
+            raise ConfigError(f"monitor.{key}=exploit replaces a member of a population (gan-dist tune) by a "
+                              f"healthy one; a single run cannot: use rollback or stop")
+
+
 def outcome(cfg: Config, result: WorkerResult | None) -> tuple[str, str | None]:
     """The status of a run that returned, and why it ended early if it did."""
     if result is None:
@@ -212,6 +221,9 @@ def outcome(cfg: Config, result: WorkerResult | None) -> tuple[str, str | None]:
         note = f" ({event['note']})" if event.get("note") else ""
         return "stopped", (f"stopped by the {event['kind']} detector at step {event['step']} (since step "
                            f"{event['onset_step']}){note}; saved at step {result.steps}")
+    if result.steps < cfg.train.max_steps:
+        return "stopped", (f"run.stop_at_step {cfg.run.stop_at_step}: saved at step {result.steps}; run again "
+                           f"with --name {cfg.run.name} (and a later or no stop) to go on")
     return "completed", None
 
 

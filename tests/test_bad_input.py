@@ -73,6 +73,7 @@ def billion_laughs() -> str:
 
 
 TRAIN = ("train", "--storage", "{tmp}/runs", "--name", "r")
+TUNE = ("tune", "ring8", "--storage", "{tmp}/runs", "--name", "t", "--max-steps", "100", "--set", "train.log_every=10")
 
 # The trained run's arguments ({tmp}/run): 4 steps, checkpoints at 2 and 4.
 RUN = ("--no-ray", "--storage", "{tmp}", "--name", "run", "--set", "checkpoint.every=2", "--set", "train.log_every=2",
@@ -311,6 +312,31 @@ CASES: dict[str, Case] = {
     "resume guard bypass": Case(("train", "--max-steps", "6", *RUN, "--set", "loss.kind=hinge", "--set",
                                  "optim.lr_g=0.01"), "run run's checkpoint step-000002 was written with loss.kind=",
                                 run=True, setup=remove("run/config.yaml", "run/step-000004")),
+    # gan-dist tune (issue 23): refused before Ray starts or the tune directory is made.
+    "tune population 1": Case((*TUNE, "--population", "1"), "--population: must be at least 2"),
+    "tune mutate unknown key": Case((*TUNE, "--population", "2", "--mutate", "optim.momentum=0.1:0.9"),
+                                    "--mutate optim.momentum: unknown key (not a config key)"),
+    "tune mutate a fixed key": Case((*TUNE, "--population", "2", "--mutate", "model.hidden=16:64"),
+                                    "--mutate model.hidden: unknown key (not a hyper-parameter a copied checkpoint"),
+    "tune mutate LOW >= HIGH": Case((*TUNE, "--population", "2", "--mutate", "optim.lr=1e-2:1e-4:log"),
+                                    "--mutate optim.lr=1e-2:1e-4:log: LOW must be below HIGH, got 0.01 >= 0.0001"),
+    "tune mutate log from 0": Case((*TUNE, "--population", "2", "--mutate", "loss.gp_weight=0:10:log"),
+                                   "a log range needs LOW > 0"),
+    "tune mutate twice": Case((*TUNE, "--population", "2", "--mutate", "optim.lr=1e-4:1e-2", "--mutate",
+                               "optim.lr=1e-3:1e-2"), "--mutate optim.lr is given twice"),
+    "tune metric the recipe lacks": Case((*TUNE, "--population", "2", "--metric", "fid"),
+                                         "--metric fid: recipe ring8 cannot compute it (it needs images"),
+    "tune metric unknown": Case((*TUNE, "--population", "2", "--metric", "inception_score"),
+                                "--metric inception_score: unknown"),
+    "tune perturb-every off the log steps": Case((*TUNE, "--population", "2", "--perturb-every", "15"),
+                                                 "--perturb-every 15 must be a multiple of train.log_every 10"),
+    "tune perturb-every past the end": Case((*TUNE, "--population", "2", "--perturb-every", "100"),
+                                            "--perturb-every 100 must be below train.max_steps 100"),
+    "tune without Ray": Case((*TUNE, "--population", "2", "--set", "run.use_ray=false"),
+                             "gan-dist tune runs its members on Ray"),
+    "exploit policy outside a tune": Case((*TRAIN, "--set", "monitor.collapse=exploit"),
+                                          "monitor.collapse=exploit replaces a member of a population (gan-dist tune)"),
+    "run.stop_at_step negative": Case((*TRAIN, "--set", "run.stop_at_step=-1"), "run.stop_at_step must be >= 0"),
 }
 
 

@@ -25,6 +25,9 @@ class Action(enum.IntEnum):
     WARN = 1
     ROLLBACK = 2
     STOP = 3
+    # A member of `gan-dist tune`: save and stop now, and the population replaces it by a copy of
+    # a healthy member (it also ends the run, and more: the member's own state is given up).
+    EXPLOIT = 4
 
 
 # Detector kind -> the MonitorConfig key holding its policy.

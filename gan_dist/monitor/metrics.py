@@ -47,7 +47,19 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
                 "(eval.every_steps), with eval.every_n samples on each side.", ()),
     "gan_kid": ("gauge", "KID (Inception) of G_ema against the data at the last periodic eval.", ()),
     "gan_eval_seconds": ("gauge", "Wall time of the last periodic eval.", ()),
+    # gan-dist tune's own (TUNE_ONLY), on its one target beside every member's series above.
+    "gan_tune_score": ("gauge", "gan-dist tune: the metric the population is ranked by, at the member's last "
+                       "perturbation interval.", ()),
+    "gan_tune_exploits_total": ("counter", "gan-dist tune: members replaced by a copy of a better one, at a "
+                                "perturbation interval or at once after a collapse.", ("reason",)),
 }
+
+# Series only a gan-dist tune target has.
+TUNE_ONLY = ("gan_tune_score", "gan_tune_exploits_total")
+# The label a gan-dist tune target adds to every series: the population's members share it, so
+# one scrape target serves them all (a handful of values: the population is small).
+MEMBER_LABEL = "member"
+EXPLOIT_REASONS = ("interval", "collapse")
 
 # Row field -> (metric, labels): the gauges set straight from a log interval's reduced row.
 ROW_GAUGES: dict[str, tuple[str, dict]] = {
@@ -84,49 +96,78 @@ TARGETS_FILE = "prometheus-targets.json"
 
 
 class RunMetrics:
-    """The catalog's series for one run, fed from rows and events, served on one port."""
+    """The catalog's series for one run, fed from rows and events, served on one port.
 
-    def __init__(self):
+    With `members` (gan-dist tune) every series also carries the `member` label, and the
+    methods take the member they are about: one target for the whole population."""
+
+    def __init__(self, members: bool = False):
         self.registry = CollectorRegistry()
+        self.members = members
         self.series = {}
+        extra = (MEMBER_LABEL,) if members else ()
         for name, (kind, doc, labels) in CATALOG.items():
+            if name in TUNE_ONLY and not members:
+                continue
             cls = Counter if kind == "counter" else Gauge
             # prometheus_client appends _total to counters itself.
-            self.series[name] = cls(name.removesuffix("_total") if kind == "counter" else name, doc, labels,
-                                    registry=self.registry)
-        # Every known label set exists from the start (an alert's 0 is news; `increase` needs a start).
-        for name, labels in ROW_GAUGES.values():
-            self._get(name, labels)
-        for kind in KINDS:
-            self.series["gan_instability_events_total"].labels(kind=kind)
-        self.totals: dict[str, float] = {}  # the largest running total seen per counter
+            self.series[name] = cls(name.removesuffix("_total") if kind == "counter" else name, doc,
+                                    (*extra, *labels), registry=self.registry)
+        self.totals: dict[tuple[str, str], float] = {}  # the largest running total seen per counter
+        self.known: set[str] = set()  # the members whose label sets exist
+        if not members:
+            self.add_member("")
         self.server = None
 
-    def _get(self, name: str, labels: dict):
+    def add_member(self, member: str) -> None:
+        """Every known label set exists from the start (an alert's 0 is news; `increase` needs a start)."""
+        if member in self.known:
+            return
+        self.known.add(member)
+        for name, labels in ROW_GAUGES.values():
+            self._get(name, labels, member)
+        for kind in KINDS:
+            self._get("gan_instability_events_total", {"kind": kind}, member)
+        if self.members:
+            for reason in EXPLOIT_REASONS:
+                self._get("gan_tune_exploits_total", {"reason": reason}, member)
+
+    def _get(self, name: str, labels: dict, member: str = ""):
         series = self.series[name]
+        labels = {MEMBER_LABEL: member, **labels} if self.members else labels
         return series.labels(**labels) if labels else series
 
-    def observe(self, row: dict) -> None:
+    def observe(self, row: dict, member: str = "") -> None:
+        self.add_member(member)
         for field, (name, labels) in ROW_GAUGES.items():
             if field in row:
-                self._get(name, labels).set(row[field])
+                self._get(name, labels, member).set(row[field])
         for field, name in ROW_COUNTERS.items():
             if field in row:
-                self.advance(name, row[field])
+                self.advance(name, row[field], member)
 
-    def advance(self, name: str, total: float) -> None:
+    def advance(self, name: str, total: float, member: str = "") -> None:
         """Move a counter to a running total. A restarted worker group replays steps since its
         checkpoint and reports smaller totals again: those are not counted twice."""
-        seen = self.totals.get(name, 0.0)
+        seen = self.totals.get((name, member), 0.0)
         if total > seen:
-            self.series[name].inc(total - seen)
-            self.totals[name] = total
+            self._get(name, {}, member).inc(total - seen)
+            self.totals[(name, member)] = total
 
-    def event(self, kind: str) -> None:
-        self.series["gan_instability_events_total"].labels(kind=kind).inc()
+    def event(self, kind: str, member: str = "") -> None:
+        self._get("gan_instability_events_total", {"kind": kind}, member).inc()
 
-    def restarted(self) -> None:
-        self.series["gan_worker_restarts_total"].inc()
+    def restarted(self, member: str = "") -> None:
+        self._get("gan_worker_restarts_total", {}, member).inc()
+
+    def exploited(self, member: str, reason: str) -> None:
+        """gan-dist tune replaced `member` (reason: interval or collapse)."""
+        self.add_member(member)
+        self._get("gan_tune_exploits_total", {"reason": reason}, member).inc()
+
+    def scored(self, member: str, score: float) -> None:
+        self.add_member(member)
+        self._get("gan_tune_score", {}, member).set(score)
 
     # Exporting -------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ time, then the hooks the step count calls for, in this order:
 1. the log interval: reduce the statistics across ranks and run the detectors
    (on GPUs the row is read one step late, so the host never waits); at
    `eval.every_steps` an Inception eval of G_ema first, into the same row;
-2. the detectors' action: roll back (restore an earlier checkpoint) or stop;
+2. the detectors' action: roll back (restore an earlier checkpoint), stop, or (a
+   member of gan-dist tune) stop to be replaced by a copy of a healthy member;
 3. the sample grid;
 4. a checkpoint, in two phases (trainer.checkpointing): the snapshot here, the
    commit at a later step boundary once every rank's writer is done.
@@ -43,7 +44,8 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
             reporter.started(w.rt.world_size, st.step)
         start_step, samples_start = st.step, w.data_state()["samples_seen"]
         t0 = time.perf_counter()
-        preempted, stopped_by = train_steps(w, cfg.train.max_steps)
+        preempted, stopped_by = train_steps(w, min(cfg.run.stop_at_step or cfg.train.max_steps,
+                                                   cfg.train.max_steps))
     except preempt.Interrupted:
         # The step in progress is abandoned, never saved (a D update may be done and the G one
         # not). A save begun at an earlier step boundary holds a whole step: finish it. Only a
@@ -82,9 +84,11 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
         if st.step == start_step + 1 and w.rt.is_main_process:
             w.reporter.first_step()
         last = st.step == train.max_steps
+        # run.stop_at_step: the end of this command's share of the run (a gan-dist tune interval).
+        paused = st.step == w.cfg.run.stop_at_step
         eval_due = bool(every_eval) and st.step % every_eval == 0
-        logged = st.step % train.log_every == 0 or last or preempted or eval_due
-        save = (st.step % every == 0 or last or preempted
+        logged = st.step % train.log_every == 0 or last or paused or preempted or eval_due
+        save = (st.step % every == 0 or last or paused or preempted
                 or (logged and w.checkpointer.overdue()))
 
         # 1. The log interval, and the previous one's row if it was read late; a periodic eval
@@ -112,8 +116,8 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
             event.action, action = "stop", Action.STOP
             event.note = f"no checkpoint from before step {event.onset_step} to roll back to"
         w.report(events)
-        if action == Action.STOP:
-            stopped_by = next(e for e in events if e.action == "stop").to_dict()
+        if action in (Action.STOP, Action.EXPLOIT):
+            stopped_by = next(e for e in events if e.action == action.name.lower()).to_dict()
 
         # 3. The sample grid.
         if st.step % train.sample_every == 0 or last:

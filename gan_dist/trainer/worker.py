@@ -27,7 +27,7 @@ from gan_dist.quality.features import Ranks
 from gan_dist.quality.metrics import inception_metrics, n_label
 from gan_dist.results import DataCounts, WorkerResult, describe
 from gan_dist.rundir import HISTORY_FILE, history_bytes, last_logged, write_atomic
-from gan_dist.runtime import init_runtime, rng_state, set_rng_state
+from gan_dist.runtime import init_runtime, rng_state, seed_everything, set_rng_state
 from gan_dist.trainer import preempt
 from gan_dist.trainer.checkpointing import Checkpointer, Sink, Snapshot, cpu_copy
 from gan_dist.trainer.meter import Meter, PendingRow
@@ -139,6 +139,7 @@ class Worker:
         (weights of the wrong shape) raises, and `resume` then loads another one whole."""
         head = ckpt.verify(folder)
         ckpt.read_config(folder)  # a checkpoint whose config does not load is damaged
+        adopted = ckpt.read_adoption(folder)  # copied from another member of a gan-dist tune population
         shared = ckpt.load_shared(folder)
         if int(shared["step"]) != head["step"]:
             raise ckpt.CheckpointError(f"{folder}: state.pt is at step {shared['step']}, its manifest says "
@@ -154,6 +155,8 @@ class Worker:
             self.rt.print0(f"warning: checkpoint from world size {head['world_size']}, now "
                            f"{self.rt.world_size}: data streams restart at a new epoch")
             self.stream.cursor.epoch = rank_state["data"]["cursor"]["epoch"] + 1
+        if adopted is not None:
+            self.reseed(adopted["draw"])
         if self.prefetch is not None:
             self.prefetch.reset()
         self.rt.print0(f"resumed from {folder.name} at step {self.st.step}")
@@ -166,6 +169,14 @@ class Worker:
         set_rng_state(state["rng"])
         self.st.noise.set_state(state["noise"])
         self.stream.load_state_dict(state["data"])
+
+    def reseed(self, draw: int) -> None:
+        """Random streams of this run's own (its seed, this rank, `draw`) in place of the restored
+        ones: a gan-dist tune member that copied another member's state explores from it instead
+        of repeating it. The data cursor stays, read in this run's own order (its seed)."""
+        seed = noise_seed(self.cfg.seed, self.rt.rank, draw)
+        seed_everything(seed + 1)  # the global streams apart from z's
+        self.st.noise.manual_seed(seed)
 
     # Log intervals --------------------------------------------------------------
 

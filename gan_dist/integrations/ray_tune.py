@@ -1,0 +1,357 @@
+"""Ray Tune's side of `gan-dist tune` (gan_dist/tune): the members as Tune trials, the
+population-based scheduler, and the command's run.
+
+The project keeps Ray in one module, gan_dist/integrations/ray.py; this second one holds
+what only `gan-dist tune` needs, Ray Tune, so that the training workers and every other
+command go on importing Ray Train alone (`ray.tune` brings its own schedulers, searchers
+and loggers). It builds on that module: each interval of a member is a gan-dist run
+started through `RaySession.fit` (Ray Train V2), reporting to a hub proxied as
+`RemoteHub` is.
+
+How a member runs (`member_trial`, in its Tune trial): it trains one perturbation interval
+at a time (`run.stop_at_step`), each a normal gan-dist run in the member's run directory,
+and reports the ranking metric with a copy of the interval's last checkpoint (the bridge,
+gan_dist.tune.bridge). When PBT replaces it, Tune restarts the trial with the better
+member's checkpoint and perturbed hyper-parameters; the trial adopts that checkpoint and
+trains on. A member whose detectors stop it (policy `exploit`) reports `collapsed`, and
+`PopulationScheduler` replaces it at once instead of at the next interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune import Checkpoint
+from ray.tune.experiment import Trial
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from gan_dist import checkpoint as ckpt
+from gan_dist.driver import Placement, local_resources, metrics_host, run as run_interval
+from gan_dist.integrations.ray import RaySession, RemoteHub
+from gan_dist.rundir import CONFIG_FILE, write_atomic
+from gan_dist.tune import records
+from gan_dist.tune.bridge import ORIGIN_FILE, adopt, adopted_already, read_origin, stage
+from gan_dist.tune.hub import TuneHub
+from gan_dist.tune.spec import TUNE_EXPERIMENT, TuneSpec, collapse_alarm, member_name, metric_value, score_of
+
+# Tune restarts a member's trial that failed (beyond the restarts Ray Train makes of its workers
+# within an interval) this many times, from its last reported checkpoint.
+TRIAL_RETRIES = 2
+# PBT's defaults, named: the worst quarter copies the best quarter.
+QUANTILE_FRACTION = 0.25
+# A member's trial (the driver of its Ray Train runs) does no training itself: a sliver of a CPU
+# (Ray refuses a trial that asks for nothing), counted in the local Ray's CPUs beside the workers'.
+TRIAL_CPUS = 0.01
+MEMBER_LOG = "tune-member.log"  # a member's own console output (the tune's console shows one line an interval)
+
+
+# A member, inside its Tune trial ------------------------------------------------------
+
+class MemberHub(RemoteHub):
+    """A member's run hub: its part of the population's TuneHub actor, with RunHub's methods."""
+
+    def __init__(self, actor, member: str):
+        super().__init__(actor)
+        self.member = member
+
+    def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None:
+        return None  # the population's one target serves every member
+
+    def snapshot(self, since: int = 0):
+        return self._get(self.actor.snapshot.remote(self.member, since))
+
+    def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
+        return None
+
+    def started(self, world_size: int, step: int) -> None:
+        self._get(self.actor.started.remote(self.member, world_size, step))
+
+    def progress(self, row: dict) -> None:
+        self.actor.progress.remote(self.member, row)
+
+    def alert(self, event: dict) -> None:
+        self.actor.alert.remote(self.member, event)
+
+    def first_step(self) -> None:
+        self.actor.first_step.remote(self.member)
+
+    def finished(self, result) -> None:
+        self._get(self.actor.finished.remote(self.member, result))
+
+
+class _TrialSession(RaySession):
+    """The Ray the tune command started or joined, from inside a member's trial: nothing to
+    start or shut down; each interval's hub is the member's part of the TuneHub."""
+
+    def __init__(self, address: str, tune_hub, member: str):
+        self.address, self.tune_hub, self.member = address, tune_hub, member
+
+    def start_hub(self, max_steps: int, monitoring: bool) -> MemberHub:
+        ray.get(self.tune_hub.begin.remote(self.member, max_steps), timeout=RemoteHub.TIMEOUT_SECONDS)
+        return MemberHub(self.tune_hub, self.member)
+
+    def close(self) -> None: ...
+
+
+def member_trial(config: dict, spec: TuneSpec, tune_hub) -> None:
+    """One member of the population, as a Tune trial: adopt the checkpoint Tune hands over if it
+    is another member's, then train interval by interval, reporting each to Tune."""
+    index, exploit = int(config["member"]), int(config.get("exploit", 0))
+    name, values = member_name(index), {m.key: config[m.key] for m in spec.mutations}
+    cfg = spec.member_config(index, values)
+    run_dir = spec.tune_dir / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    given = tune.get_checkpoint()
+    if given is not None:
+        with given.as_directory() as folder:
+            origin = read_origin(Path(folder))
+            if origin["member"] != name and not adopted_already(run_dir, exploit):
+                adopt(Path(folder), run_dir, cfg, exploit)
+                tune_hub.exploited.remote(name, config.get("exploit_reason") or "interval")
+    write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
+    session = _TrialSession(spec.address, tune_hub, name)
+    placement = Placement(spec.workers_per_member, cfg.run.cpus_per_worker, cfg.run.gpus_per_worker)
+    latest = ckpt.find_latest(run_dir)
+    step = ckpt.checkpoint_step(latest) if latest is not None else 0
+    while step < spec.max_steps:
+        until = min((step // spec.perturb_every + 1) * spec.perturb_every, spec.max_steps)
+        interval = spec.member_config(index, values)
+        interval.run.stop_at_step = until
+        # The end-of-run Inception eval (eval.inception) only at the end: each interval ends a run.
+        interval.eval.inception = cfg.eval.inception and until == spec.max_steps
+        with open(run_dir / MEMBER_LOG, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            print(f"--- gan-dist tune: {name}, steps {step} to {until}, {json.dumps(values)}", flush=True)
+            summary = run_interval(interval, run_dir, placement, session).summary.to_dict()
+        alarm = collapse_alarm(summary)
+        if summary["status"] == "failed" or (summary["status"] == "stopped" and alarm is None
+                                             and summary["steps"] != until):
+            raise RuntimeError(f"{name}: the interval to step {until} ended {summary['status']}: "
+                               f"{summary.get('error') or summary.get('reason')} (see {run_dir})")
+        value = metric_value(summary, spec.metric)
+        result = {"step": summary["steps"], "start_step": step, "metric": math.nan if value is None else value,
+                  "score": score_of(value, spec.mode), "collapsed": int(alarm is not None),
+                  "alarm_kind": alarm["kind"] if alarm else "", "alarm_step": alarm["step"] if alarm else -1,
+                  "exploit": exploit, "reported_at": time.time(),
+                  **{f"hp:{key}": value for key, value in values.items()}}
+        tune_hub.scored.remote(name, result["metric"])
+        if alarm is not None:
+            # Its state is given up: the scheduler replaces it now. If no healthy member has a
+            # checkpoint yet, the report returns and the member trains on from its own state.
+            tune.report(result)
+        else:
+            with tempfile.TemporaryDirectory(prefix="gan-dist-tune-") as tmp:
+                folder = Path(tmp) / "checkpoint"
+                stage(run_dir, name, folder)
+                tune.report(result, checkpoint=Checkpoint.from_directory(str(folder)))
+        step = summary["steps"]
+
+
+# The population ----------------------------------------------------------------------
+
+def _trial_name(trial: Trial) -> str:
+    return member_name(int(trial.config["member"]))
+
+
+class PopulationScheduler(PopulationBasedTraining):
+    """PBT (Ray's) over the members' reports, and two things of ours:
+    - a member that reports `collapsed` is replaced at once by a copy of the healthiest member
+      with a checkpoint (its state is given up, not compared at the next interval);
+    - every replacement is written to exploits.jsonl and printed, with its reason, and the
+      member keeps its identity (its number, its run directory) and counts its adoptions.
+    Perturbed values stay within each mutation's range."""
+
+    def __init__(self, spec: TuneSpec):
+        mutations = {m.key: (m.values if m.integer else tune.loguniform(m.low, m.high) if m.log
+                             else tune.uniform(m.low, m.high)) for m in spec.mutations}
+        super().__init__(time_attr="step", metric="score", mode="max", perturbation_interval=spec.perturb_every,
+                         hyperparam_mutations=mutations, quantile_fraction=QUANTILE_FRACTION, log_config=False)
+        self.spec = spec
+        self.latest: dict[Trial, dict] = {}  # each member's last result
+        self.reason, self.alarm = "interval", None  # of the exploit being made
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        # A new member starts from its drawn values (a restored one keeps its own).
+        for key, value in self.spec.initial[int(trial.config["member"])].items():
+            trial.config.setdefault(key, value)
+            trial.evaluated_params[key] = trial.config[key]
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        self.latest[trial] = result
+        if result.get("collapsed"):
+            return self._replace_now(tune_controller, trial, result)
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _checkpoint_or_exploit(self, trial: Trial, tune_controller, upper_quantile: list, lower_quantile: list) -> None:
+        # Ray's PBT lets a member be copied only if it was in the upper quantile at its own last
+        # report (it asks it to save then); a member that reported first, alone, never was. Every
+        # member here reports a checkpoint with each interval's result, the one its score is of.
+        for source in upper_quantile:
+            state = self._trial_state[source]
+            if source is not trial and state.last_checkpoint is None and source.checkpoint is not None:
+                state.last_checkpoint = source.checkpoint
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+
+    def _replace_now(self, tune_controller, trial: Trial, result: dict) -> str:
+        state = self._trial_state[trial]
+        state.last_score, state.last_result = -math.inf, result  # never a source until replaced
+        source = self._healthiest(trial)
+        name, alarm = _trial_name(trial), {"kind": result["alarm_kind"], "step": int(result["alarm_step"])}
+        if source is None:
+            print(f"gan-dist tune: {name} collapsed ({alarm['kind']} at step {alarm['step']}) and no healthy member "
+                  f"has a checkpoint yet: it trains on", flush=True)
+            return TrialScheduler.CONTINUE
+        clone = self._trial_state[source]
+        clone.last_checkpoint, clone.last_result = source.checkpoint, self.latest[source]
+        self.reason, self.alarm = "collapse", alarm
+        try:
+            self._exploit(tune_controller, trial, source)
+        finally:
+            self.reason, self.alarm = "interval", None
+        return TrialScheduler.NOOP
+
+    def _healthiest(self, trial: Trial) -> Trial | None:
+        """The best-scoring other member that is still training, healthy, with a checkpoint."""
+        candidates = [t for t in self._trial_state if t is not trial and not t.is_finished()
+                      and t.checkpoint is not None and t in self.latest
+                      and not self.latest[t].get("collapsed") and math.isfinite(self.latest[t]["score"])]
+        return max(candidates, key=lambda t: self.latest[t]["score"], default=None)
+
+    def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
+        config, operations = super()._get_new_config(trial, trial_to_clone)
+        config["member"] = trial.config["member"]  # the copy is still this member
+        config["exploit"] = int(trial.config.get("exploit", 0)) + 1
+        config["exploit_reason"] = self.reason
+        for m in self.spec.mutations:
+            config[m.key] = m.clip(config[m.key])
+        return config, operations
+
+    def _exploit(self, tune_controller, trial: Trial, trial_to_clone: Trial) -> None:
+        before = {m.key: trial.config[m.key] for m in self.spec.mutations}
+        checkpoint = self._trial_state[trial_to_clone].last_checkpoint
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        origin = _origin(checkpoint)
+        record = {"time": time.time(), "member": _trial_name(trial), "source": _trial_name(trial_to_clone),
+                  "reason": self.reason, "alarm": self.alarm,
+                  "step": int(self.latest.get(trial, {}).get("step", -1)),
+                  "source_step": origin.get("step", int(self._trial_state[trial_to_clone].last_result["step"])),
+                  "exploit": int(trial.config["exploit"]), "from": before,
+                  "to": {m.key: trial.config[m.key] for m in self.spec.mutations}}
+        records.append(self.spec.tune_dir / records.EXPLOITS_FILE, record)
+        why = "interval" if self.reason == "interval" else \
+            f"collapse: {self.alarm['kind']} at step {self.alarm['step']}"
+        print(f"exploit ({why}): {record['member']} <- {record['source']}'s step {record['source_step']}; "
+              + ", ".join(f"{k} {_fmt(before[k])} -> {_fmt(record['to'][k])}" for k in before), flush=True)
+
+
+def _origin(checkpoint) -> dict:
+    """The member and step of a checkpoint handed to Tune (its tune-origin.json)."""
+    try:
+        return json.loads((Path(checkpoint.path) / ORIGIN_FILE).read_text())
+    except (AttributeError, OSError, ValueError):
+        return {}
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class ProgressPrinter(tune.Callback):
+    """On the command's console, a line per member interval; results.jsonl on disk."""
+
+    def __init__(self, spec: TuneSpec):
+        self.spec = spec
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info) -> None:
+        values = {m.key: result[f"hp:{m.key}"] for m in self.spec.mutations}
+        record = {"time": result["reported_at"], "member": _trial_name(trial), "step": int(result["step"]),
+                  "start_step": int(result["start_step"]), "metric": result["metric"], "score": result["score"],
+                  "hyperparams": values, "collapsed": bool(result["collapsed"]),
+                  "alarm": {"kind": result["alarm_kind"], "step": result["alarm_step"]} if result["collapsed"] else None,
+                  "exploit": int(result["exploit"])}
+        records.append(self.spec.tune_dir / records.RESULTS_FILE, record)
+        note = f"  COLLAPSED ({result['alarm_kind']} at step {result['alarm_step']})" if result["collapsed"] else ""
+        print(f"{record['member']}  step {record['step']}/{self.spec.max_steps}  {self.spec.metric} "
+              f"{_fmt(float(result['metric']))}  " + " ".join(f"{k} {_fmt(v)}" for k, v in values.items()) + note,
+              flush=True)
+
+
+# The command ---------------------------------------------------------------------------
+
+def run_population(spec: TuneSpec, resumed: bool) -> tuple[str, list[str]]:
+    """Train the population on the Ray the tune runs on (a local one unless spec.address); its
+    status (completed, stopped or failed) and the members that failed."""
+    cfg = spec.base()
+    if spec.address:
+        session = RaySession(spec.address, {})
+    else:
+        # Every member trains at once: the local Ray counts a CPU per worker of each, even on a
+        # machine with fewer cores (they share them), so PBT never has to time-share members.
+        resources = local_resources()
+        wanted = spec.population * (spec.workers_per_member * cfg.run.cpus_per_worker + TRIAL_CPUS)
+        session = RaySession("", {**resources, "CPU": max(resources["CPU"], math.ceil(wanted))})
+    try:
+        here = ray.get_runtime_context().get_node_id()
+        hub = ray.remote(TuneHub).options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(True)
+        host = metrics_host(cfg) if not spec.address else (cfg.metrics.host or "0.0.0.0")
+        target = ray.get(hub.serve_metrics.remote(host, cfg.metrics.port, str(spec.tune_dir),
+                                                  {"tune": spec.name, "recipe": spec.recipe}))
+        if target:
+            print(f"metrics           http://{target}/metrics (every member, label member=...)", flush=True)
+        return _fit(spec, hub, resumed)
+    finally:
+        session.close()
+
+
+def _fit(spec: TuneSpec, hub, resumed: bool) -> tuple[str, list[str]]:
+    # Our results.jsonl and the members' run directories are the record: Tune's per-trial CSV and
+    # TensorBoard loggers would only repeat them. Its JSON one stays: Tune reads it back for the
+    # ResultGrid `fit` returns.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    trainable = tune.with_resources(tune.with_parameters(member_trial, spec=spec, tune_hub=hub),
+                                   {"cpu": TRIAL_CPUS})
+    experiment = spec.tune_dir / TUNE_EXPERIMENT
+    if resumed and tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"member": tune.grid_search(list(range(spec.population))), "exploit": 0,
+                         "exploit_reason": ""},
+            tune_config=tune.TuneConfig(scheduler=PopulationScheduler(spec), num_samples=1, reuse_actors=False,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name=TUNE_EXPERIMENT, storage_path=str(spec.tune_dir), verbose=0,
+                                      callbacks=[ProgressPrinter(spec), JsonLoggerCallback()],
+                                      failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                                      # Tune keeps every copy a member reports (one per interval): with a
+                                      # limit, PBT's second save of the same checkpoint makes Ray 2.60
+                                      # delete a folder twice and log an error.
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        return "stopped", []
+    failed = [_trial_name_of(r) for r in grid if r.error is not None]
+    if failed:
+        for r in grid:
+            if r.error is not None:
+                print(f"gan-dist tune: {_trial_name_of(r)} failed: {str(r.error).strip().splitlines()[0]}",
+                      file=sys.stderr)
+        return "failed", failed
+    return "completed", []
+
+
+def _trial_name_of(result) -> str:
+    return member_name(int(result.config["member"]))

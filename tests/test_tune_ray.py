@@ -1,0 +1,106 @@
+"""`gan-dist tune` end to end on a real local Ray: a population of 2 ring8 members as Ray Tune
+trials, PBT's copies at the perturbation intervals, a member made to diverge (a seeded bad
+learning rate) replaced at once by a copy of the healthy one, the tune directory, and the same
+command again resuming the finished tune. One tune for the module: it is the expensive part."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from gan_dist import checkpoint as ckpt
+from gan_dist.tune import records
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# Seed 1 draws lrs of 5.2e-4 (member-0, healthy) and 3.1 (member-1: its losses pass 10 within
+# ten steps) from the range. The divergence detector acts from the first log interval, on one
+# interval's evidence; mode collapse only warns (ten steps in, every member is collapsed).
+TUNE = ["tune", "ring8", "--population", "2", "--mutate", "optim.lr=1e-4:20:log", "--metric", "mode_kl",
+        "--max-steps", "40", "--perturb-every", "20", "--name", "pbt",
+        "--set", "seed=1", "--set", "model.hidden=32", "--set", "data.batch_size=64", "--set", "train.log_every=10",
+        "--set", "train.sample_every=1000", "--set", "metrics.port=0", "--set", "eval.num_samples=200",
+        "--set", "monitor.warmup_steps=0", "--set", "monitor.patience=1", "--set", "monitor.collapse=warn",
+        "--set", "monitor.divergence_loss_limit=10"]
+
+
+@pytest.fixture(scope="module")
+def tune_run(tmp_path_factory, cache_dir):
+    storage = tmp_path_factory.mktemp("tunes")
+    first = run_cli(*TUNE, "--storage", str(storage), cache=cache_dir, timeout=1500)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    return storage / "pbt", first
+
+
+def test_the_plan_names_each_members_draw(tune_run):
+    _, result = tune_run
+    assert "member-0          optim.lr 0.0005155" in result.stdout
+    assert "member-1          optim.lr 3.107" in result.stdout
+
+
+def test_the_diverging_member_is_replaced_at_once_by_a_copy_of_the_healthy_one(tune_run):
+    tune_dir, result = tune_run
+    exploits = records.read(tune_dir / records.EXPLOITS_FILE)
+    collapses = [e for e in exploits if e["reason"] == "collapse"]
+    assert collapses, exploits
+    first = collapses[0]
+    assert first["member"] == "member-1" and first["source"] == "member-0"
+    assert first["alarm"]["kind"] == "divergence"
+    # At once: the copy is made at the alarm's report, not at the next perturbation interval.
+    assert first["step"] == first["alarm"]["step"]
+    assert first["from"]["optim.lr"] == pytest.approx(3.107, rel=1e-3)
+    assert 1e-4 <= first["to"]["optim.lr"] <= 20
+    assert "exploit (collapse: divergence at step" in result.stdout
+    # The collapsed interval is in the results, flagged.
+    reported = records.read(tune_dir / records.RESULTS_FILE)
+    assert any(r["member"] == "member-1" and r["collapsed"] for r in reported)
+    # The member adopted member-0's checkpoint: a normal gan-dist checkpoint, with member-1's config.
+    adopted = [f for f in ckpt.step_dirs(tune_dir / "member-1") if ckpt.read_adoption(f) is not None]
+    assert adopted
+    record = ckpt.read_adoption(adopted[-1])
+    assert record["member"] == "member-0"
+    ckpt.verify(adopted[-1])
+    assert ckpt.read_config(adopted[-1]).run.name == "member-1"
+
+
+def test_every_copy_is_recorded_whole(tune_run):
+    """Which interval copies an asynchronous PBT makes depends on the order the members report
+    in; whatever they are, each names its source, the copied step and values within the range."""
+    tune_dir, _ = tune_run
+    exploits = records.read(tune_dir / records.EXPLOITS_FILE)
+    assert exploits
+    for e in exploits:
+        assert e["source"] != e["member"] and e["source_step"] % 10 == 0 and e["reason"] in ("interval", "collapse")
+        assert 1e-4 <= e["to"]["optim.lr"] <= 20 and e["exploit"] >= 1
+
+
+def test_the_tune_directory_holds_every_member_and_the_summary(tune_run):
+    tune_dir, result = tune_run
+    for name in ("tune.yaml", "results.jsonl", "exploits.jsonl", "tune-summary.json", "tune-summary.png",
+                 "prometheus-targets.json", "member-0", "member-1", "ray-tune"):
+        assert (tune_dir / name).exists(), name
+    summary = json.loads((tune_dir / records.SUMMARY_JSON).read_text())
+    assert summary["status"] == "completed" and summary["population"] == 2
+    assert summary["exploits_by_reason"]["collapse"] >= 1
+    for member in summary["members"]:
+        assert member["steps"] == 40 and member["status"] == "completed"
+    best = summary["best"]
+    assert best["member"] in ("member-0", "member-1") and "mode_kl" in best["eval"]
+    assert best["schedule"][0]["start"] == 0 and best["schedule"][-1]["end"] == 40
+    assert (tune_dir / records.SUMMARY_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    target = json.loads((tune_dir / "prometheus-targets.json").read_text())[0]
+    assert target["labels"] == {"tune": "pbt", "recipe": "ring8"}
+    assert f"best: {best['member']}" in result.stdout
+
+
+def test_the_same_command_again_resumes_the_finished_tune(tune_run, cache_dir):
+    tune_dir, _ = tune_run
+    results_before = (tune_dir / records.RESULTS_FILE).read_text()
+    again = run_cli(*TUNE, "--storage", str(tune_dir.parent), cache=cache_dir, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"tune directory    resuming {tune_dir}" in again.stdout
+    assert (tune_dir / records.RESULTS_FILE).read_text() == results_before  # nothing trained twice
+    changed = run_cli(*TUNE, "--storage", str(tune_dir.parent), "--set", "optim.beta1=0.9", cache=cache_dir)
+    assert changed.returncode == 2 and "tune pbt was started with config.optim.beta1=0.5, not 0.9" in changed.stderr

@@ -1,0 +1,147 @@
+"""gan-dist tune without Ray: the spec (mutations, the metric, the members' configs, resume),
+the winning schedule from the records, the population's one metrics target, and the dry run."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from prometheus_client import generate_latest
+
+from gan_dist.cli import main
+from gan_dist.config import ConfigError
+from gan_dist.monitor.metrics import RunMetrics
+from gan_dist.tune import records
+from gan_dist.tune.spec import Mutation, TuneSpec, build_spec, member_name, metric_value, parse_mutation, score_of
+
+pytestmark = pytest.mark.unit
+
+
+def ring8_spec(tmp_path, population: int = 4, mutate=("optim.lr=1e-4:1e-2:log", "schedule.n_critic=1:3"),
+               **kwargs) -> TuneSpec:
+    args = dict(recipe="ring8", overrides=["train.log_every=10"], population=population, mutate=list(mutate),
+                metric=None, perturb_every=None, workers_per_member=1, storage=str(tmp_path), name="t",
+                address=None, max_steps=100)
+    return build_spec(**{**args, **kwargs})
+
+
+def test_a_spec_draws_each_member_within_its_ranges_the_same_way_every_time(tmp_path, cache_dir):
+    spec = ring8_spec(tmp_path)
+    assert spec.metric == "hq_coverage" and spec.mode == "max"  # the 2-D mixtures' quality metric
+    assert spec.perturb_every == 10  # about a tenth of the run, on a log step
+    assert [m.key for m in spec.mutations] == ["optim.lr", "schedule.n_critic"]
+    for values in spec.initial:
+        assert 1e-4 <= values["optim.lr"] <= 1e-2
+        assert values["schedule.n_critic"] in (1, 2, 3)
+    assert len({v["optim.lr"] for v in spec.initial}) == 4
+    assert ring8_spec(tmp_path).initial == spec.initial  # seeded by the recipe's seed
+
+    cfg = spec.member_config(2, spec.initial[2])
+    assert cfg.optim.lr_g == cfg.optim.lr_d == spec.initial[2]["optim.lr"]
+    assert cfg.schedule.n_critic == spec.initial[2]["schedule.n_critic"]
+    assert cfg.seed == spec.seed + 2 and cfg.run.name == member_name(2) == "member-2"
+    assert cfg.run.storage == str(tmp_path / "t")
+    # The detectors that mean a member is lost hand it to the population; a checkpoint lands on
+    # every perturbation interval (what PBT copies).
+    assert (cfg.monitor.collapse, cfg.monitor.divergence, cfg.monitor.nonfinite) == ("exploit",) * 3
+    assert spec.perturb_every % cfg.checkpoint.every == 0
+
+
+def test_without_mutate_a_tune_moves_the_learning_rates_tenfold_either_way(tmp_path, cache_dir):
+    spec = ring8_spec(tmp_path, mutate=())
+    (lr,) = spec.mutations
+    assert (lr.key, lr.low, lr.high, lr.log) == ("optim.lr", pytest.approx(6e-5), pytest.approx(6e-3), True)
+    split = ring8_spec(tmp_path, mutate=(), overrides=["train.log_every=10", "optim.lr_d=1e-3"])
+    assert [m.key for m in split.mutations] == ["optim.lr_g", "optim.lr_d"]
+
+
+def test_the_metric_follows_the_recipe(tmp_path, cache_dir):
+    assert ring8_spec(tmp_path, metric="mode_kl").mode == "min"
+    digits = dict(recipe="dcgan-digits", overrides=["train.log_every=10"], mutate=[])
+    assert ring8_spec(tmp_path, **digits).metric == "fid_domain"  # labelled images without periodic evals
+    with_evals = ring8_spec(tmp_path, **{**digits, "overrides": ["train.log_every=10", "eval.every_steps=10"]})
+    assert with_evals.metric == "fid"
+    with pytest.raises(ConfigError, match="--metric fid: recipe dcgan-digits cannot compute it .*eval.every_steps"):
+        ring8_spec(tmp_path, **{**digits, "overrides": ["train.log_every=10", "eval.every_steps=30"]}, metric="fid",
+                   perturb_every=20)
+
+
+def test_a_range_whose_end_is_no_valid_config_is_refused_before_the_tune_starts(tmp_path, cache_dir):
+    with pytest.raises(ConfigError, match=r"--mutate schedule.n_critic=0:2: at 0, schedule.n_critic"):
+        ring8_spec(tmp_path, mutate=["schedule.n_critic=0:2"])
+
+
+def test_perturbed_values_stay_in_range_and_integers_stay_integers():
+    lr = parse_mutation("optim.lr=1e-4:1e-2:log")
+    assert lr.clip(1.2e-2) == 1e-2 and lr.clip(1e-5) == 1e-4 and lr.clip(1e-3) == 1e-3
+    n_critic = parse_mutation("schedule.n_critic=1:5")
+    assert n_critic.integer and n_critic.values == [1, 2, 3, 4, 5]
+    assert n_critic.clip(2.4) == 2 and isinstance(n_critic.clip(2.6), int) and n_critic.clip(7.0) == 5
+    rng = random.Random(0)
+    draws = [lr.draw(rng) for _ in range(2000)]
+    # Log-uniform: about half below the geometric middle, 1e-3.
+    assert 0.45 < sum(d < 1e-3 for d in draws) / len(draws) < 0.55
+    assert Mutation("optim.lr", 1e-4, 1e-2, True).text == "optim.lr=0.0001:0.01:log"
+
+
+def test_a_tune_resumes_only_as_it_started(tmp_path, cache_dir):
+    spec = ring8_spec(tmp_path)
+    saved = TuneSpec.from_record(spec.to_record())
+    ring8_spec(tmp_path, address="ray://elsewhere:10001").check_resume(saved)  # where it runs may change
+    with pytest.raises(ConfigError, match="tune t was started with population=4, not 3"):
+        ring8_spec(tmp_path, population=3).check_resume(saved)
+    with pytest.raises(ConfigError, match="config.optim.beta1"):
+        ring8_spec(tmp_path, overrides=["train.log_every=10", "optim.beta1=0.9"]).check_resume(saved)
+
+
+def test_the_ranking_metric_is_read_from_a_members_summary_and_a_diverged_member_ranks_last():
+    summary = {"eval": {"high_quality_fraction": 0.8, "mode_kl": 0.1}, "final": {"mode_coverage_ratio": 0.5}}
+    assert metric_value(summary, "hq_coverage") == pytest.approx(0.4)
+    assert metric_value(summary, "mode_kl") == 0.1 and metric_value(summary, "fid") is None
+    assert score_of(0.1, "min") > score_of(0.2, "min") and score_of(0.2, "max") > score_of(0.1, "max")
+    assert score_of(None, "max") == score_of(math.nan, "min") == -math.inf
+
+
+def test_the_winning_schedule_follows_the_copies_back():
+    """member-1 trains 0-20 at lr 1, copies member-0's step 20 (trained at lr 2) at its step 20 and
+    trains on at lr 3; member-0 had copied member-2's step 10 (lr 5) before."""
+    results = [
+        {"member": "member-2", "start_step": 0, "step": 10, "time": 1, "hyperparams": {"lr": 5}},
+        {"member": "member-0", "start_step": 0, "step": 10, "time": 2, "hyperparams": {"lr": 9}},
+        {"member": "member-0", "start_step": 10, "step": 20, "time": 4, "hyperparams": {"lr": 2}},
+        {"member": "member-1", "start_step": 0, "step": 20, "time": 5, "hyperparams": {"lr": 1}},
+        {"member": "member-1", "start_step": 20, "step": 30, "time": 7, "hyperparams": {"lr": 3}},
+    ]
+    exploits = [{"member": "member-0", "source": "member-2", "source_step": 10, "time": 3},
+                {"member": "member-1", "source": "member-0", "source_step": 20, "time": 6}]
+    schedule = [(s.start, s.end, s.member, s.hyperparams["lr"]) for s in records.lineage("member-1", results, exploits)]
+    assert schedule == [(0, 10, "member-2", 5), (10, 20, "member-0", 2), (20, 30, "member-1", 3)]
+
+
+def test_one_target_carries_every_member_under_its_label():
+    metrics = RunMetrics(members=True)
+    metrics.observe({"step": 40, "loss_d": 1.25}, "member-0")
+    metrics.observe({"step": 30, "loss_d": 0.5}, "member-1")
+    metrics.exploited("member-1", "collapse")
+    metrics.scored("member-0", 0.75)
+    text = generate_latest(metrics.registry).decode()
+    assert 'gan_train_step{member="member-0"} 40.0' in text
+    assert 'gan_train_step{member="member-1"} 30.0' in text
+    assert 'gan_tune_exploits_total{member="member-1",reason="collapse"} 1.0' in text
+    assert 'gan_tune_exploits_total{member="member-0",reason="interval"} 0.0' in text  # exists from the start
+    assert 'gan_tune_score{member="member-0"} 0.75' in text
+    assert "gan_tune" not in generate_latest(RunMetrics().registry).decode()  # a plain run's target
+
+
+def test_the_dry_run_prints_the_plan_and_writes_nothing(tmp_path, cache_dir, capsys):
+    argv = ["tune", "ring8", "--population", "3", "--mutate", "optim.lr=1e-4:1e-2:log", "--max-steps", "100",
+            "--set", "train.log_every=10", "--perturb-every", "20", "--storage", str(tmp_path), "--name", "t",
+            "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"tune directory    new tune {tmp_path / 't'}" in out
+    assert "population        3 members of ring8 (2-D mixtures), 1 worker(s) each, 100 steps" in out
+    assert "perturbation      every 20 steps" in out and "ranked by         hq_coverage (higher is better)" in out
+    assert out.count("member-") >= 3 and "dry run:" in out
+    assert list(tmp_path.iterdir()) == []
