@@ -10,10 +10,13 @@ setup: $(STAMP)
 
 # Pinned, tested versions; torch is the CPU build (this machine's pip finds it
 # locally), so set-up never downloads CUDA packages.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt examples/custom-model/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	# The example plug-in package (its own G, D and loss), which the tests train: --no-deps,
+	# since all it needs is gan-dist and torch, installed just above.
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps -e examples/custom-model
 	touch $(STAMP)
 
 # Command-line tools the tests run (promtool; kubectl if the venv lacks it).

@@ -1,8 +1,11 @@
 """gan-dist: distributed GAN training on Ray, PyTorch DDP (through Accelerate) and WebDataset.
 
-The public API (see gan_dist.api): `load_config`, `train`, `load_generator`, and the
-`RunResult` that `train` returns. They load torch (and Ray) on first use, so that
-`gan-dist --help` stays quick.
+The public API (see gan_dist.api and docs/api.md): `load_config`, `train`, `load_generator`,
+and the `RunResult` that `train` returns. They load torch (and Ray) on first use, so that
+`gan-dist --help` stays quick. A plug-in (a model or loss of your own) also relies on
+`gan_dist.models.DataShape`, the `gan_dist.config.ModelConfig` its builder receives, and
+`gan_dist.losses.AdversarialLoss`. Everything else in the package is internal and may
+change between versions.
 """
 
 __version__ = "0.1.0"

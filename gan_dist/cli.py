@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print --against results as JSON (default: a table)")
     evaluate.set_defaults(func=cmd_eval)
 
+    report = commands.add_parser("report", help="write one self-contained HTML page of a run: summary, plots, "
+                                                "samples over time, alerts")
+    report.add_argument("run", help="a run folder (it may still be going, or have failed)")
+    report.add_argument("--out", help="the HTML file to write (default RUN/report.html)")
+    report.set_defaults(func=cmd_report)
+
     data_cli.register(commands)
     submit.register(commands)
     bench_cli.register(commands)
@@ -101,17 +107,19 @@ def warn(message: str) -> None:
 
 
 def cmd_train(args) -> int:
-    # Deferred on purpose: torch (and Ray, for runs that use it) load only for commands that train.
-    from gan_dist import driver
+    # Deferred on purpose: the public API loads torch (and Ray, for runs that use it), which
+    # only commands that train need. The command is the API's load_config, then its train.
+    from gan_dist import api
 
-    cfg = resolve(args.recipe, train_overrides(args), warn=warn)
-    result = driver.train(cfg, dry_run=args.dry_run, verbose=args.verbose)
+    cfg = api.load_config(args.recipe, train_overrides(args), warn=warn)
+    result = api.train(cfg, dry_run=args.dry_run, verbose=args.verbose)
     return 0 if result is None else result.exit_code
 
 
 def cmd_sample(args) -> int:
     # Deferred on purpose: torch loads only for commands that need it.
-    from gan_dist.inference import check_png_out, load_generator, sample_folder, sample_png, upscale_png, write_png
+    from gan_dist import api
+    from gan_dist.inference import check_png_out, sample_folder, sample_png, upscale_png, write_png
     from gan_dist.rundir import check_writable
     from tqdm import tqdm
 
@@ -121,7 +129,7 @@ def cmd_sample(args) -> int:
         check_writable(Path(args.out).absolute().parent, f"--out {args.out}")
     else:
         check_png_out(args.out)
-    gen = load_generator(args.checkpoint)
+    gen = api.load_generator(args.checkpoint)  # the public API's, as a user's script would
     if folder:
         with tqdm(total=None, unit="image", desc="sampling", file=sys.stderr) as bar:
             count = sample_folder(gen, Path(args.out), args.n, args.classes, args.seed, args.per_class, bar.update)
@@ -136,6 +144,7 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     # Deferred on purpose: torch loads only for commands that need it.
+    from gan_dist import api
     from gan_dist.inference import evaluate_checkpoint, to_json
     from gan_dist.quality import cli as quality_cli
 
@@ -143,7 +152,16 @@ def cmd_eval(args) -> int:
         return quality_cli.run(args)
     if args.checkpoint is None:
         raise ValueError("eval needs a checkpoint or run folder (or --data A --against B for two data sets)")
-    print(to_json(evaluate_checkpoint(args.checkpoint, args.data)))
+    print(to_json(evaluate_checkpoint(api.load_generator(args.checkpoint), args.data)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    # Deferred on purpose: matplotlib (and pyarrow) load only for the command that draws.
+    from gan_dist.report import write_report
+
+    out = write_report(Path(args.run).absolute(), Path(args.out).absolute() if args.out else None)
+    print(f"wrote {out}")
     return 0
 
 

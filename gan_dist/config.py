@@ -68,7 +68,8 @@ MODEL_LIMITS = {"z_dim": 1 << 16, "hidden": 1 << 16, "depth": 1000, "channels": 
 @dataclass
 class ModelConfig:
     # G and D: mlp, dcgan, cgan (class-conditional DCGAN), srgan (super-resolution), r3gan (the
-    # R3GAN ResNets, Huang et al. 2024) or r3gan_cond (R3GAN, class-conditional).
+    # R3GAN ResNets, Huang et al. 2024) or r3gan_cond (R3GAN, class-conditional); or your own: an
+    # entry point of the group gan_dist.models, or a module:function path (docs/api.md).
     arch: str = "mlp"
     # Dimensions of G's noise input (srgan's G takes a low-resolution image instead).
     z_dim: int = 256
@@ -108,13 +109,18 @@ class ModelConfig:
     # R3GAN: the width of each stage from 4x4 up to the image size, a comma list ("768,768,768,768");
     # "" is model.channels everywhere. D mirrors G: the same widths from the image size down.
     stage_widths: str = ""
+    # Your own model's keys (any YAML mapping), handed to its builder unchanged; built-ins take none.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         # Deferred on purpose: the registries import torch, which `gan-dist --help` does not need.
-        from gan_dist.models import ARCHITECTURES, ACTIVATIONS
+        from gan_dist.models import ACTIVATIONS, check_arch
+        from gan_dist.plugins import PluginError
 
-        _require(self.arch in ARCHITECTURES, "model.arch",
-                 f"unknown architecture {self.arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
+        try:
+            check_arch(self.arch)
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
         _require(self.activation in ACTIVATIONS, "model.activation",
                  f"unknown activation {self.activation!r} (known: {', '.join(sorted(ACTIVATIONS))})")
         for key in ("z_dim", "hidden", "depth", "channels", "sr_blocks", "blocks_per_stage", "cardinality",
@@ -143,7 +149,8 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     # The adversarial loss: minimax, nonsaturating, wasserstein, hinge, least_squares or rpgan
-    # (relativistic pairing, R3GAN's; pair it with loss.r1_gamma and loss.r2_gamma).
+    # (relativistic pairing, R3GAN's; pair it with loss.r1_gamma and loss.r2_gamma); or your own:
+    # an entry point of the group gan_dist.losses, or a module:attr path (docs/api.md).
     kind: str = "nonsaturating"
     # WGAN-GP's lambda (10 in the paper); 0 turns the gradient penalty off.
     gp_weight: float = 0.0
@@ -175,10 +182,13 @@ class LossConfig:
 
     def validate(self) -> None:
         # Deferred on purpose: the registries import torch, which `gan-dist --help` does not need.
-        from gan_dist.losses import ADVERSARIAL_LOSSES, AUGMENTATIONS
+        from gan_dist.losses import AUGMENTATIONS, check_loss_kind
+        from gan_dist.plugins import PluginError
 
-        _require(self.kind in ADVERSARIAL_LOSSES, "loss.kind",
-                 f"unknown loss {self.kind!r} (known: {', '.join(sorted(ADVERSARIAL_LOSSES))})")
+        try:
+            check_loss_kind(self.kind)
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
         for key in ("gp_weight", "r1_gamma", "r2_gamma", "content_weight", "adversarial_weight",
                     "perceptual_weight", "class_weight"):
             value = getattr(self, key)
@@ -243,9 +253,14 @@ class ScheduleConfig:
     ema_halflife_steps: float = 500.0
     # Ramp-up: at step s the half-life is at most (s + 1) x this, so early G_ema tracks G (0: off).
     ema_rampup: float = 0.05
+    # Super-resolution: the first this many steps are the SRResNet phase (Ledig et al. 2017): G
+    # on the content loss alone, D untouched; the SRGAN phase (content + adversarial) follows
+    # from G's weights at that step, in the same run.
+    srresnet_steps: int = 0
 
     def validate(self) -> None:
         _require(self.n_critic >= 1, "schedule.n_critic", f"must be >= 1, got {self.n_critic}")
+        _require(self.srresnet_steps >= 0, "schedule.srresnet_steps", f"must be >= 0, got {self.srresnet_steps}")
         _require(not self.reuse_fake or self.n_critic == 1, "schedule.reuse_fake",
                  f"needs schedule.n_critic 1, got {self.n_critic}")
         _require(self.ema_halflife_steps >= 0, "schedule.ema_halflife_steps",
@@ -443,6 +458,10 @@ class MetricsConfig:
     # A file holding the Pushgateway's basic-auth credentials as "user:password" (the environment
     # variable GAN_DIST_PUSHGATEWAY_AUTH works too); never in the URL, which is printed and stored.
     pushgateway_auth_file: str = ""
+    # TensorBoard event files under <run>/tb/, written by the run's hub off the step: every history
+    # row's scalars, the sample grids, alerts and rollbacks as text, the resolved config as hparams
+    # (independent of `enabled`: without monitoring the losses, D and throughput remain).
+    tensorboard: bool = True
 
     def validate(self) -> None:
         _require(0 <= self.port <= 65535, "metrics.port", f"must be in [0, 65535], got {self.port}")
@@ -544,10 +563,20 @@ class EvalConfig:
     # Samples of each periodic eval (fewer than inception_n: FID is biased up at small n, so
     # compare periodic values with each other, and the end-of-run value with papers).
     every_n: int = 2000
+    # Super-resolution: evaluate on these whole photographs instead of the training data's
+    # patches: builtin:photos-eval (the held-out photos of builtin:photos), a folder of images
+    # or one image file. Each is cut to a multiple of the scale, downscaled (bicubic) and
+    # upscaled by G_ema; PSNR/SSIM on the Y channel, bicubic beside. With eval.inception also
+    # the Inception metrics of SR against HR crops.
+    sr_photos: str = ""
+    # Super-resolution eval: G_ema upscales a photo in tiles of this many low-resolution pixels a
+    # side, overlapping by 16 (memory stays bounded whatever the photo's size; 0: whole).
+    sr_tile: int = 128
 
     def validate(self) -> None:
         _require(self.num_samples > 0, "eval.num_samples", f"must be > 0, got {self.num_samples}")
         _require(self.every_steps >= 0, "eval.every_steps", f"must be >= 0, got {self.every_steps}")
+        _require(self.sr_tile == 0 or self.sr_tile >= 16, "eval.sr_tile", f"must be 0 or >= 16, got {self.sr_tile}")
         for key in ("inception_n", "every_n"):
             _require(getattr(self, key) >= 4, f"eval.{key}", f"must be >= 4, got {getattr(self, key)}")
         names = [m.strip() for m in self.metrics.split(",") if m.strip()]
@@ -598,6 +627,8 @@ class Config:
             mode = "min" if best in ("fid", "kid") else "max"
             _require(self.checkpoint.keep_best_mode == mode, "checkpoint.keep_best_mode",
                      f"must be {mode} for {best}, got {self.checkpoint.keep_best_mode}")
+        _require(not self.schedule.srresnet_steps or self.model.arch == "srgan", "schedule.srresnet_steps",
+                 f"needs a super-resolution model (model.arch srgan), not {self.model.arch}")
         _require(not self.loss.class_weight or self.model.arch == "cgan", "loss.class_weight",
                  f"needs a conditional model (model.arch cgan), not {self.model.arch}")
         _require(not (self.cosine.images and self.optim.lr_decay != "none"), "optim.lr_decay",
@@ -707,6 +738,15 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
             if not math.isfinite(number):
                 raise ConfigError(f"{key} must be a finite number, got {shown(value)}")
             return number
+    elif typing.get_origin(kind) is dict:  # model.options: a mapping of names, passed on unchanged
+        if isinstance(value, dict):
+            not_names = [k for k in value if not isinstance(k, str)]
+            if not not_names:
+                return value
+            raise ConfigError(f"{key} has the key {shown(not_names[0])} ({type(not_names[0]).__name__}): "
+                              f"option names are strings")
+        if value is None:
+            return {}
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -714,7 +754,8 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
             return "on" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{key} must be {kind.__name__}, got {shown(value)}")
+    expected = "a mapping" if typing.get_origin(kind) is dict else kind.__name__
+    raise ConfigError(f"{key} must be {expected}, got {shown(value)}")
 
 
 # Keys that moved ------------------------------------------------------------
@@ -766,7 +807,10 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "model.sync_batchnorm": (lambda c: c.model.arch != "mlp", "a model with BatchNorm"),
     "model.sr_scale": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "model.sr_blocks": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "model.options": (lambda c: own_model(c), "a model.arch of your own"),
     "loss.content_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "eval.sr_photos": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "eval.sr_tile": (lambda c: c.model.arch == "srgan" and bool(c.eval.sr_photos), "eval.sr_photos"),
     "loss.perceptual_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.perceptual_weights": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.r1_interval": (lambda c: c.loss.penalized, "loss.r1_gamma > 0 or loss.r2_gamma > 0"),
@@ -783,11 +827,27 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
 }
 
 
+# A builder of your own gets the whole model config, and super-resolution's content losses apply
+# to a super-resolution model of your own: these keys may act for any model.arch but a built-in.
+ARCH_KEYS = {key for key in INERT_WHEN if key.startswith("model.")} | {
+    "loss.content_weight", "loss.perceptual_weight", "loss.perceptual_weights"}
+
+
+def own_model(cfg: "Config") -> bool:
+    """model.arch is not a built-in: an entry point or a module:function path."""
+    # Deferred on purpose, as in ModelConfig.validate: the registry imports torch.
+    from gan_dist.models import ARCHITECTURES
+
+    return cfg.model.arch not in ARCHITECTURES
+
+
 def inert_keys(cfg: "Config") -> list[str]:
     """Warnings for keys set to a non-default value that have no effect in this config."""
     default = Config()
     found = []
     for key, (acts, needs) in INERT_WHEN.items():
+        if key in ARCH_KEYS and own_model(cfg):
+            continue
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value != getattr(getattr(default, section), name) and not acts(cfg):

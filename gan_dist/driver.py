@@ -23,6 +23,7 @@ from gan_dist.data.inspect import check_dataset
 from gan_dist.data.sources import resolve_source
 from gan_dist.monitor.hub import Hub, RunHub
 from gan_dist.monitor.metrics import TARGETS_FILE, check_bindable
+from gan_dist.monitor.tensorboard import TB_DIR
 from gan_dist.plan import PlanError, make_plan
 from gan_dist.results import HubSnapshot, RunResult, RunSummary, WorkerResult, describe
 from gan_dist.rundir import (CONFIG_FILE, SUMMARY_FILE, check_resume, check_writable, run_directory, write_atomic,
@@ -150,6 +151,9 @@ def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool
                                {"run": cfg.run.name, "recipe": cfg.recipe})
     if target:
         print(f"metrics           http://{target}/metrics (Prometheus file-SD: {run_dir / TARGETS_FILE})", flush=True)
+    if cfg.metrics.tensorboard:
+        hub.start_tensorboard(str(run_dir / TB_DIR), cfg.to_dict())
+        print(f"tensorboard       tensorboard --logdir {run_dir / TB_DIR}", flush=True)
     status, result, error, error_log = "failed", None, None, None
     try:
         with ProgressDisplay(hub.snapshot, cfg.train.max_steps):

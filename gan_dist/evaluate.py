@@ -28,11 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_dist import superres
 from gan_dist.data.sources import cache_root, resolve_source
 from gan_dist.data.stream import RankStream
-from gan_dist.models import TASKS
+from gan_dist.models import model_task
 from gan_dist.models.srgan import downsample
 from gan_dist.quality.distances import frechet_distance, kid
+
+# A 2-D sample is of high quality within this many standard deviations of its nearest mode.
+HIGH_QUALITY_STDS = 3
 
 
 def high_quality_counts(samples: np.ndarray, means: np.ndarray, std: float) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +46,7 @@ def high_quality_counts(samples: np.ndarray, means: np.ndarray, std: float) -> t
     means = np.asarray(means, dtype=np.float64)
     dist = np.linalg.norm(samples[:, None, :] - means[None, :, :], axis=2)
     nearest = dist.argmin(axis=1)
-    high_quality = dist[np.arange(len(samples)), nearest] < 3 * std
+    high_quality = dist[np.arange(len(samples)), nearest] < HIGH_QUALITY_STDS * std
     return np.bincount(nearest[high_quality], minlength=len(means)), high_quality
 
 
@@ -252,45 +256,28 @@ def evaluate_classes(G, cfg, index, device, conditional: bool) -> dict:
     return result
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - size // 2
-    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM (Wang et al. 2004) per image of [N, C, H, W] images in [0, 1]; 11x11 Gaussian window."""
-    c = a.shape[1]
-    window = _gaussian_window().to(a).expand(c, 1, -1, -1)
-    conv = lambda t: F.conv2d(t, window, groups=c)  # noqa: E731
-    mu_a, mu_b = conv(a), conv(b)
-    var_a, var_b, cov = conv(a * a) - mu_a ** 2, conv(b * b) - mu_b ** 2, conv(a * b) - mu_a * mu_b
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return s.flatten(1).mean(1)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per image of images in [0, 1]."""
-    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    return 10 * torch.log10(1 / mse)
-
-
 @torch.no_grad()
 def evaluate_super_resolution(G, cfg, index, device) -> dict:
-    hr, _ = read_real(index, min(cfg.eval.num_samples, 1000), seed=cfg.seed + 2)
-    hr = torch.from_numpy(hr).double()
-    scores = {"psnr": [], "ssim": [], "psnr_bicubic": []}
+    """Y-channel PSNR/SSIM (`scale` border pixels shaved) of G and of bicubic upscaling: on the
+    whole photos of `eval.sr_photos` when set (with `eval.inception`, the crop Inception metrics
+    too), else on HR images of the training data."""
+    scale, ev = cfg.model.sr_scale, cfg.eval
+    channels = index.meta["sample_shape"][0]
+    if ev.sr_photos:
+        return superres.evaluate_photos(G, superres.photo_paths(ev.sr_photos), scale, channels, ev.sr_tile,
+                                        device, inception=ev.inception,
+                                        metrics=[m.strip() for m in ev.metrics.split(",")])
+    hr, _ = read_real(index, min(ev.num_samples, 1000), seed=cfg.seed + 2)
+    hr = torch.from_numpy(hr)
+    scores: dict[str, list] = {"psnr_y": [], "ssim_y": [], "psnr_y_bicubic": [], "ssim_y_bicubic": []}
     for i in range(0, len(hr), 128):
         hr_img = hr[i:i + 128]
-        lr_img = downsample(hr_img.float(), cfg.model.sr_scale)
-        sr = G(lr_img.to(device)).double().cpu().clamp(-1, 1)
-        bicubic = F.interpolate(lr_img, size=hr_img.shape[-2:], mode="bicubic", align_corners=False).double().clamp(-1, 1)
-        to01 = lambda t: (t + 1) / 2  # noqa: E731
-        scores["psnr"].append(psnr(to01(sr), to01(hr_img)))
-        scores["ssim"].append(ssim(to01(sr), to01(hr_img)))
-        scores["psnr_bicubic"].append(psnr(to01(bicubic), to01(hr_img)))
+        lr_img = downsample(hr_img, scale)
+        for name, img in (("", superres.upscale(G, lr_img, scale, device=device)),
+                          ("_bicubic", superres.bicubic(lr_img, scale))):
+            p, s = superres.y_scores(img, hr_img, scale)
+            scores[f"psnr_y{name}"].append(p)
+            scores[f"ssim_y{name}"].append(s)
     return {k: float(torch.cat(v).mean()) for k, v in scores.items()}
 
 
@@ -332,7 +319,7 @@ def evaluate_stacked(G, cfg, index, device) -> dict:
 
 def evaluate_generator(G, cfg, index, device) -> dict:
     """The quality metrics that fit the data and the task (see DESIGN's summary.json `eval`)."""
-    meta, task = index.meta, TASKS[cfg.model.arch]
+    meta, task = index.meta, model_task(cfg.model.arch)
     was_training = G.training
     G.eval()
     try:

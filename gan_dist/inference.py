@@ -16,19 +16,20 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from gan_dist import checkpoint as ckpt
+from gan_dist import superres
 from gan_dist.config import Config, first_line
+from gan_dist.data import photos
 from gan_dist.data.builtin import Mixture2D
 from gan_dist.data.index import check_meta
 from gan_dist.data.sources import resolve_source
-from gan_dist.evaluate import evaluate_generator, generate, generate_images
-from gan_dist.models import TASKS, build_models
+from gan_dist.evaluate import HIGH_QUALITY_STDS, evaluate_generator, generate
+from gan_dist.models import build_models, model_task
 from gan_dist.plan import data_shape
 from gan_dist.rundir import check_writable
-from gan_dist.visualize import image_grid_png, scatter_png
+from gan_dist.visualize import image_grid_png, png_bytes, scatter_png
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Generator:
 
     @property
     def task(self) -> str:
-        return TASKS[self.cfg.model.arch]
+        return model_task(self.cfg.model.arch)
 
 
 def load_generator(path: str) -> Generator:
@@ -118,12 +119,14 @@ def sample_png(gen: Generator, n: int, classes: list[int] | None, seed: int, per
     check_grid_size((per_class or max(1, n // len(picked))) * len(picked) if picked else n, gen.meta["sample_shape"])
     if gen.task == "super_resolution":
         raise ValueError("a super-resolution model upscales an image: give --input LR.png")
+    title, text = caption(gen)
     if gen.meta["kind"] == "points":
         fake = generate(gen.G_ema, n, gen.cfg.model.z_dim, seed, "cpu")
-        mixture = gen.meta.get("mixture")
-        real = Mixture2D.from_meta("data", mixture).sample(1000, np.random.default_rng(seed))[0] if mixture else fake
-        return scatter_png(real, fake)
-    title, text = caption(gen)
+        if not gen.meta.get("mixture"):
+            return scatter_png(None, fake, caption=title, text=text)  # no real mixture to show
+        mixture = Mixture2D.from_meta("data", gen.meta["mixture"])
+        real = mixture.sample(1000, np.random.default_rng(seed))[0]
+        return scatter_png(real, fake, mixture.means, HIGH_QUALITY_STDS * mixture.std, caption=title, text=text)
     if not picked:
         images = np.concatenate(list(generate_labelled(gen.G_ema, None, n, gen.cfg.model.z_dim, seed)))
         return image_grid_png(images, columns=max(1, int(np.ceil(np.sqrt(n)))), caption=title, text=text)
@@ -145,7 +148,8 @@ def sample_folder(gen: Generator, out: Path, n: int, classes: list[int] | None, 
                   per_class: int | None = None, progress=None) -> int:
     """Write samples as one PNG file each into folder `out` (one subfolder per class for a
     conditional model, so `gan-dist data pack OUT` packs them as a labelled data set): n in
-    all, or `per_class` of each class. Written into a temporary folder renamed at the end."""
+    all, or `per_class` of each class. Written into a temporary folder renamed at the end.
+    Each PNG names its recipe, step and class in text chunks only (no band: they are data)."""
     picked = pick_classes(gen, classes)
     if gen.meta["kind"] != "image" or gen.task == "super_resolution":
         raise ValueError("a folder of samples needs a model that makes images from noise")
@@ -158,16 +162,20 @@ def sample_folder(gen: Generator, out: Path, n: int, classes: list[int] | None, 
         labels = None
     total = len(labels) if labels is not None else n
     names = class_names(gen.meta)
+    text = caption(gen)[1]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
         i = 0
         for images in generate_labelled(gen.G_ema, labels, total, gen.cfg.model.z_dim, seed, progress=progress):
             for image in images:
-                folder = tmp / class_folder(int(labels[i]), names[int(labels[i])]) if labels is not None else tmp
+                k = int(labels[i]) if labels is not None else None
+                folder = tmp / class_folder(k, names[k]) if k is not None else tmp
                 folder.mkdir(exist_ok=True)
                 pixels = ((np.clip(image, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0)
-                Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(folder / f"{i:06d}.png")
+                picture = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+                label = {"class": f"{k} {names[k]}"} if k is not None else {}
+                (folder / f"{i:06d}.png").write_bytes(png_bytes(picture, {**text, **label}))
                 i += 1
         if out.exists():
             out.rmdir()
@@ -178,25 +186,60 @@ def sample_folder(gen: Generator, out: Path, n: int, classes: list[int] | None, 
     return total
 
 
-def upscale_png(gen: Generator, lr_path: str) -> bytes:
-    """The super-resolved version of image `lr_path`."""
+# LR pixels of one tile of `sample --input` (memory stays bounded whatever the photo's size).
+UPSCALE_TILE = 128
+
+
+def read_input_image(path: str, max_pixels: int = photos.MAX_PIXELS) -> Image.Image:
+    """`sample --input`: an image file, decoded, its size checked before decoding; anything
+    else is a one-line ValueError."""
+    try:
+        with photos.open_image(path, f"--input {path}", max_pixels, hint="") as image, \
+                photos.pixel_limit(max_pixels):
+            image.load()
+            return image.copy()
+    except photos.ImageTooLarge:
+        raise
+    except FileNotFoundError:
+        raise ValueError(f"--input {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"--input {path}: is a folder, not an image file") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:  # Pillow's ways to fail
+        raise ValueError(f"--input {path}: not a readable image ({first_line(exc) or type(exc).__name__})") from None
+
+
+def upscale_image(gen: Generator, image: Image.Image, tile: int = UPSCALE_TILE) -> Image.Image:
+    """`image` upscaled by G_ema (fully convolutional, in overlapping tiles). The model's colour
+    channels come from the image (grey or RGB as G was trained; an RGB model turns a grey image
+    back to grey); an alpha channel is upscaled bicubically and put back."""
     if gen.task != "super_resolution":
         raise ValueError(f"--input needs a super-resolution model, this one is {gen.cfg.model.arch}")
-    channels = gen.meta["sample_shape"][0]
-    try:
-        image = Image.open(lr_path).convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"--input {lr_path}: not a readable image ({exc})") from None
-    pixels = np.asarray(image, dtype=np.float32) / 127.5 - 1
-    x = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1).transpose(2, 0, 1).copy())[None]
-    with torch.no_grad():
-        out = gen.G_ema(x).clamp(-1, 1)
-    return image_grid_png(out.numpy(), columns=1, pad=0)
+    channels, scale = gen.meta["sample_shape"][0], gen.cfg.model.sr_scale
+    grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+    alpha = image.getchannel("A") if "A" in image.getbands() else None
+    if image.mode == "P" and "transparency" in image.info:
+        alpha = image.convert("RGBA").getchannel("A")
+    colour = image.convert("L" if channels == 1 else "RGB")
+    pixels = np.asarray(colour).reshape(colour.height, colour.width, -1)
+    sr = superres.upscale(gen.G_ema, superres.to_tensor(pixels), scale, tile)
+    out = Image.fromarray(superres.to_pixels(sr).squeeze(2) if channels == 1 else superres.to_pixels(sr))
+    if grey and channels == 3:
+        out = out.convert("L")
+    if alpha is not None:
+        out.putalpha(alpha.resize(out.size, Image.Resampling.BICUBIC))
+    return out
 
 
-def evaluate_checkpoint(path: str, data: str | None) -> dict:
-    """The quality metrics of a checkpoint's G_ema on its data (or on `data`)."""
-    gen = load_generator(path)
+def upscale_png(gen: Generator, path: str) -> bytes:
+    """The super-resolved version of image file `path`, as PNG bytes."""
+    if gen.task != "super_resolution":
+        raise ValueError(f"--input needs a super-resolution model, this one is {gen.cfg.model.arch}")
+    # The recipe, step and input in text chunks only: the picture itself is the upscaled image.
+    return png_bytes(upscale_image(gen, read_input_image(path)), {**caption(gen)[1], "input": Path(path).name})
+
+
+def evaluate_checkpoint(gen: Generator, data: str | None) -> dict:
+    """The quality metrics of a loaded checkpoint's G_ema on its data (or on `data`), with its step."""
     index = resolve_source(data or gen.cfg.data.source, gen.cfg.data.cache_dir)
     if data_shape(index.meta) != data_shape(gen.meta):
         raise ValueError(f"--data {data}: its samples are {index.meta['sample_shape']}, the model makes "

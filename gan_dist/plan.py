@@ -6,10 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
+from gan_dist import superres
 from gan_dist.batching import BatchSplit, BatchSplitError, split_batch
+from gan_dist.config import first_line
 from gan_dist.data.index import DatasetIndex
 from gan_dist.data.stream import shards_of_rank
-from gan_dist.models import TASKS, DataShape, build_models
+from gan_dist.losses import adversarial_loss, loss_label
+from gan_dist.models import DataShape, arch_label, build_models, model_task
 from gan_dist.quality.inception import check_installed
 from gan_dist.quality.metrics import check_count, check_reals, parse_metrics
 from gan_dist.schedule import build_cosine, build_schedule, describe, describe_cosine
@@ -73,23 +76,110 @@ def data_shape(meta: dict, model_cfg=None) -> DataShape:
 MAX_WEIGHTS = 1_000_000_000
 
 
-def check_models(cfg, shape: DataShape) -> str:
+def check_models(cfg, shape: DataShape, batch: int = 2) -> str:
     """Build (G, D) once so that an impossible or oversized architecture is bad input, not a
     crash later; what was built, for the plan. Built on torch's meta device: shapes without
-    memory, so counting a model too big to allocate costs nothing."""
+    memory, so counting a model too big to allocate costs nothing. Then G and D run once on a
+    batch of `batch` (the per-rank batch) as the trainer calls them: the contract of
+    gan_dist.models, checked for built-ins and plug-ins alike."""
+    label = arch_label(cfg.model.arch)
     try:
+        task = model_task(cfg.model.arch)
         with torch.device("meta"):
             G, D = build_models(cfg.model, shape)
     except ValueError as exc:
-        raise PlanError(f"model.arch {cfg.model.arch}: {exc}") from None
+        raise PlanError(f"model.arch {label}: {exc}") from None
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     for name, net in (("G", G), ("D", D)):
         if count(net) > MAX_WEIGHTS:
             raise PlanError(f"{name} of model.arch {cfg.model.arch} would have {count(net):,} weights, over the "
                             f"{MAX_WEIGHTS:,} a model may have (check model.hidden, depth, channels, z_dim and the "
                             f"data's image size)")
+    try:
+        problem = contract_problem(G, D, task, shape, cfg.model, batch, "meta")
+    except NoMetaKernel:
+        # An op of G or D that the meta device cannot run (or a read of a value): run them on the
+        # CPU instead, with real weights (counted above) and a real batch.
+        G, D = build_models(cfg.model, shape)
+        problem = contract_problem(G, D, task, shape, cfg.model, batch, "cpu")
+    if problem:
+        raise PlanError(f"model.arch {label}: {problem}")
     layout = getattr(G, "layout", "")
     return f"{cfg.model.arch}, G {count(G):,} / D {count(D):,} weights" + (f"; {layout}" if layout else "")
+
+
+class NoMetaKernel(Exception):
+    """G or D failed on the meta device in a way that says nothing about the model."""
+
+
+def contract_problem(G, D, task: str, shape: DataShape, model_cfg, batch: int, device: str) -> str:
+    """What is wrong with how (G, D) meet the trainer, in a few words; "" if nothing. G's
+    inputs follow its task; its output must have the data's shape; D(x, y) (y the labels
+    when the data has them, else None) must return one logit per sample, shape [B]."""
+    if task == "conditional" and shape.num_classes < 2:
+        return f"a conditional model needs labelled data, and the data has {shape.num_classes} classes"
+    if task == "super_resolution" and shape.kind != "image":
+        return f"a super-resolution model needs image data, the data holds {shape.kind}"
+    y = torch.zeros(batch, dtype=torch.long, device=device) if shape.num_classes else None
+    if task == "super_resolution":
+        channels, height, width = shape.sample_shape
+        scale = model_cfg.sr_scale
+        inputs, call = (torch.randn(batch, channels, height // scale, width // scale, device=device),), "G(lr_img)"
+    else:
+        z = torch.randn(batch, model_cfg.z_dim, device=device)
+        inputs, call = ((z, y), "G(z, y)") if task == "conditional" else ((z,), "G(z)")
+    expected = (batch, *shape.sample_shape)
+    fake = _run(G, inputs, device)
+    if isinstance(fake, Exception):
+        return f"{call} failed ({type(fake).__name__}: {first_line(fake)})" + (
+            "; a conditional G takes the labels as its second argument" if task == "conditional" else "")
+    if not isinstance(fake, torch.Tensor) or tuple(fake.shape) != expected:
+        return f"{call} returned {_shape(fake)} for a batch of {batch}; the data's samples need {list(expected)}"
+    logits = _run(D, (fake, y), device)
+    if isinstance(logits, Exception):
+        return (f"D(x, y) failed ({type(logits).__name__}: {first_line(logits)}); D is called with y the labels "
+                f"when the data has them, else None")
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (batch,):
+        return (f"D(x, y) returned {_shape(logits)} for a batch of {batch}; it must return one logit per sample, "
+                f"shape [{batch}]")
+    return ""
+
+
+def _run(net, inputs: tuple, device: str):
+    """net(*inputs), or the exception it raised (NoMetaKernel when the meta device is to blame)."""
+    try:
+        with torch.no_grad():
+            return net(*inputs)
+    except Exception as exc:  # anything the network raises here it would raise at the first step
+        if device == "meta" and "meta" in str(exc).lower():
+            raise NoMetaKernel() from exc
+        return exc
+
+
+def _shape(value) -> str:
+    return f"shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
+def check_loss(cfg) -> None:
+    """The adversarial loss gives scalar tensors that carry gradients to the logits: tried on a
+    few logits (D's loss and G's), so that a plug-in's mistake is bad input now."""
+    try:
+        loss = adversarial_loss(cfg.loss.kind)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+    real, fake = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+    for term, call in (("d_loss", lambda: loss.d_loss(real, fake)), ("g_loss", lambda: loss.g_term(fake, real))):
+        try:
+            value = call()
+        except Exception as exc:  # a plug-in's error, named on one line
+            raise PlanError(f"loss.kind {loss_label(cfg.loss.kind)}: {term} failed on logits of shape [4] "
+                            f"({type(exc).__name__}: {first_line(exc)})") from None
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            raise PlanError(f"loss.kind {loss_label(cfg.loss.kind)}: {term} returned {_shape(value)} for logits "
+                            f"of shape [4], not a scalar (reduce over the batch, e.g. with .mean())")
+        if not value.requires_grad:
+            raise PlanError(f"loss.kind {loss_label(cfg.loss.kind)}: {term} does not depend on the logits "
+                            f"(no gradient would reach the network)")
 
 
 def check_inception_eval(cfg, index: DatasetIndex) -> None:
@@ -98,9 +188,14 @@ def check_inception_eval(cfg, index: DatasetIndex) -> None:
     ev = cfg.eval
     if not ev.uses_inception:
         return
-    if TASKS[cfg.model.arch] == "super_resolution":
-        raise PlanError("eval.inception and eval.every_steps are for generators of images from noise, "
-                        "not super-resolution models")
+    if model_task(cfg.model.arch) == "super_resolution":
+        # Super-resolution: the crop Inception metrics of the eval photos, at the end only.
+        if ev.every_steps or not ev.sr_photos:
+            raise PlanError("for super-resolution models the Inception metrics are the end-of-run crop FID of "
+                            "eval.sr_photos: set eval.sr_photos, and eval.every_steps 0")
+        parse_metrics(ev.metrics)
+        check_installed()
+        return
     metrics = parse_metrics(ev.metrics)
     for key, n in (("eval.inception_n", ev.inception_n if ev.inception else 0),
                    ("eval.every_n", ev.every_n if ev.every_steps else 0)):
@@ -128,7 +223,11 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
         # the order DDP's no_sync needs.
         raise PlanError(f"schedule.reuse_fake needs one micro-batch per worker, but {split.describe()}: "
                         f"raise train.batch_per_worker to {split.share} or turn reuse_fake off")
-    model = check_models(cfg, data_shape(index.meta, cfg.model))
+    # G and D meet the trainer one micro-batch at a time.
+    model = check_models(cfg, data_shape(index.meta, cfg.model), split.micro_batch)
+    check_loss(cfg)
+    if model_task(cfg.model.arch) == "super_resolution" and cfg.eval.sr_photos:
+        superres.photo_paths(cfg.eval.sr_photos)  # a missing eval set is bad input now, not at the end
     check_inception_eval(cfg, index)
     cosine = build_cosine(cfg.cosine, cfg.optim, cfg.loss, batch)
     return Plan(

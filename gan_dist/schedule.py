@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Phase:
-    name: str  # Dmain, Dreg, Gmain, Greg
+    name: str  # Dmain, Dreg, Gmain, Gcontent
     net: str  # "D" or "G"
     interval: int = 1  # runs when step % interval == 0
 
@@ -77,9 +77,15 @@ class Schedule:
     ema_halflife_steps: float
     ema_rampup: float
     cosine: CosineSchedule | None = None  # schedules in images seen; None: by steps
+    # Super-resolution's SRResNet phase: before this step only Gcontent runs (G on a fresh real
+    # batch, content loss alone); from it on, the adversarial phases.
+    srresnet_steps: int = 0
 
     def phases_at(self, step: int) -> list[Phase]:
-        """Phases run at `step`, in order: D phases n_critic times, then G phases."""
+        """Phases run at `step`, in order: D phases n_critic times, then G phases (in the
+        SRResNet phase of super-resolution, Gcontent alone)."""
+        if step < self.srresnet_steps:
+            return [CONTENT_PHASE]
         run: list[Phase] = []
         for _ in range(self.n_critic):
             run += [p for p in self.phases if p.name == "Dmain"]
@@ -103,7 +109,6 @@ class Schedule:
             return 0.0
         return 0.5 ** (1.0 / halflife)
 
-
     def lr_factor(self, step: int) -> float:
         """Both lrs' factor from the schedule in images (1 without one; optim.lr_decay is lr_at's)."""
         return self.cosine.lr_factor(step) if self.cosine is not None else 1.0
@@ -121,9 +126,13 @@ class Schedule:
         return self.cosine.augment_p_at(step) if self.cosine is not None else constant
 
 
+CONTENT_PHASE = Phase("Gcontent", "G")
+
+
 def build_schedule(schedule_cfg, loss_cfg=None, cosine: CosineSchedule | None = None) -> Schedule:
     """The phases: Dmain (n_critic times), Dreg when R1 or R2 is lazy (every loss.r1_interval
-    steps; at interval 1 they are part of Dmain's loss instead), Gmain."""
+    steps; at interval 1 they are part of Dmain's loss instead), Gmain; before
+    schedule.srresnet_steps, Gcontent alone."""
     phases = [Phase("Dmain", "D")]
     if loss_cfg is not None and lazy_penalties(loss_cfg):
         phases.append(Phase("Dreg", "D", interval=loss_cfg.r1_interval))
@@ -134,6 +143,7 @@ def build_schedule(schedule_cfg, loss_cfg=None, cosine: CosineSchedule | None = 
         ema_halflife_steps=schedule_cfg.ema_halflife_steps,
         ema_rampup=schedule_cfg.ema_rampup,
         cosine=cosine,
+        srresnet_steps=schedule_cfg.srresnet_steps,
     )
 
 
@@ -190,4 +200,8 @@ def describe_cosine(cosine: CosineSchedule) -> str:
 
 def describe(schedule: Schedule, steps: int = 3) -> list[str]:
     """The first steps of the schedule, for --dry-run."""
-    return [f"step {s}: " + ", ".join(p.name for p in schedule.phases_at(s)) for s in range(steps)]
+    lines = [f"step {s}: " + ", ".join(p.name for p in schedule.phases_at(s)) for s in range(steps)]
+    if schedule.srresnet_steps:
+        s = schedule.srresnet_steps
+        lines.append(f"step {s}: " + ", ".join(p.name for p in schedule.phases_at(s)) + " (the SRGAN phase)")
+    return lines

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from gan_dist import __version__
+from gan_dist import __version__, plugins
 from gan_dist.config import Config, resolve
 from gan_dist.jobspec import JobSpec, SubmitError, first_line
 from gan_dist.train_args import add_train_arguments, train_overrides
@@ -161,6 +161,9 @@ def cluster_storage(storage: str, address: str) -> str:
 
 def job_spec(args, cfg: Config, train_argv: list[str]) -> JobSpec:
     runtime_env, train_argv = code_env(args, train_argv)
+    modules = plugin_modules(cfg)
+    if modules:
+        runtime_env["py_modules"] = [str(path) for path in modules]
     env_vars = {"PYTHONUNBUFFERED": "1", **parse_pairs(args.env, "--env", str)}
     runtime_env["env_vars"] = env_vars
     return JobSpec(
@@ -195,6 +198,23 @@ def code_env(args, train_argv: list[str]) -> tuple[dict, list[str]]:
         train_argv = [recipe.relative_to(folder).as_posix(), *train_argv[1:]]
     # Ray leaves out .git and whatever .gitignore names (.venv, runs/).
     return {"working_dir": str(folder)}, train_argv
+
+
+def plugin_modules(cfg: Config) -> list[Path]:
+    """The code of the config's plug-ins (a model.arch or loss.kind of the user's own), shipped
+    with the job as Ray `py_modules`: each plug-in's top-level package and, for an entry point,
+    its .dist-info folder, so that the name resolves on the cluster as it does here. Ray puts
+    them on the job's and every worker's path, before the image's own packages."""
+    # Deferred on purpose, as config validation does: the registries import torch.
+    from gan_dist.losses import ADVERSARIAL_LOSSES
+    from gan_dist.models import ARCHITECTURES
+
+    found: list[Path] = []
+    for key, name, group, builtins in (("model.arch", cfg.model.arch, plugins.MODEL_GROUP, ARCHITECTURES),
+                                       ("loss.kind", cfg.loss.kind, plugins.LOSS_GROUP, ADVERSARIAL_LOSSES)):
+        if name not in builtins:
+            found += [path for path in plugins.code_paths(key, name, group) if path not in found]
+    return found
 
 
 def source_checkout() -> Path | None:

@@ -4,6 +4,7 @@ restored after it."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState, PartialState
+
+from gan_dist import plugins
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,6 +82,24 @@ def cache_dir(tmp_path_factory) -> Path:
     SESSION_ENV["GAN_DIST_CACHE"] = str(path)
     os.environ["GAN_DIST_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def example_installed() -> None:
+    """The example plug-in package (examples/custom-model), installed into the test environment
+    with `pip install -e` as `make setup` does: its entry points must be there."""
+    missing = {"custom-resnet"} - set(plugins.entry_points(plugins.MODEL_GROUP))
+    missing |= {"custom-rsgan"} - set(plugins.entry_points(plugins.LOSS_GROUP))
+    if missing:
+        pytest.fail(f"the example plug-in (examples/custom-model) is not installed in this environment (no entry "
+                    f"point {', '.join(sorted(missing))}): run `make setup`, or `.venv/bin/python -m pip install "
+                    f"-c constraints.txt --no-deps -e examples/custom-model`")
+    # Editable: the tests exercise this checkout's example, not a copy installed from elsewhere.
+    spec = importlib.util.find_spec("custom_gan")
+    folder = REPO / "examples" / "custom-model" / "custom_gan"
+    if spec is None or Path(spec.origin).parent != folder:
+        pytest.fail(f"custom_gan is imported from {spec and spec.origin}, not from {folder}: reinstall it with "
+                    f"`.venv/bin/python -m pip install -c constraints.txt --no-deps -e examples/custom-model`")
 
 
 @dataclass

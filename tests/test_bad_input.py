@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
@@ -61,6 +62,17 @@ def write(name: str, text: str | bytes) -> Callable[[Path], None]:
     if isinstance(text, bytes):
         return lambda tmp: (tmp / name).write_bytes(text)
     return lambda tmp: (tmp / name).write_text(text)
+
+
+def hr_crops(size: int) -> Callable[[Path], None]:
+    """A packed set of 8 random size x size RGB images at {tmp}/crops<size>."""
+    def make(tmp: Path) -> None:
+        out = tmp / f"crops{size}"
+        out.mkdir()
+        pixels, _ = random_images(8, size=size)
+        pack_images(array_source("crops", "crops", pixels, None, [], shuffle=False, seed=0), out,
+                    PackOptions(encode="png"))
+    return make
 
 
 def billion_laughs() -> str:
@@ -124,6 +136,20 @@ def remove(*names: str) -> Callable[[Path], None]:
 
 def steps(*changes: Callable[[Path], None]) -> Callable[[Path], None]:
     return lambda tmp: [change(tmp) for change in changes] and None
+
+
+def truncate(name: str) -> Callable[[Path], None]:
+    """Keep the first half of file `name`: a file cut short by a full disk or a lost copy."""
+    def damage(tmp: Path) -> None:
+        data = (tmp / name).read_bytes()
+        (tmp / name).write_bytes(data[:len(data) // 2])
+    return damage
+
+
+def no_rows(tmp: Path) -> None:
+    """The trained run's history.parquet with its columns and no row."""
+    path = tmp / "run" / "history.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
 
 CASES: dict[str, Case] = {
     # 0 is not "not given": every count a user types is checked (issue 16, item 7).
@@ -221,6 +247,20 @@ CASES: dict[str, Case] = {
     "conv model of 4e10 weights": Case((*TRAIN, "--dry-run", "--set", "model.arch=dcgan", "--set",
                                         "data.source=builtin:digits", "--set", "model.channels=16384"),
                                        "G of model.arch dcgan would have 43,218,599,936 weights"),
+    # Super-resolution (issue 20): the scale must divide the HR crops; the eval photos must exist.
+    "srgan scale not dividing the crops": Case((*TRAIN, "--dry-run", "--set", "model.arch=srgan", "--set",
+                                                "data.source={tmp}/crops30"),
+                                               "model.sr_scale 4 does not divide the data's 30x30 HR images",
+                                               setup=hr_crops(30)),
+    "srgan eval.sr_photos missing": Case((*TRAIN, "--dry-run", "--set", "model.arch=srgan", "--set",
+                                          "data.source={tmp}/crops32", "--set", "eval.sr_photos={tmp}/none"),
+                                         "eval.sr_photos {tmp}/none: no such file or folder", setup=hr_crops(32)),
+    "srgan periodic Inception eval": Case((*TRAIN, "--dry-run", "--set", "model.arch=srgan", "--set",
+                                           "data.source={tmp}/crops32", "--set", "eval.every_steps=10"),
+                                          "the Inception metrics are the end-of-run crop FID of eval.sr_photos",
+                                          setup=hr_crops(32)),
+    "srresnet phase without srgan": Case((*TRAIN, "--dry-run", "--set", "schedule.srresnet_steps=100"),
+                                         "schedule.srresnet_steps needs a super-resolution model"),
     # Tracebacks instead of one line (item 7) and misleading messages (the minor items).
     "recipe with int and str keys": Case(("train", "{tmp}/mixed.yaml", "--storage", "{tmp}/runs"),
                                          "config has the key 1 (int): config keys are names",
@@ -307,6 +347,21 @@ CASES: dict[str, Case] = {
                                setup=in_checkpoint("state.pt", lambda data: ckpt.to_bytes([1, 2]))),
     "run config.yaml invalid on resume": Case(("train", "--max-steps", "6", *RUN), "run/config.yaml is not a valid "
                                               "config", run=True, setup=write("run/config.yaml", "seed: [1\n")),
+    # `gan-dist report` (issue 24): not a run, a history that does not read, --out nowhere.
+    "report of a missing folder": Case(("report", "{tmp}/nope"), "{tmp}/nope is not a run directory (no such folder)"),
+    "report of a folder that is not a run": Case(("report", "{tmp}"), "is not a run directory (it has no config.yaml)"),
+    "report of a zero-byte history": Case(("report", "{tmp}/run"), "history.parquet is empty (0 bytes)", run=True,
+                                          setup=write("run/history.parquet", b"")),
+    "report of a history without rows": Case(("report", "{tmp}/run"), "history.parquet is empty (no rows)", run=True,
+                                              setup=no_rows),
+    "report of a truncated history": Case(("report", "{tmp}/run"), "history.parquet is damaged (", run=True,
+                                          setup=truncate("run/history.parquet")),
+    "report of a damaged summary.json": Case(("report", "{tmp}/run"), "summary.json is damaged (", run=True,
+                                             setup=truncate("run/summary.json")),
+    "report --out in a missing folder": Case(("report", "{tmp}/run", "--out", "{tmp}/none/r.html"),
+                                             "--out {tmp}/none/r.html: the folder {tmp}/none does not exist", run=True),
+    "report --out a folder": Case(("report", "{tmp}/run", "--out", "{tmp}/run/samples"),
+                                  "--out {tmp}/run/samples is a folder", run=True),
     # The resume guard (item 11): without the run's config.yaml and newest checkpoint, the older
     # checkpoint's own config still refuses other settings.
     "resume guard bypass": Case(("train", "--max-steps", "6", *RUN, "--set", "loss.kind=hinge", "--set",
@@ -337,6 +392,52 @@ CASES: dict[str, Case] = {
     "exploit policy outside a tune": Case((*TRAIN, "--set", "monitor.collapse=exploit"),
                                           "monitor.collapse=exploit replaces a member of a population (gan-dist tune)"),
     "run.stop_at_step negative": Case((*TRAIN, "--set", "run.stop_at_step=-1"), "run.stop_at_step must be >= 0"),
+    # A model or loss of the user's own (issue 26), refused at start-up: plug-ins that do not load
+    # or break the contract (tests/plugin_fixtures.py; the example plug-in of examples/custom-model).
+    "model.arch path that does not import": Case((*TRAIN, "--set", "model.arch=no_such_module:build"),
+                                                 "model.arch no_such_module:build: cannot import no_such_module "
+                                                 "(ModuleNotFoundError: No module named 'no_such_module')"),
+    "model.arch module failing as it loads": Case((*TRAIN, "--set", "model.arch=plugin_fixtures_broken:build"),
+                                                  "cannot import plugin_fixtures_broken (RuntimeError: this plug-in "
+                                                  "fails as it loads)"),
+    "model.arch attribute missing": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:no_such_builder"),
+                                         "plugin_fixtures has no attribute no_such_builder"),
+    "model.arch not a path": Case((*TRAIN, "--set", "model.arch=a:b:c"), "model.arch 'a:b:c' is not a module:attr path"),
+    "model.arch entry point missing": Case((*TRAIN, "--set", "model.arch=no-such-model"),
+                                           "model.arch 'no-such-model' is not a built-in (cgan, dcgan, mlp, r3gan, "
+                                           "r3gan_cond, srgan), an entry point of the group gan_dist.models"),
+    "model.arch not a function": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:not_a_builder"),
+                                      "model.arch plugin_fixtures:not_a_builder is a int, not a builder function"),
+    "builder returning one module": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:one_module"),
+                                         "the builder returned a Linear, not a tuple (G, D) of torch.nn.Modules"),
+    "builder raising": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:reads_a_missing_option"),
+                            "model.arch plugin_fixtures:reads_a_missing_option: the builder raised KeyError: 'depth'"),
+    "builder of an unknown task": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:unknown_task"),
+                                       "the builder's task is 'text_to_image', not one of unconditional, conditional, "
+                                       "super_resolution"),
+    "G of the wrong shape": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:g_of_three_values"),
+                                 "model.arch plugin_fixtures:g_of_three_values: G(z) returned shape [256, 3] for a "
+                                 "batch of 256; the data's samples need [256, 2]"),
+    "D logits of shape [B, 1]": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:d_of_shape_b1"),
+                                     "D(x, y) returned shape [256, 1] for a batch of 256; it must return one logit per "
+                                     "sample, shape [256]"),
+    "conditional G without labels": Case((*TRAIN, "--set", "model.arch=plugin_fixtures:conditional_without_labels"),
+                                         "G(z, y) failed (TypeError:"),
+    "model.options not a mapping": Case((*TRAIN, "--set", "model.options=3"), "model.options must be a mapping, got 3"),
+    "unknown option of the example plug-in": Case((*TRAIN, "--set", "model.arch=custom-resnet", "--set",
+                                                   "data.source=builtin:digits", "--set", "model.options.depth=3"),
+                                                  "model.arch custom-resnet (entry point custom_gan.models:"
+                                                  "build_resnet_gan): unknown model.options key depth"),
+    "loss of per-sample values": Case((*TRAIN, "--set", "loss.kind=plugin_fixtures:per_sample"),
+                                      "loss.kind plugin_fixtures:per_sample: d_loss returned shape [4] for logits of "
+                                      "shape [4], not a scalar"),
+    "loss without a gradient": Case((*TRAIN, "--set", "loss.kind=plugin_fixtures:detached"),
+                                    "loss.kind plugin_fixtures:detached: d_loss does not depend on the logits"),
+    "loss not an AdversarialLoss": Case((*TRAIN, "--set", "loss.kind=plugin_fixtures:not_a_loss"),
+                                        "loss.kind plugin_fixtures:not_a_loss is a dict, not a "
+                                        "gan_dist.losses.AdversarialLoss"),
+    "loss.kind entry point missing": Case((*TRAIN, "--set", "loss.kind=no-such-loss"),
+                                          "loss.kind 'no-such-loss' is not a built-in"),
 }
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from conftest import run_cli
 from data_helpers import image_dataset, random_images
@@ -183,6 +184,15 @@ def _images(tmp: Path) -> Path:
     return tmp / "d.npz"
 
 
+def _photos(tmp: Path) -> Path:
+    """A folder of two small photos, 30x20 and 25x40."""
+    folder = tmp / "photos"
+    folder.mkdir()
+    for i, (width, height) in enumerate([(30, 20), (25, 40)]):
+        Image.fromarray(random_images(1, size=max(width, height))[0][0, :height, :width]).save(folder / f"p{i}.png")
+    return folder
+
+
 def _not_parquet_index(tmp: Path) -> Path:
     (tmp / "ds").mkdir()
     (tmp / "ds" / INDEX_FILE).write_bytes(b"PAR1 this is not Parquet")
@@ -277,6 +287,21 @@ ROWS = [
                                                         str(tmp / "out")], "row 2 has label -3"),
     Row("pack-npy-named-npz", lambda tmp, w: ["data", "pack", str(_npy_named_npz(tmp)), "--out", str(tmp / "out")],
         "not a .npz archive"),
+    # pack: random crops of photos, the pixel limit
+    Row("pack-crop-larger-than-every-photo", lambda tmp, w: ["data", "pack", str(_photos(tmp)), "--out",
+                                                              str(tmp / "out"), "--crop", "96"],
+        "--crop 96 is larger than every image (the largest is 25x40)"),
+    Row("pack-crop-and-size", lambda tmp, w: ["data", "pack", str(_photos(tmp)), "--out", str(tmp / "out"),
+                                               "--crop", "8", "--size", "8"], "--crop and --size exclude each other"),
+    Row("pack-crops-per-image-without-crop", lambda tmp, w: ["data", "pack", str(_photos(tmp)), "--out",
+                                                              str(tmp / "out"), "--crops-per-image", "4"],
+        "--crops-per-image needs --crop SIZE"),
+    Row("pack-every-image-over-the-pixel-limit", lambda tmp, w: ["data", "pack", str(_photos(tmp)), "--out",
+                                                                  str(tmp / "out"), "--max-pixels", "500"],
+        "over the limit of 500 (a decompression bomb?)"),
+    Row("pack-builtin-photos-not-installed", lambda tmp, w: ["data", "pack", "builtin:photos", "--out",
+                                                              str(tmp / "out")],
+        "apt-get install mate-backgrounds", env={"GAN_DIST_PHOTOS_DIR": "/nonexistent"}),
     # pack: where it writes
     Row("pack-out-under-a-file", lambda tmp, w: ["data", "pack", str(_images(tmp)), "--out",
                                                   str(_a_file(tmp) / "ds")], "is a file, not a folder"),

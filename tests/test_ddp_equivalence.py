@@ -61,6 +61,9 @@ CASES = {
                                       "cosine.augment_p_end=0.9"]),
     "r3gan_cond_lazy_bf16": (IMAGES, ["model.arch=r3gan_cond", *R3GAN_MODEL, *R3GAN_LOSS, "loss.r1_interval=2",
                                       "train.mixed_precision=bf16"]),
+    # A user's own model and loss (examples/custom-model, installed by make setup), with GP and R1 on its D.
+    "plugin_resnet_rsgan_gp_r1": (IMAGES, ["model.arch=custom-resnet", *IMAGE_MODEL, "loss.kind=custom-rsgan",
+                                           "loss.gp_weight=1", "loss.r1_gamma=0.1", "loss.r1_interval=2"]),
 }
 
 # Cases whose math does not depend on how the global batch is split: no BatchNorm (it

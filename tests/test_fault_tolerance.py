@@ -45,12 +45,20 @@ def train(cluster, storage: Path, name: str, steps: int, *extra: str) -> tuple[i
     return code, json.loads((storage / name / "summary.json").read_text())
 
 
-def train_workers() -> list[psutil.Process]:
+def train_workers(cluster=None) -> list[psutil.Process]:
+    """The Ray Train workers on this machine; with `cluster` (a ray.cluster_utils.Cluster), only
+    the ones its raylets started, since other Ray clusters may share the machine."""
+    raylets = None if cluster is None else {info.process.pid for node in cluster.list_all_nodes()
+                                            for info in node.all_processes.get("raylet", [])}
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if cmd.startswith("ray::RayTrainWorker"):
-            found.append(proc)
+        try:
+            if cmd.startswith("ray::RayTrainWorker") and (
+                    raylets is None or raylets & {parent.pid for parent in proc.parents()}):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass  # ended while we looked
     return found
 
 
@@ -69,8 +77,8 @@ def when_checkpointed(run_dir: Path, step: int, action, timeout: float = 240) ->
     return thread
 
 
-def signal_one_worker(sig: int) -> None:
-    workers = train_workers()
+def signal_one_worker(sig: int, cluster=None) -> None:
+    workers = train_workers(cluster)
     assert workers, "no training worker to signal"
     os.kill(workers[-1].pid, sig)
 

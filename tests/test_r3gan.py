@@ -44,7 +44,7 @@ def test_rpgan_pairs_real_and_fake_element_wise():
     # Paired, not averaged: which fake meets which real matters.
     assert loss.d_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])).item() != pytest.approx(
         loss.d_loss(torch.tensor([2.0, 0.0]), torch.tensor([2.0, 0.0])).item())
-    assert loss.relativistic and not ADVERSARIAL_LOSSES["nonsaturating"].relativistic
+    assert loss.g_uses_real and not ADVERSARIAL_LOSSES["nonsaturating"].g_uses_real
 
 
 @pytest.mark.unit
@@ -209,6 +209,41 @@ def test_two_identical_micro_batches_train_as_one(monkeypatch, overrides):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for s1, s2 in zip(stats1, stats2):
         assert s1.keys() == s2.keys()
+        for name in s1:
+            torch.testing.assert_close(s1[name], s2[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.unit
+def test_the_srresnet_phase_accumulates_two_identical_micro_batches_as_one():
+    """SRGAN's content-only phase (Gcontent) under accumulation: 2 micro-batches of the same
+    crops train G as 1 does, each micro-batch a fresh real batch, and D is never touched."""
+    cfg = resolve("srgan-photos", ["model.channels=8", "model.sr_blocks=1", "data.batch_size=4",
+                                   "schedule.srresnet_steps=4", "optim.lr_g=1e-3"])
+    runs = {}
+    for count in (1, 2):
+        rt = init_runtime(0, "no")
+        st = build_state(cfg, DataShape("image", (3, 16, 16)), rt)
+        ctx = step_module.build_step_context(cfg, 4, rt.device, accumulation=count)
+        reads = 0
+
+        def next_real():
+            nonlocal reads
+            draw = reads // count
+            reads += 1
+            return {"x": torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(draw)) * 2 - 1}
+
+        g_before, d_before = [p.clone() for p in st.G.parameters()], [p.clone() for p in st.D.parameters()]
+        stats = [step_module.train_step(st, rt, ctx, next_real) for _ in range(3)]
+        assert reads == 3 * count
+        assert all(torch.equal(a, b) for a, b in zip(d_before, st.D.parameters()))
+        assert not all(torch.equal(a, b) for a, b in zip(g_before, st.G.parameters()))
+        assert all(set(row) == {"content_loss", "loss_g", "grad_norm_g"} for row in stats)
+        runs[count] = (st, stats)
+    (one, stats1), (two, stats2) = runs[1], runs[2]
+    # Parameters only: BatchNorm's running statistics move once per micro-batch.
+    for a, b in zip([*one.G.parameters(), *one.G_ema.parameters()], [*two.G.parameters(), *two.G_ema.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for s1, s2 in zip(stats1, stats2):
         for name in s1:
             torch.testing.assert_close(s1[name], s2[name], rtol=1e-5, atol=1e-6, msg=name)
 

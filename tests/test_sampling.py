@@ -1,15 +1,19 @@
 """`gan-dist sample`: labelled grids (one row per class for a conditional model, a caption and
-PNG text chunks), and folders of single PNGs that `gan-dist data pack` packs as a data set."""
+PNG text chunks), 2-D scatter plots with axes and the real modes marked, folders of single
+PNGs that `gan-dist data pack` packs as a data set, and upscaled images; every PNG names its
+recipe and step (and class) in text chunks."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from gan_dist.cli import main
+from gan_dist.visualize import INK, MODE_INK, scatter_png
 
 pytestmark = pytest.mark.unit
 
@@ -40,7 +44,10 @@ def test_a_folder_of_samples_packs_as_a_labelled_data_set(cgan_run, tmp_path, ca
     assert main(["sample", str(cgan_run), "--per-class", "5", "--class", "2,7", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["002-2", "007-7"]
     assert all(len(list((out / c).glob("*.png"))) == 5 for c in ("002-2", "007-7"))
-    assert Image.open(next((out / "002-2").glob("*.png"))).size == (32, 32)
+    single = Image.open(next((out / "007-7").glob("*.png")))
+    assert single.size == (32, 32)  # a sample as it is: its facts in text chunks, not in a band
+    assert (single.text["gan-dist:class"], single.text["gan-dist:recipe"], single.text["gan-dist:step"]) == (
+        "7 7", "cgan-digits", "4")
     assert "wrote 10 images" in capsys.readouterr().out
     assert main(["data", "pack", str(out), "--out", str(tmp_path / "packed")]) == 0
     assert "packed 10 samples (2 classes" in capsys.readouterr().out
@@ -50,9 +57,57 @@ def test_a_folder_of_samples_packs_as_a_labelled_data_set(cgan_run, tmp_path, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "synthetic"]
 
 
+def test_an_upscaled_image_names_its_recipe_step_and_input(tmp_path, capsys, cache_dir):
+    assert main(["train", "srgan-shapes", "--no-ray", "--max-steps", "2", "--storage", str(tmp_path), "--name", "sr",
+                 "--set", "model.channels=8", "--set", "model.sr_blocks=1", "--set", "data.batch_size=4",
+                 "--set", "metrics.port=0", "--set", "eval.num_samples=8"]) == 0
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(tmp_path / "lr.png")
+    out = tmp_path / "sr.png"
+    assert main(["sample", str(tmp_path / "sr"), "--input", str(tmp_path / "lr.png"), "--out", str(out)]) == 0
+    image = Image.open(out)
+    assert image.size == (32, 32)  # x4, and nothing drawn around it
+    assert (image.text["gan-dist:recipe"], image.text["gan-dist:step"], image.text["gan-dist:input"]) == (
+        "srgan-shapes", "2", "lr.png")
+
+
 def test_class_options_need_a_conditional_model(tmp_path, capsys, cache_dir):
     assert main(["train", "--no-ray", "--max-steps", "2", "--storage", str(tmp_path), "--name", "r",
                  "--set", "model.hidden=8", "--set", "metrics.port=0", "--set", "eval.num_samples=64"]) == 0
     capsys.readouterr()
     assert main(["sample", str(tmp_path / "r"), "--class", "1", "--out", str(tmp_path / "x.png")]) == 2
     assert "--class needs a conditional model" in capsys.readouterr().err
+
+
+def test_a_scatter_plot_has_axes_numbers_and_the_modes():
+    """Reals spanning [-1, 1]^2 put the axes' centre (0, 0) at the middle of the 512-pixel plot
+    square (left edge at x=44, top at y=14 under the caption band): the mode there is a blue
+    cross inside a circle of its high-quality radius; the frame and tick numbers are drawn."""
+    real = np.array([[-1.0, -1.0], [1.0, 1.0]])
+    fake = np.array([[0.5, 0.5], [40.0, 0.0]])
+    png = scatter_png(real, fake, modes=np.array([[0.0, 0.0]]), mode_radius=0.3, caption="ring8: G_ema at step 7",
+                      text={"recipe": "ring8", "step": "7"})
+    image = Image.open(io.BytesIO(png))
+    pixels = np.asarray(image.convert("RGB"))
+    left, top, size = 44, 14, 512
+    assert tuple(pixels[top + size // 2, left + size // 2]) == MODE_INK  # the cross on the mode
+    radius_px = round(0.3 / 2.4 * size)
+    assert tuple(pixels[top + size // 2, left + size // 2 + radius_px]) == MODE_INK  # its circle
+    assert (pixels[top:top + size, left] == INK).all()  # the frame's left side: the y axis
+    assert (pixels[top + size + 5:top + size + 16, left:left + size] < 100).any()  # tick numbers under x
+    assert (pixels[top:top + size, :left - 6] < 100).any()  # and left of y
+    assert image.text["gan-dist:step"] == "7" and image.text["gan-dist:recipe"] == "ring8"
+    assert image.text["gan-dist:caption"] == "ring8: G_ema at step 7"
+    assert "generated (2, 1 off the axes)" in image.text["gan-dist:legend"]
+    assert "the 1 modes, circles of radius 0.3" in image.text["gan-dist:legend"]
+
+
+def test_a_2d_run_and_its_samples_say_what_they_show(tmp_path, capsys, cache_dir):
+    assert main(["train", "--no-ray", "--max-steps", "2", "--storage", str(tmp_path), "--name", "r",
+                 "--set", "model.hidden=8", "--set", "metrics.port=0", "--set", "eval.num_samples=64"]) == 0
+    grid = Image.open(tmp_path / "r" / "samples" / "step-000002.png")
+    assert grid.text["gan-dist:caption"] == "ring8: G_ema at step 2"
+    assert "the 8 modes, circles of radius 0.03" in grid.text["gan-dist:legend"]
+    assert main(["sample", str(tmp_path / "r"), "--n", "100", "--out", str(tmp_path / "s.png")]) == 0
+    sample = Image.open(tmp_path / "s.png")
+    assert sample.text["gan-dist:step"] == "2" and sample.text["gan-dist:recipe"] == "ring8"
+    assert "red: generated (100" in sample.text["gan-dist:legend"] and "8 modes" in sample.text["gan-dist:legend"]

@@ -1,15 +1,16 @@
 """What the trainer costs over a hand-written loop, and what monitoring costs, in one process.
 
-Three runs of the same recipe share this process and its one torch thread and
+Four runs of the same recipe share this process and its one torch thread and
 take turns step by step (the order rotating every step), so that a slow spell
 of a shared machine hits all alike:
 - bare: a hand-written PyTorch loop with the same model, batch, loss,
   optimizer, schedule (a D step on a fresh batch, a G step, G_ema) and data
   held in memory;
 - gan-dist: the trainer's own Worker and loop (`train_steps`: `train_step` and
-  the interval hooks, the data from its rank stream), monitoring on (the
-  default);
-- gan-dist with `metrics.enabled=false`.
+  the interval hooks, the data from its rank stream), monitoring and its
+  TensorBoard log on (the defaults), the hub in this process as without Ray;
+- gan-dist with `metrics.tensorboard=false`;
+- gan-dist with `metrics.enabled=false` and `metrics.tensorboard=false`.
 A block is one log interval of steps of each run (so each gan-dist block
 holds one log); each figure is the median over blocks of the per-block ratio,
 in CPU seconds of this process: on a shared machine other jobs take the cores
@@ -40,6 +41,7 @@ from gan_dist.config import Config, resolve
 from gan_dist.data.stream import RankStream
 from gan_dist.models import build_models
 from gan_dist.monitor.hub import RunHub
+from gan_dist.monitor.tensorboard import TB_DIR
 from gan_dist.trainer.loop import train_steps
 from gan_dist.trainer.worker import Worker
 from gan_dist.trainer.step import train_step
@@ -79,9 +81,13 @@ def bench_config(recipe: str, *overrides: str) -> Config:
 
 
 def build_worker(cfg: Config, root: Path) -> Worker:
-    """A Worker of `cfg` in this process, its run directory a new folder under `root`."""
+    """A Worker of `cfg` in this process, its run directory a new folder under `root`, reporting
+    to a hub in this process (as without Ray) that writes TensorBoard events as a run does."""
     run_dir = Path(tempfile.mkdtemp(dir=root))
-    return Worker(cfg, run_dir, LocalSink(run_dir, cfg.checkpoint), RunHub(cfg.train.max_steps))
+    hub = RunHub(cfg.train.max_steps)
+    if cfg.metrics.tensorboard:
+        hub.start_tensorboard(str(run_dir / TB_DIR), cfg.to_dict())
+    return Worker(cfg, run_dir, LocalSink(run_dir, cfg.checkpoint), hub)
 
 
 class BareLoop:
@@ -133,28 +139,42 @@ def block_ratio(num: list[float], den: list[float], block: int) -> float:
 
 
 def overhead(recipe: str, blocks: int, log_every: int, root: Path) -> dict:
-    """overhead_ratio (gan-dist over bare, in steps/s) and monitor_overhead (step time with
-    monitoring over without, minus 1), over `blocks` log intervals (log_every 0: the recipe's)."""
+    """overhead_ratio (gan-dist with its defaults over bare, in steps/s), monitor_overhead (step
+    time with monitoring over without, TensorBoard off in both: the figure as it was before
+    TensorBoard) and tensorboard_overhead (with the TensorBoard log over without it, monitoring
+    on in both, minus 1), over `blocks` log intervals (log_every 0: the recipe's).
+    tensorboard_thread_fraction: the log's writer thread's own CPU time over the monitored
+    run's (the thread runs beside the steps of every run here, so the ratio of step times
+    spreads its cost over all four)."""
     torch.set_num_threads(1)
     log = [f"train.log_every={log_every}"] if log_every else []
     on = build_worker(bench_config(recipe, *log, f"metrics.port={free_port()}"), root)
-    off = build_worker(bench_config(recipe, *log, "metrics.enabled=false"), root)
+    no_tb = build_worker(bench_config(recipe, *log, f"metrics.port={free_port()}", "metrics.tensorboard=false"), root)
+    off = build_worker(bench_config(recipe, *log, "metrics.enabled=false", "metrics.tensorboard=false"), root)
     bare = BareLoop(on.cfg, on.shape, memory_batches(on, 8))
     # One step per turn: the real loop, entered for one step at a time.
     runs = {"bare": bare.step,
             "gan_dist": lambda: train_steps(on, on.st.step + 1),
+            "gan_dist_tensorboard_off": lambda: train_steps(no_tb, no_tb.st.step + 1),
             "gan_dist_metrics_off": lambda: train_steps(off, off.st.step + 1)}
     block = on.cfg.train.log_every
     rounds(runs, block)  # warm-up: first shard reads, allocator, caches
+    writer = on.reporter.tensorboard
+    writer_cpu0 = writer.cpu_seconds
     t = rounds(runs, block * blocks)
-    for w in (on, off):
+    writer.close()
+    for w in (on, no_tb, off):
         w.stream.close()
     return {
         "recipe": recipe, "batch": on.plan.batch_per_rank, "log_every": block, "blocks": blocks,
         "overhead_ratio": block_ratio(t["bare"].cpu, t["gan_dist"].cpu, block),
         "overhead_ratio_wall": block_ratio(t["bare"].wall, t["gan_dist"].wall, block),
-        "monitor_overhead": block_ratio(t["gan_dist"].cpu, t["gan_dist_metrics_off"].cpu, block) - 1,
-        "monitor_overhead_wall": block_ratio(t["gan_dist"].wall, t["gan_dist_metrics_off"].wall, block) - 1,
+        "monitor_overhead": block_ratio(t["gan_dist_tensorboard_off"].cpu, t["gan_dist_metrics_off"].cpu, block) - 1,
+        "monitor_overhead_wall": block_ratio(t["gan_dist_tensorboard_off"].wall, t["gan_dist_metrics_off"].wall,
+                                             block) - 1,
+        "tensorboard_overhead": block_ratio(t["gan_dist"].cpu, t["gan_dist_tensorboard_off"].cpu, block) - 1,
+        "tensorboard_overhead_wall": block_ratio(t["gan_dist"].wall, t["gan_dist_tensorboard_off"].wall, block) - 1,
+        "tensorboard_thread_fraction": (writer.cpu_seconds - writer_cpu0) / sum(t["gan_dist"].cpu),
         "steps_per_cpu_second": {name: len(times.cpu) / sum(times.cpu) for name, times in t.items()},
     }
 

@@ -14,6 +14,7 @@ not depend on the number of workers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -29,7 +30,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from gan_dist.data import builtin, images, readers
+from gan_dist.data import builtin, images, photos, readers
 from gan_dist.data.errors import DataError
 from gan_dist.data.index import INDEX_FILE, DatasetIndex, ShardInfo
 from gan_dist.data.parallel import ordered_map
@@ -250,6 +251,9 @@ class PackOptions:
     shuffle: bool = True  # write samples in a random order (seeded): shards mix classes
     seed: int = 0
     name: str = ""  # the dataset's name in its index; default: the input's name
+    crop: int = 0  # random crops of crop x crop pixels from each image instead of the whole image (0: off)
+    crops_per_image: int = 1  # with crop: crops cut from each image (seeded by --seed and the image's key)
+    max_pixels: int = photos.MAX_PIXELS  # larger inputs are skipped before they are decoded (bombs)
 
 
 @dataclass
@@ -267,29 +271,68 @@ class Prepared:
 class Skipped:
     key: str
     reason: str
+    size: tuple[int, int] | None = None  # set when the image was only smaller than the crop
+    bomb: bool = False  # over the pixel limit: hostile or mistaken input, which ends the pack
 
 
-def prepare(item: readers.Item, size: int, encode: str, quality: int) -> Prepared | Skipped:
+def skipped(item: readers.Item, exc: Exception) -> Skipped:
+    where = item.path or f"item {item.key}"
+    if isinstance(exc, photos.ImageTooLarge):
+        return Skipped(item.key, str(exc), bomb=True)
+    return Skipped(item.key, f"{where}: {type(exc).__name__}: {exc}")
+
+
+def open_item(item: readers.Item, max_pixels: int) -> tuple[Image.Image, str, bytes]:
+    """An input's Pillow image (not decoded yet), its shard extension and its bytes ("" and b""
+    for pixels); over `max_pixels` pixels is an ImageTooLarge."""
+    if item.pixels is not None:
+        return images.to_image(item.pixels), "", b""
+    data = item.data if item.data is not None else Path(item.path).read_bytes()
+    where = item.path or f"item {item.key}"
+    return photos.open_image(io.BytesIO(data), where, max_pixels), images.sniff(data), data
+
+
+def prepare(item: readers.Item, size: int, encode: str, quality: int,
+            max_pixels: int = photos.MAX_PIXELS) -> Prepared | Skipped:
     """One input image -> the bytes a shard stores (runs in a pack worker)."""
     try:
-        if item.pixels is not None:
-            image, ext, data = images.to_image(item.pixels), "", b""
-        else:
-            data = item.data if item.data is not None else Path(item.path).read_bytes()
-            ext, image = images.sniff(data), Image.open(io.BytesIO(data))
+        image, ext, data = open_item(item, max_pixels)
         width, height = image.size
         if encode == "keep" and ext and (not size or (width, height) == (size, size)):
             channels = images.channels_of(image.mode)
             image.verify()  # cheap integrity check (PNG CRCs); pixels stay encoded
             return Prepared(item.key, item.label, data, ext, width, height, channels)
-        image = images.normalise_mode(image)
-        if size:
-            image = images.resize_crop(image, size)
+        with photos.pixel_limit(max_pixels):  # checked above; Pillow's own limit would refuse again
+            image = images.normalise_mode(image)
+            if size:
+                image = images.resize_crop(image, size)
         ext = images.encoded_ext(image, "png" if encode == "keep" else encode)
         return Prepared(item.key, item.label, images.encode(image, ext, quality), ext, *image.size,
                         images.channels_of(image.mode))
     except Exception as exc:  # Pillow raises many types for bad files
-        return Skipped(item.key, f"{item.path or 'item ' + item.key}: {type(exc).__name__}: {exc}")
+        return skipped(item, exc)
+
+
+def prepare_crops(item: readers.Item, crop: int, count: int, seed: int, encode: str, quality: int,
+                  max_pixels: int = photos.MAX_PIXELS) -> list[Prepared] | Skipped:
+    """`count` random crop x crop crops of one input image, each encoded on its own (runs in a
+    pack worker; the image is decoded once). An image smaller than the crop is skipped."""
+    try:
+        image, _, _ = open_item(item, max_pixels)
+        width, height = image.size
+        if width < crop or height < crop:
+            return Skipped(item.key, f"{item.path or 'item ' + item.key}: {width}x{height} is smaller than "
+                                     f"--crop {crop}", size=(width, height))
+        with photos.pixel_limit(max_pixels):
+            image = images.normalise_mode(image)
+            image.load()
+        ext = images.encoded_ext(image, "png" if encode == "keep" else encode)
+        channels = images.channels_of(image.mode)
+        boxes = photos.crop_boxes(width, height, crop, count, photos.crop_seed(seed, item.key))
+        return [Prepared(f"{item.key}-{j:05d}", item.label, images.encode(image.crop(box), ext, quality), ext,
+                         crop, crop, channels) for j, box in enumerate(boxes)]
+    except Exception as exc:  # Pillow raises many types for bad files
+        return skipped(item, exc)
 
 
 class _ImageFacts:
@@ -298,6 +341,9 @@ class _ImageFacts:
     def __init__(self):
         self.size: tuple[int, int] | None = None
         self.channels, self.exts, self.skipped, self.max_label = 1, set(), 0, -1
+        self.too_small = 0  # inputs smaller than the crop
+        self.first_reason = ""  # why the first unreadable input was skipped
+        self.largest_small: tuple[int, int] = (0, 0)
 
     def add(self, p: Prepared, where: str) -> None:
         if self.size is None:
@@ -310,23 +356,71 @@ class _ImageFacts:
         self.max_label = max(self.max_label, p.label)
 
 
+# Images whose crops are shuffled together (photos.interleave): the memory of one block.
+CROP_BLOCK_IMAGES = 64
+
+
+def prepared_images(source: readers.ImageSource, opts: PackOptions, facts: "_ImageFacts") -> Iterator[Prepared]:
+    """`source`'s images as the records to write: each whole (resized if asked), or with
+    --crop its random crops, interleaved across images. Skipped inputs are counted in `facts`."""
+    if opts.crop:
+        work = partial(prepare_crops, crop=opts.crop, count=opts.crops_per_image, seed=opts.seed,
+                       encode=opts.encode, quality=opts.quality, max_pixels=opts.max_pixels)
+    else:
+        work = partial(prepare, size=opts.size, encode=opts.encode, quality=opts.quality,
+                       max_pixels=opts.max_pixels)
+
+    def kept() -> Iterator[list[Prepared]]:
+        for out in ordered_map(work, source.items(), opts.workers):
+            if isinstance(out, Skipped) and out.bomb:
+                raise DataError(out.reason)  # the pack's folder is removed: nothing half-written
+            if isinstance(out, Skipped) and out.size is not None:
+                facts.too_small += 1
+                facts.largest_small = max(facts.largest_small, out.size, key=lambda s: s[0] * s[1])
+                log.debug("skipped an image smaller than the crop: %s", out.reason)  # counted, summed up at the end
+            elif isinstance(out, Skipped):
+                facts.skipped += 1
+                facts.first_reason = facts.first_reason or out.reason
+                log.warning("skipped an unreadable image: %s", out.reason)
+            else:
+                yield out if isinstance(out, list) else [out]
+
+    if opts.crop:
+        yield from photos.interleave(kept(), CROP_BLOCK_IMAGES, opts.seed)
+    else:
+        for group in kept():
+            yield from group
+
+
+def check_crop_options(opts: PackOptions) -> None:
+    if opts.crop < 0 or opts.crops_per_image < 1:
+        raise DataError(f"--crop must be >= 0 and --crops-per-image >= 1, got {opts.crop} and {opts.crops_per_image}")
+    if opts.crops_per_image > 1 and not opts.crop:
+        raise DataError("--crops-per-image needs --crop SIZE")
+    if opts.crop and opts.size:
+        raise DataError("--crop and --size exclude each other: --crop cuts random crops at the images' own scale")
+    if opts.max_pixels < 1:
+        raise DataError(f"--max-pixels must be >= 1, got {opts.max_pixels}")
+
+
 def pack_images(source: readers.ImageSource, out_dir: Path, opts: PackOptions) -> DatasetIndex:
-    """Write `source`'s images into shards under `out_dir` (one image per record)."""
+    """Write `source`'s images into shards under `out_dir` (one image, or one crop, per record)."""
+    check_crop_options(opts)
     writer = ShardWriter(out_dir, opts.shard_samples, opts.shard_bytes)
     facts = _ImageFacts()
-    work = partial(prepare, size=opts.size, encode=opts.encode, quality=opts.quality)
-    for out in ordered_map(work, source.items(), opts.workers):
-        if isinstance(out, Skipped):
-            facts.skipped += 1
-            log.warning("skipped an unreadable image: %s", out.reason)
-            continue
+    for out in prepared_images(source, opts, facts):
         facts.add(out, source.where)
         record = {"__key__": out.key, out.ext: out.data}
         if source.labelled:
             record.update({"cls": str(out.label).encode(), "__classes__": [out.label]})
         writer.add(record)
+    if writer.num_samples == 0 and facts.too_small:
+        width, height = facts.largest_small
+        raise DataError(f"{source.where}: --crop {opts.crop} is larger than every image (the largest is "
+                        f"{width}x{height}); choose a smaller --crop")
     if writer.num_samples == 0:
-        raise DataError(f"{source.where}: none of the {facts.skipped} images could be read")
+        raise DataError(f"{source.where}: none of the {facts.skipped} images could be read (the first: "
+                        f"{facts.first_reason})")
     num_classes = max(len(source.classes), facts.max_label + 1) if source.labelled else 0
     width, height = facts.size
     fields = {"x": ";".join(sorted(facts.exts))}
@@ -337,6 +431,9 @@ def pack_images(source: readers.ImageSource, out_dir: Path, opts: PackOptions) -
             "classes": source.classes or [str(c) for c in range(num_classes)],
             "fields": fields, "source": source.where, "encoding": opts.encode, "skipped_inputs": facts.skipped,
             "preprocess": f"resize-crop{opts.size}" if opts.size else "none"}
+    if opts.crop:
+        meta.update({"preprocess": f"random-crop{opts.crop}", "crop": opts.crop,
+                     "crops_per_image": opts.crops_per_image, "skipped_small_inputs": facts.too_small})
     meta.update(source.meta)
     return writer.finish(meta, num_classes)
 
@@ -351,7 +448,23 @@ def pack_mixture(name: str, out_dir: Path) -> DatasetIndex:
 
 
 def builtin_names() -> list[str]:
-    return sorted([*builtin.MIXTURES, *builtin.IMAGES])
+    return sorted([*builtin.MIXTURES, *builtin.IMAGES, *photos.PHOTO_SPLITS])
+
+
+def photos_source(name: str, opts: PackOptions) -> readers.ImageSource:
+    """builtin:photos or photos-eval: the photographs, to be packed as random crops."""
+    files = photos.photo_files(name)
+    source = readers.files_source(f"builtin:{name}", name, files, opts.shuffle, opts.seed)
+    source.meta.update({"photos": [p.name for p in files], "photos_package": photos.PHOTOS_PACKAGE})
+    return source
+
+
+def builtin_photo_options(opts: PackOptions) -> PackOptions:
+    """`opts` with the builtin photos' crops unless --crop asks for others."""
+    if opts.crop:
+        return opts
+    return dataclasses.replace(opts, crop=photos.PHOTO_CROP, crops_per_image=photos.PHOTO_CROPS,
+                               encode="png" if opts.encode == "keep" else opts.encode)
 
 
 def pack_builtin(name: str, out_dir: Path) -> DatasetIndex:
@@ -361,6 +474,10 @@ def pack_builtin(name: str, out_dir: Path) -> DatasetIndex:
     if name in builtin.IMAGES:
         opts = PackOptions(shard_samples=builtin.IMAGES[name].per_shard, encode="png", seed=builtin.MIXTURE_DATA_SEED)
         return pack_images(readers.builtin_image_source(name, opts.shuffle, opts.seed), out_dir, opts)
+    if name in photos.PHOTO_SPLITS:
+        opts = builtin_photo_options(PackOptions(shard_samples=photos.PHOTO_CROPS_PER_SHARD,
+                                                 seed=builtin.MIXTURE_DATA_SEED))
+        return pack_images(photos_source(name, opts), out_dir, opts)
     raise DataError(f"unknown builtin dataset {name!r} (known: {', '.join(builtin_names())})")
 
 
@@ -372,6 +489,8 @@ def open_source(src: str, opts: PackOptions, image_column: str | None = None,
         name = src.split(":", 1)[1]
         if name in builtin.MIXTURES:
             return name
+        if name in photos.PHOTO_SPLITS:
+            return photos_source(name, opts)
         if name not in builtin.IMAGES:
             raise DataError(f"unknown builtin dataset {name!r} (known: {', '.join(builtin_names())})")
         return readers.builtin_image_source(name, opts.shuffle, opts.seed)
@@ -415,6 +534,9 @@ def pack(src: str, out: Path, opts: PackOptions, image_column: str | None = None
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} already exists and is not empty; choose another --out or remove it")
     check_can_create(out)  # before reading the input: a bad --out is bad input, not a late failure
+    check_crop_options(opts)
+    if src.split(":", 1)[-1] in photos.PHOTO_SPLITS and src.startswith("builtin:"):
+        opts = builtin_photo_options(opts)
     source = open_source(src, opts, image_column, label_column)
     result: list[DatasetIndex] = []
     if isinstance(source, str):

@@ -92,6 +92,15 @@ def folder_source(path: str, shuffle: bool, seed: int) -> ImageSource:
     return ImageSource(path, root.resolve().name, bool(classes), items, list(classes))
 
 
+def files_source(where: str, name: str, files: list[Path], shuffle: bool, seed: int) -> ImageSource:
+    """Unlabelled images from a list of files (a builtin set of photographs); keys follow the list."""
+    def items() -> Iterator[Item]:
+        for i in _order(len(files), shuffle, seed):
+            yield Item(key_of(int(i)), path=str(files[i]))
+
+    return ImageSource(where, name, False, items)
+
+
 # Parquet ------------------------------------------------------------------------------
 
 def _parquet_files(path: str) -> list[str]:

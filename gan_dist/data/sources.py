@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
 
-from gan_dist.data import braces, builtin, fs
+from gan_dist.data import braces, builtin, fs, photos
 from gan_dist.data.errors import DataError
 from gan_dist.data.index import INDEX_FILE, DatasetIndex, ShardInfo
 from gan_dist.data.pack import builtin_names, pack_atomically, pack_builtin
@@ -68,6 +68,8 @@ def builtin_folder(name: str, cache_dir: str = "") -> str:
         spec = builtin.IMAGES.get(name)
         if spec is not None and spec.check is not None:
             spec.check()  # before any folder is made: a missing package is one line, nothing written
+        if name in photos.PHOTO_SPLITS:
+            photos.photo_files(name)  # the same for the photographs' package
         pack_atomically(folder, lambda tmp: pack_builtin(name, tmp),
                         hint=" (the builtin cache: set GAN_DIST_CACHE or data.cache_dir to a writable folder)")
     return str(folder)

@@ -118,6 +118,9 @@ class RemoteHub:
     def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None:
         return self._get(self.actor.serve_metrics.remote(host, port, run_dir, labels))
 
+    def start_tensorboard(self, log_dir: str, config: dict) -> None:
+        self._get(self.actor.start_tensorboard.remote(log_dir, config))
+
     def snapshot(self, since: int = 0) -> HubSnapshot:
         return self._get(self.actor.snapshot.remote(since))
 
@@ -136,6 +139,9 @@ class RemoteHub:
 
     def first_step(self) -> None:
         self.actor.first_step.remote()
+
+    def samples(self, step: int, png: bytes) -> None:
+        self.actor.samples.remote(step, png)
 
     def finished(self, result: WorkerResult) -> None:
         self._get(self.actor.finished.remote(result))

@@ -17,11 +17,17 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class AdversarialLoss:
+    """D's loss from (logits on real, logits on fake) and G's from logits on fake, each a
+    scalar tensor. With `g_uses_real` G's loss is g_loss(fake_logits, real_logits), for the
+    relativistic losses: the G step then also runs D (frozen, without gradients) on the
+    step's real batch."""
+
     d_loss: Callable[[Tensor, Tensor], Tensor]
-    # G's loss from logits on fake; a relativistic loss also takes D's logits on real
-    # (g_loss(fake_logits, real_logits)).
     g_loss: Callable[..., Tensor]
-    relativistic: bool = False
+    g_uses_real: bool = False
+
+    def g_term(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+        return self.g_loss(fake_logits, real_logits) if self.g_uses_real else self.g_loss(fake_logits)
 
 
 def _d_bce(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -83,7 +89,7 @@ ADVERSARIAL_LOSSES: dict[str, AdversarialLoss] = {
     "wasserstein": AdversarialLoss(_d_wasserstein, _g_wasserstein),
     "hinge": AdversarialLoss(_d_hinge, _g_wasserstein),
     "least_squares": AdversarialLoss(_d_least_squares, _g_least_squares),
-    "rpgan": AdversarialLoss(_d_rpgan, _g_rpgan, relativistic=True),
+    "rpgan": AdversarialLoss(_d_rpgan, _g_rpgan, g_uses_real=True),
 }
 
 

@@ -84,8 +84,12 @@ def build_srgan(cfg, shape):
     scale = cfg.sr_scale
     if scale not in (2, 4, 8):
         raise ValueError(f"model.sr_scale must be 2, 4 or 8, got {scale}")
-    if height % scale or width % scale or height // scale < 4:
-        raise ValueError(f"srgan x{scale} cannot make {height}x{width} images from whole low-resolution pixels")
+    if height % scale or width % scale:
+        raise ValueError(f"model.sr_scale {scale} does not divide the data's {height}x{width} HR images: the LR "
+                         f"input must have whole pixels (pack crops whose side is a multiple of {scale})")
+    if height // scale < 4 or width // scale < 4:
+        raise ValueError(f"the data's {height}x{width} HR images are too small for x{scale}: their LR input "
+                         f"would be under 4x4 pixels")
     G = SRResNet(channels, cfg.channels, cfg.sr_blocks, scale)
     D = SRDiscriminator(channels, cfg.channels, spectral=cfg.spectral_norm, batchnorm=cfg.d_batchnorm)
     return G, D

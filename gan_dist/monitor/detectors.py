@@ -64,6 +64,8 @@ class Event:
     note: str = ""
     # Rollbacks made before it: after a rollback the same steps come round again.
     rollbacks: int = 0
+    # A rollback's destination: the step of the checkpoint it restored.
+    to_step: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

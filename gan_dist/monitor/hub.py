@@ -2,7 +2,8 @@
 
 Under Ray it lives in an actor on the driver's node, so it outlives worker
 group restarts; without Ray it is a plain object in the same process. It also
-holds the run's metrics and serves them: the one scrape target of the run.
+holds the run's metrics and serves them (the one scrape target of the run), and
+writes the run's TensorBoard log (monitor.tensorboard, on a thread of its own).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gan_dist.monitor.metrics import NullMetrics, RunMetrics, scrape_host, write_targets
+from gan_dist.monitor.tensorboard import TensorBoardLog
 from gan_dist.results import HubSnapshot, WorkerResult
 
 
@@ -21,6 +23,7 @@ class Hub(Protocol):
     as trainer.worker.Reporter."""
 
     def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None: ...
+    def start_tensorboard(self, log_dir: str, config: dict) -> None: ...
     def snapshot(self, since: int = 0) -> HubSnapshot: ...
     def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None: ...
 
@@ -40,6 +43,7 @@ class RunHub:
         # One entry per worker-group session: when it started (state restored), from which
         # step, and when its first step finished (restart cost = first_step_at - the failure).
         self.sessions: list[dict] = []
+        self.tensorboard: TensorBoardLog | None = None
 
     def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None:
         """Start the metrics endpoint and write the run's file-SD target list; its host:port."""
@@ -50,6 +54,10 @@ class RunHub:
         write_targets(Path(run_dir), scrape_host(host), port, labels)
         return self.target
 
+    def start_tensorboard(self, log_dir: str, config: dict) -> None:
+        """Write the run's TensorBoard log into `log_dir` from now on (`config`: the resolved one)."""
+        self.tensorboard = TensorBoardLog(Path(log_dir), config)
+
     def started(self, world_size: int, step: int) -> None:
         """Rank 0 of a (re)started worker group, after restoring its state."""
         self.starts += 1
@@ -59,6 +67,8 @@ class RunHub:
         self.start_step = step
         self.started_at = time.time()
         self.sessions.append({"started_at": self.started_at, "start_step": step, "first_step_at": None})
+        if self.tensorboard is not None:
+            self.tensorboard.session(step)
 
     def first_step(self) -> None:
         """Rank 0, after the first step of a session."""
@@ -69,6 +79,8 @@ class RunHub:
         """Rank 0, once per log interval, with values already reduced across ranks."""
         self.rows.append(row)
         self.metrics.observe(row)
+        if self.tensorboard is not None:
+            self.tensorboard.row(row)
 
     def alert(self, event: dict) -> None:
         """Rank 0, when a detector fires. A restarted group replaying the same steps reports the
@@ -78,6 +90,13 @@ class RunHub:
             return
         self.alerts.append(event)
         self.metrics.event(event["kind"])
+        if self.tensorboard is not None:
+            self.tensorboard.alert(event)
+
+    def samples(self, step: int, png: bytes) -> None:
+        """Rank 0, at each sample interval: the grid it wrote to samples/."""
+        if self.tensorboard is not None:
+            self.tensorboard.samples(step, png)
 
     def finished(self, result: WorkerResult) -> None:
         """Rank 0, once training and evaluation are done."""
@@ -92,6 +111,8 @@ class RunHub:
             except OSError as exc:
                 error = f"could not push metrics to {pushgateway}: {exc}"
         self.metrics.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return error
 
     def snapshot(self, since: int = 0) -> HubSnapshot:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from gan_dist.config import Config
 from gan_dist.evaluate import classifier_cache_path, domain_classifier
-from gan_dist.models import TASKS
+from gan_dist.models import model_task
 from gan_dist.monitor.detectors import KINDS, Action, Detectors, Event
 from gan_dist.monitor.signals import class_signals, collapse_score, mode_signals, probe_signals
 
@@ -127,7 +127,7 @@ def class_judge(cfg: Config, index, rt):
     load it, or train the same one on a node without the cache. Collective."""
     meta = index.meta
     if not (cfg.monitor.class_coverage and meta["kind"] == "image" and meta.get("num_classes", 0) >= 2
-            and TASKS[cfg.model.arch] != "super_resolution"):
+            and model_task(cfg.model.arch) != "super_resolution"):
         return None
     net = None
     if rt.rank == 0:

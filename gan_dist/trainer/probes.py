@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_dist.data.builtin import Mixture2D
-from gan_dist.evaluate import generate
+from gan_dist.evaluate import HIGH_QUALITY_STDS, generate
 from gan_dist.models.srgan import downsample
 from gan_dist.visualize import image_grid_png, scatter_png
 
@@ -53,11 +53,12 @@ class Probes:
         """The sample grid, captioned with the recipe and step: G_ema's images on the probe noise
         (a conditional G: one labelled row per class); for 2-D data a scatter over the real
         mixture; for super-resolution rows of (low resolution, generated, real)."""
+        title, text = f"{recipe}: G_ema at step {step}", {"recipe": recipe, "step": str(step)}
         if data_meta["kind"] == "points":
             mixture = Mixture2D.from_meta(data_meta["name"], data_meta["mixture"])
             real, _ = mixture.sample(1000, np.random.default_rng(self.seed))
-            return scatter_png(real, generate(G_ema, 1000, self.z_dim, self.seed, self.device))
-        title, text = f"{recipe}: G_ema at step {step}", {"recipe": recipe, "step": str(step)}
+            return scatter_png(real, generate(G_ema, 1000, self.z_dim, self.seed, self.device), mixture.means,
+                               HIGH_QUALITY_STDS * mixture.std, caption=title, text=text)
         if self.task == "conditional":
             columns = GRID_SAMPLES // 8
             labels = torch.arange(self.num_classes, device=self.z.device).repeat_interleave(columns)

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_dist.losses import (ADVERSARIAL_LOSSES, AdversarialLoss, class_loss, d_stats, diff_augment,
+from gan_dist.losses import (AdversarialLoss, adversarial_loss, class_loss, d_stats, diff_augment,
                              gradient_penalty, interpolate, r1_penalty, r2_penalty)
-from gan_dist.models import TASKS
+from gan_dist.models import model_task
 from gan_dist.models.srgan import downsample, load_vgg19_features
 from gan_dist.runtime import Runtime
 from gan_dist.schedule import Schedule, build_cosine, build_schedule, lr_at
@@ -81,9 +81,9 @@ def build_step_context(cfg, batch_size: int, device, accumulation: int = 1) -> S
         perceptual = load_vgg19_features(cfg.loss.perceptual_weights).to(device)
     cosine = build_cosine(cfg.cosine, cfg.optim, cfg.loss, cfg.data.batch_size)
     return StepContext(
-        loss=ADVERSARIAL_LOSSES[cfg.loss.kind], schedule=build_schedule(cfg.schedule, cfg.loss, cosine),
+        loss=adversarial_loss(cfg.loss.kind), schedule=build_schedule(cfg.schedule, cfg.loss, cosine),
         batch_size=batch_size, z_dim=cfg.model.z_dim, lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d * d_lazy_ratio(cfg),
-        task=TASKS[cfg.model.arch], gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma,
+        task=model_task(cfg.model.arch), gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma,
         r1_interval=cfg.loss.r1_interval, augment=cfg.loss.augment_policy, sr_scale=cfg.model.sr_scale,
         content_weight=cfg.loss.content_weight, adversarial_weight=cfg.loss.adversarial_weight,
         perceptual_weight=cfg.loss.perceptual_weight, perceptual=perceptual,
@@ -151,6 +151,21 @@ def perceptual_features(net: nn.Module, x: Tensor) -> Tensor:
     mean = x.new_tensor([0.485, 0.456, 0.406])[None, :, None, None]
     std = x.new_tensor([0.229, 0.224, 0.225])[None, :, None, None]
     return net((x - mean) / std)
+
+
+def content_losses(rt: Runtime, ctx: StepContext, fake: Tensor, real: Tensor, stats: dict) -> Tensor:
+    """Super-resolution's content terms of G's loss: pixel MSE, and the VGG19 perceptual loss
+    when weights were given (SRGAN's "VGG" variants)."""
+    content = F.mse_loss(fake.float(), real.float())
+    stats["content_loss"] = content.detach()
+    loss = ctx.content_weight * content
+    if ctx.perceptual is not None and ctx.perceptual_weight:
+        with rt.autocast():
+            perceptual = F.mse_loss(perceptual_features(ctx.perceptual, fake).float(),
+                                    perceptual_features(ctx.perceptual, real).float())
+        loss = loss + ctx.perceptual_weight * perceptual
+        stats["perceptual_loss"] = perceptual.detach()
+    return loss
 
 
 def penalties(ctx: StepContext, gamma_factor: float, scale, real: Tensor | None, real_logits: Tensor | None,
@@ -316,33 +331,41 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
                     fake = fakes_for_g[k] if ctx.reuse_fake else st.G_ddp(*g_inputs(mrng, ctx, real, y))
                     fake_logits, fake_classes = d_logits(st.D, augment(mrng, ctx, fake, p), y,
                                                          classes=bool(ctx.class_weight))
-                if ctx.loss.relativistic:
-                    # The pairing loss compares each fake with a real: D's logits on the D step's reals.
+                real_logits = None
+                if ctx.loss.g_uses_real:
+                    # A relativistic G loss (rpgan's pairing too) compares each fake with the D step's
+                    # real under the same D; no gradient flows to G through the reals, so D runs on
+                    # them without one.
                     with torch.no_grad(), rt.autocast():
                         real_logits = st.D(augment(mrng, ctx, real, p), y).float()
-                    loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits, real_logits)
-                else:
-                    loss_G = ctx.adversarial_weight * ctx.loss.g_loss(fake_logits)
+                loss_G = ctx.adversarial_weight * ctx.loss.g_term(fake_logits, real_logits)
                 if ctx.class_weight:
                     # G is pulled towards images that D classifies as the class asked for.
                     cls_g = class_loss(fake_classes, y)
                     loss_G = loss_G + ctx.class_weight * cls_g
                     micro["class_loss_g"] = cls_g
                 if ctx.task == "super_resolution":
-                    content = F.mse_loss(fake.float(), real.float())
-                    loss_G = loss_G + ctx.content_weight * content
-                    micro["content_loss"] = content
-                    if ctx.perceptual is not None and ctx.perceptual_weight:
-                        with rt.autocast():
-                            perceptual = F.mse_loss(perceptual_features(ctx.perceptual, fake).float(),
-                                                    perceptual_features(ctx.perceptual, real).float())
-                        loss_G = loss_G + ctx.perceptual_weight * perceptual
-                        micro["perceptual_loss"] = perceptual
+                    loss_G = loss_G + content_losses(rt, ctx, fake, real, micro)
                 rt.backward(loss_G if m == 1 else loss_G / m)  # collective at the last micro-batch
                 micro["loss_g"] = loss_G
                 add_means(phase_stats, micro, m)
             finish_update(st, rt, ctx, st.opt_G, phase_stats, "g")
             st.D.requires_grad_(True)
+
+        elif phase.name == "Gcontent":
+            # SRResNet phase of super-resolution: G alone on fresh real micro-batches, the content
+            # loss only; D and its optimizer are not touched (no D forward at all).
+            st.opt_G.zero_grad(set_to_none=True)
+            for k in rt.micro_batches(m, st.G_ddp):
+                micro, mrng = {}, rng.micro(k, m)
+                real = next_real()["x"]
+                with rt.autocast():
+                    fake = st.G_ddp(*g_inputs(mrng, ctx, real, None))
+                loss_G = content_losses(rt, ctx, fake, real, micro)
+                rt.backward(loss_G if m == 1 else loss_G / m)  # collective at the last micro-batch
+                micro["loss_g"] = loss_G
+                add_means(phase_stats, micro, m)
+            finish_update(st, rt, ctx, st.opt_G, phase_stats, "g")
         else:
             raise ValueError(f"no implementation for phase {phase.name}")
         stats.update(phase_stats)

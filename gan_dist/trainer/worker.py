@@ -48,6 +48,7 @@ class Reporter(Protocol):
     def progress(self, row: dict) -> None: ...
     def alert(self, event: dict) -> None: ...
     def first_step(self) -> None: ...
+    def samples(self, step: int, png: bytes) -> None: ...
     def finished(self, result: WorkerResult) -> None: ...
 
 
@@ -276,6 +277,7 @@ class Worker:
         if self.rt.is_main_process:
             png = self.probes.grid_png(self.st.G_ema, self.last_real, self.index.meta, self.st.step, self.cfg.recipe)
             write_atomic(self.run_dir / "samples" / f"{ckpt.step_dir_name(self.st.step)}.png", png)
+            self.reporter.samples(self.st.step, png)  # for TensorBoard: the hub does not wait to write it
 
     # Checkpoints ----------------------------------------------------------------
 
@@ -316,6 +318,7 @@ class Worker:
             return False
         kept, lr_scale = self.monitor.state_dict(), st.lr_scale
         self.restore(Path(target))
+        event.to_step = st.step
         self.monitor.rolled_back(kept)
         st.lr_scale = lr_scale * self.cfg.monitor.rollback_lr_factor
         st.noise.manual_seed(noise_seed(self.cfg.seed, rt.rank, draw=self.monitor.rollbacks))

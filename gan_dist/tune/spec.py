@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from gan_dist.config import Config, ConfigError, check_run_name, flatten, resolve
 from gan_dist.data.sources import resolve_source
-from gan_dist.models import TASKS
+from gan_dist.models import model_task
 
 # The hyper-parameters a member may change when it copies another's checkpoint: each is read
 # when a run (re)starts, so the copy trains on with the new value from the step it was made
@@ -170,7 +170,7 @@ def default_mutations(cfg: Config) -> list[Mutation]:
 def data_kind(cfg: Config, meta: dict) -> str:
     if meta.get("kind") == "points" and "mixture" in meta:
         return POINTS
-    if meta.get("kind") == "image" and TASKS[cfg.model.arch] == "super_resolution":
+    if meta.get("kind") == "image" and model_task(cfg.model.arch) == "super_resolution":
         return SUPER_RESOLUTION
     if meta.get("kind") == "image" and meta.get("num_classes", 0) >= 2:
         return LABELLED

@@ -7,7 +7,13 @@
 #             test extra already installs into the venv (this covers a venv made without it);
 #   dataset-fashion-mnist  Debian's package of the Fashion-MNIST IDX files, which
 #             builtin:fashion-mnist packs (installed for real: it is data, no service;
-#             needs root, after `apt-get update` when the lists lack it).
+#             needs root, after `apt-get update` when the lists lack it);
+#   chromium, chromedriver  Debian's headless-capable browser and its WebDriver, for the test
+#             that opens `gan-dist report`'s page in a real browser (installed for real: no
+#             service; needs root, after `apt-get update` when the lists lack them);
+#   mate-backgrounds  Debian's package of MATE's desktop backgrounds (GPL-2+), whose twelve
+#             nature photographs builtin:photos and builtin:photos-eval pack (installed the
+#             same way: data only).
 # Usage: tests/tools/ensure-tools.sh BIN_DIR   (the venv's bin folder; tools go there)
 set -euo pipefail
 bin=${1:?usage: tests/tools/ensure-tools.sh BIN_DIR}
@@ -43,4 +49,25 @@ if [[ ! -f $fashion/train-images-idx3-ubyte.gz || ! -f $fashion/t10k-labels-idx1
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
   echo "ensure-tools: installed dataset-fashion-mnist ($fashion)"
+fi
+
+if ! have chromium || ! have chromedriver; then
+  command -v apt-get >/dev/null || { echo "ensure-tools: no chromium and no apt-get; install chromium and chromium-driver" >&2; exit 1; }
+  [[ $(id -u) == 0 ]] || { echo "ensure-tools: chromium is missing; run 'apt-get install chromium chromium-driver' as root" >&2; exit 1; }
+  if ! apt-cache show chromium chromium-driver >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  echo "ensure-tools: installed $(chromium --version 2>/dev/null | head -1) and chromedriver"
+fi
+
+photos=/usr/share/backgrounds/mate/nature
+if [[ ! -f $photos/Dune.jpg || ! -f $photos/Wood.jpg ]]; then
+  command -v apt-get >/dev/null || { echo "ensure-tools: no $photos and no apt-get; install mate-backgrounds" >&2; exit 1; }
+  [[ $(id -u) == 0 ]] || { echo "ensure-tools: $photos is missing; run 'apt-get install mate-backgrounds' as root" >&2; exit 1; }
+  if ! apt-cache show mate-backgrounds >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mate-backgrounds >/dev/null
+  echo "ensure-tools: installed mate-backgrounds ($photos)"
 fi
