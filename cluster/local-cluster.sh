@@ -10,7 +10,7 @@
 #
 # Unlike `ray stop`, which kills every Ray process on the machine, `down` stops
 # only this cluster's nodes (their sessions are recorded in DIR/sessions).
-# Every node keeps its state under DIR (not /tmp/ray), so a local `ray.init()`
+# Every node keeps its state under DIR (not /tmp/ray; the head in DIR/ray, worker w in DIR/ray-wW), so a local `ray.init()`
 # elsewhere on the machine never joins this cluster by accident.
 set -euo pipefail
 
@@ -81,7 +81,10 @@ up() {
     --ray-client-server-port "$client_port" --num-cpus "$head_cpus" --temp-dir "$dir/ray"
   wait_for 90 "the head's Jobs API (port $dashboard_port)" head_ready || { tail -n 5 "$dir/head.log" >&2; down; exit 1; }
   for ((w = 1; w <= workers; w++)); do
-    start_node "worker-$w" --address "127.0.0.1:$port" --num-cpus "$worker_cpus"
+    # A temp dir of its own: nodes that share one also share runtime_resources/, and one node's
+    # runtime-env agent then deletes a job's working_dir that the other node's processes run in.
+    mkdir -p "$dir/ray-w$w"
+    start_node "worker-$w" --address "127.0.0.1:$port" --num-cpus "$worker_cpus" --temp-dir "$dir/ray-w$w"
   done
   for ((w = 1; w <= workers; w++)); do
     wait_for 90 "worker $w" node_started "$dir/worker-$w.log" || { down; exit 1; }

@@ -139,7 +139,8 @@ def run_dir(tmp_path_factory, cache_dir):
 def test_sample_writes_a_png_from_a_run_directory(run_dir, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["sample", str(run_dir), "--n", "300", "--out", str(out)]) == 0
-    assert Image.open(out).size == (512, 512)
+    width, height = Image.open(out).size  # the 512-pixel plot, with its axes and caption around it
+    assert width > 512 and height > 512
     assert "step 40" in capsys.readouterr().out
 
 

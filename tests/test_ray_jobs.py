@@ -97,6 +97,14 @@ def job_status(address: str, token: str, job_id: str) -> str:
     return str(client.get_job_status(job_id))
 
 
+def job_logs(address: str, token: str, job_id: str) -> str:
+    """The job's own output, for an assertion's message (the cluster's temp dir goes at teardown)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+    return client.get_job_logs(job_id)[-4000:]
+
+
 def assert_complete_summary(run_dir: Path, steps: int) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary), SUMMARY_KEYS - set(summary)
@@ -216,7 +224,7 @@ def test_two_node_run_resumes_when_resubmitted(two_nodes, cache_dir, tmp_path):
     twin = run_cli("submit", *common, *SHORT_RUN, cache=cache_dir, timeout=120, env=env)
     assert twin.returncode == 2 and f"already running as job {job_id}" in twin.stderr
     wait_for(lambda: job_status(address, token, job_id) in ("SUCCEEDED", "FAILED", "STOPPED"), 240, job_id)
-    assert job_status(address, token, job_id) == "SUCCEEDED"
+    assert job_status(address, token, job_id) == "SUCCEEDED", job_logs(address, token, job_id)
     assert_complete_summary(Path(storage) / "two-nodes", steps=200)
 
     # The same name again, for longer: the job finds the checkpoints and continues.

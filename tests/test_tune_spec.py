@@ -13,6 +13,7 @@ from gan_dist.cli import main
 from gan_dist.config import ConfigError
 from gan_dist.monitor.metrics import RunMetrics
 from gan_dist.tune import records
+from gan_dist.tune.hub import SourceLedger
 from gan_dist.tune.spec import Mutation, TuneSpec, build_spec, member_name, metric_value, parse_mutation, score_of
 
 pytestmark = pytest.mark.unit
@@ -145,3 +146,42 @@ def test_the_dry_run_prints_the_plan_and_writes_nothing(tmp_path, cache_dir, cap
     assert "perturbation      every 20 steps" in out and "ranked by         hq_coverage (higher is better)" in out
     assert out.count("member-") >= 3 and "dry run:" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_collapsed_member_waits_for_a_source_and_retries_once_per_new_one():
+    ledger = SourceLedger(("member-0", "member-1", "member-2"))
+    for m in ("member-0", "member-1"):
+        ledger.started(m)
+    # member-1 collapses before anyone reported a checkpoint; member-0 trains, member-2 is yet to start.
+    verdict, seen = ledger.verdict("member-1", 0)
+    assert verdict == "wait"
+    assert ledger.verdict("member-1", seen) == ("wait", seen)
+    ledger.add("member-0")
+    verdict, seen = ledger.verdict("member-1", seen)
+    assert verdict == "retry"
+    # The scheduler did not replace it after all (the source ended meanwhile): no retry until a new one.
+    assert ledger.verdict("member-1", seen)[0] == "wait"  # member-2 may still come
+    ledger.add("member-0")
+    assert ledger.verdict("member-1", seen)[0] == "retry"
+
+
+def test_a_collapsed_member_trains_on_when_no_member_can_become_a_source():
+    ledger = SourceLedger(("member-0", "member-1"))
+    ledger.started("member-0")
+    ledger.started("member-1")
+    assert ledger.verdict("member-1", 0)[0] == "wait"
+    assert ledger.verdict("member-0", 0)[0] == "alone"  # both collapsed
+    # A source that collapses itself stops being one.
+    ledger = SourceLedger(("member-0", "member-1"))
+    ledger.started("member-0")
+    ledger.started("member-1")
+    ledger.add("member-0")
+    ledger.verdict("member-0", 0)
+    assert ledger.verdict("member-1", 0)[0] == "alone"
+    # An ended member is no source to wait for; restarted (replaced), it is again.
+    ledger = SourceLedger(("member-0", "member-1"))
+    ledger.started("member-1")
+    ledger.ended("member-0")
+    assert ledger.verdict("member-1", 0)[0] == "alone"
+    ledger.started("member-0")
+    assert ledger.verdict("member-1", 0)[0] == "wait"

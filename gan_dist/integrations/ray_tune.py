@@ -53,6 +53,7 @@ QUANTILE_FRACTION = 0.25
 # A member's trial (the driver of its Ray Train runs) does no training itself: a sliver of a CPU
 # (Ray refuses a trial that asks for nothing), counted in the local Ray's CPUs beside the workers'.
 TRIAL_CPUS = 0.01
+SOURCE_POLL_SECONDS = 0.5  # how often a collapsed member asks whether another can be copied yet
 MEMBER_LOG = "tune-member.log"  # a member's own console output (the tune's console shows one line an interval)
 
 
@@ -71,7 +72,11 @@ class MemberHub(RemoteHub):
     def snapshot(self, since: int = 0):
         return self._get(self.actor.snapshot.remote(self.member, since))
 
+    def start_tensorboard(self, log_dir: str, config: dict) -> None:
+        self._get(self.actor.start_tensorboard.remote(self.member, log_dir, config))
+
     def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
+        self._get(self.actor.end.remote(self.member))  # the interval's end; the population's target stays
         return None
 
     def started(self, world_size: int, step: int) -> None:
@@ -85,6 +90,9 @@ class MemberHub(RemoteHub):
 
     def first_step(self) -> None:
         self.actor.first_step.remote(self.member)
+
+    def samples(self, step: int, png: bytes) -> None:
+        self.actor.samples.remote(self.member, step, png)
 
     def finished(self, result) -> None:
         self._get(self.actor.finished.remote(self.member, result))
@@ -120,6 +128,15 @@ def member_trial(config: dict, spec: TuneSpec, tune_hub) -> None:
                 adopt(Path(folder), run_dir, cfg, exploit)
                 tune_hub.exploited.remote(name, config.get("exploit_reason") or "interval")
     write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
+    ray.get(tune_hub.trial_started.remote(name), timeout=RemoteHub.TIMEOUT_SECONDS)
+    try:
+        _train_intervals(spec, tune_hub, index, values, cfg, run_dir, exploit)
+    finally:
+        tune_hub.trial_ended.remote(name)
+
+
+def _train_intervals(spec: TuneSpec, tune_hub, index: int, values: dict, cfg, run_dir: Path, exploit: int) -> None:
+    name = member_name(index)
     session = _TrialSession(spec.address, tune_hub, name)
     placement = Placement(spec.workers_per_member, cfg.run.cpus_per_worker, cfg.run.gpus_per_worker)
     latest = ckpt.find_latest(run_dir)
@@ -142,19 +159,39 @@ def member_trial(config: dict, spec: TuneSpec, tune_hub) -> None:
         result = {"step": summary["steps"], "start_step": step, "metric": math.nan if value is None else value,
                   "score": score_of(value, spec.mode), "collapsed": int(alarm is not None),
                   "alarm_kind": alarm["kind"] if alarm else "", "alarm_step": alarm["step"] if alarm else -1,
-                  "exploit": exploit, "reported_at": time.time(),
+                  "exploit": exploit, "reported_at": time.time(), "repeat": 0,
                   **{f"hp:{key}": value for key, value in values.items()}}
         tune_hub.scored.remote(name, result["metric"])
         if alarm is not None:
-            # Its state is given up: the scheduler replaces it now. If no healthy member has a
-            # checkpoint yet, the report returns and the member trains on from its own state.
+            # Its state is given up: the scheduler replaces it now (Tune ends this trial and starts
+            # it again from a copy). A report returns only when no healthy member had a checkpoint
+            # there yet: the member waits for one, or trains on from its own state if none can come.
             tune.report(result)
+            _await_source(tune_hub, name, result)
         else:
             with tempfile.TemporaryDirectory(prefix="gan-dist-tune-") as tmp:
                 folder = Path(tmp) / "checkpoint"
                 stage(run_dir, name, folder)
                 tune.report(result, checkpoint=Checkpoint.from_directory(str(folder)))
+            # A Tune report returns once the scheduler has taken it in: this member can be copied now.
+            ray.get(tune_hub.became_source.remote(name), timeout=RemoteHub.TIMEOUT_SECONDS)
         step = summary["steps"]
+
+
+def _await_source(tune_hub, name: str, result: dict) -> None:
+    """A collapsed member that no healthy member could replace yet: report the collapse again
+    each time another member becomes a source (gan_dist.tune.hub.SourceLedger), until the
+    scheduler replaces it (and ends this trial), or return when no member can become one."""
+    seen = 0
+    while True:
+        verdict, seen = ray.get(tune_hub.await_source.remote(name, seen), timeout=RemoteHub.TIMEOUT_SECONDS)
+        if verdict == "alone":
+            print(f"gan-dist tune: {name} collapsed and no other member can be copied: it trains on", flush=True)
+            return
+        if verdict == "retry":
+            tune.report({**result, "repeat": 1, "reported_at": time.time()})
+        else:
+            time.sleep(SOURCE_POLL_SECONDS)
 
 
 # The population ----------------------------------------------------------------------
@@ -210,7 +247,7 @@ class PopulationScheduler(PopulationBasedTraining):
         name, alarm = _trial_name(trial), {"kind": result["alarm_kind"], "step": int(result["alarm_step"])}
         if source is None:
             print(f"gan-dist tune: {name} collapsed ({alarm['kind']} at step {alarm['step']}) and no healthy member "
-                  f"has a checkpoint yet: it trains on", flush=True)
+                  f"has a checkpoint yet: it waits for one", flush=True)
             return TrialScheduler.CONTINUE
         clone = self._trial_state[source]
         clone.last_checkpoint, clone.last_result = source.checkpoint, self.latest[source]
@@ -274,6 +311,8 @@ class ProgressPrinter(tune.Callback):
         self.spec = spec
 
     def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info) -> None:
+        if result.get("repeat"):
+            return  # a collapsed member's report, made again once another member could be copied
         values = {m.key: result[f"hp:{m.key}"] for m in self.spec.mutations}
         record = {"time": result["reported_at"], "member": _trial_name(trial), "step": int(result["step"]),
                   "start_step": int(result["start_step"]), "metric": result["metric"], "score": result["score"],
@@ -304,7 +343,8 @@ def run_population(spec: TuneSpec, resumed: bool) -> tuple[str, list[str]]:
     try:
         here = ray.get_runtime_context().get_node_id()
         hub = ray.remote(TuneHub).options(
-            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(True)
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
+                True, tuple(member_name(i) for i in range(spec.population)))
         host = metrics_host(cfg) if not spec.address else (cfg.metrics.host or "0.0.0.0")
         target = ray.get(hub.serve_metrics.remote(host, cfg.metrics.port, str(spec.tune_dir),
                                                   {"tune": spec.name, "recipe": spec.recipe}))

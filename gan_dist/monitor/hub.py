@@ -47,11 +47,7 @@ class RunHub:
 
     def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None:
         """Start the metrics endpoint and write the run's file-SD target list; its host:port."""
-        if isinstance(self.metrics, NullMetrics):
-            return None
-        port = self.metrics.serve(host, port)
-        self.target = f"{scrape_host(host)}:{port}"
-        write_targets(Path(run_dir), scrape_host(host), port, labels)
+        self.target = serve_target(self.metrics, host, port, run_dir, labels)
         return self.target
 
     def start_tensorboard(self, log_dir: str, config: dict) -> None:
@@ -119,3 +115,13 @@ class RunHub:
         return HubSnapshot(starts=self.starts, world_size=self.world_size, start_step=self.start_step,
                            rows=self.rows[since:], num_rows=len(self.rows), max_steps=self.max_steps,
                            result=self.result, sessions=self.sessions, alerts=self.alerts, target=self.target)
+
+
+def serve_target(metrics, host: str, port: int, folder: str, labels: dict[str, str]) -> str | None:
+    """Serve `metrics` (a run's, or a tune's population's) and write the file-SD target list
+    into `folder`; the endpoint's host:port, or None when monitoring is off."""
+    if isinstance(metrics, NullMetrics):
+        return None
+    port = metrics.serve(host, port)
+    write_targets(Path(folder), scrape_host(host), port, labels)
+    return f"{scrape_host(host)}:{port}"

@@ -21,10 +21,7 @@ from gan_dist.train_args import positive_int
 
 def population_size(text: str) -> int:
     """An argparse type for --population: an integer >= 2 (a member copies another)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    value = positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be at least 2 (a member copies a better one), got {value}")
     return value

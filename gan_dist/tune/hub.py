@@ -8,10 +8,8 @@ scrapes the population at one target, whatever the members' restarts and replace
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from gan_dist.monitor.hub import RunHub
-from gan_dist.monitor.metrics import NullMetrics, RunMetrics, scrape_host, write_targets
+from gan_dist.monitor.hub import RunHub, serve_target
+from gan_dist.monitor.metrics import NullMetrics, RunMetrics
 from gan_dist.results import HubSnapshot, WorkerResult
 
 
@@ -42,26 +40,38 @@ class TuneHub:
     """The hubs of the population's members (a fresh RunHub for each interval a member trains)
     and their one metrics target. The methods of a run's hub take the member first."""
 
-    def __init__(self, monitoring: bool = True):
+    def __init__(self, monitoring: bool = True, members: tuple[str, ...] = ()):
         self.metrics = RunMetrics(members=True) if monitoring else NullMetrics()
         self.hubs: dict[str, RunHub] = {}
         self.target: str | None = None
+        self.sources = SourceLedger(members)
 
     def serve_metrics(self, host: str, port: int, tune_dir: str, labels: dict[str, str]) -> str | None:
-        if isinstance(self.metrics, NullMetrics):
-            return None
-        port = self.metrics.serve(host, port)
-        self.target = f"{scrape_host(host)}:{port}"
-        write_targets(Path(tune_dir), scrape_host(host), port, labels)
+        self.target = serve_target(self.metrics, host, port, tune_dir, labels)
         return self.target
 
     def begin(self, member: str, max_steps: int) -> None:
         """A member starts an interval: a run of its own, with a hub of its own."""
+        self.end(member)
         hub = RunHub(max_steps, monitoring=False)
         hub.metrics = MemberMetrics(self.metrics, member)
         self.hubs[member] = hub
 
+    def end(self, member: str) -> None:
+        """A member's interval is over: its TensorBoard file is closed (the population's metrics
+        target stays)."""
+        hub = self.hubs.get(member)
+        if hub is not None and hub.tensorboard is not None:
+            hub.tensorboard.close()
+            hub.tensorboard = None
+
     # A member's run hub (gan_dist.monitor.hub.RunHub), by member.
+    def start_tensorboard(self, member: str, log_dir: str, config: dict) -> None:
+        self.hubs[member].start_tensorboard(log_dir, config)
+
+    def samples(self, member: str, step: int, png: bytes) -> None:
+        self.hubs[member].samples(step, png)
+
     def started(self, member: str, world_size: int, step: int) -> None:
         self.hubs[member].started(world_size, step)
 
@@ -81,6 +91,18 @@ class TuneHub:
         return self.hubs[member].snapshot(since)
 
     # The population's own.
+    def trial_started(self, member: str) -> None:
+        self.sources.started(member)
+
+    def trial_ended(self, member: str) -> None:
+        self.sources.ended(member)
+
+    def became_source(self, member: str) -> None:
+        self.sources.add(member)
+
+    def await_source(self, member: str, seen: int) -> tuple[str, int]:
+        return self.sources.verdict(member, seen)
+
     def scored(self, member: str, score: float) -> None:
         if not isinstance(self.metrics, NullMetrics):
             self.metrics.scored(member, score)
@@ -91,3 +113,47 @@ class TuneHub:
 
     def close(self) -> None:
         self.metrics.close()
+
+
+class SourceLedger:
+    """Whether a collapsed member can be copied yet. PBT is asynchronous: a member can collapse
+    before any healthy member has handed Tune's scheduler a checkpoint (it collapses at its first
+    log interval, the others report at their first perturbation interval). It then waits, and
+    reports its collapse again once another member has become a source (a healthy report, with a
+    checkpoint, taken in by the scheduler), instead of training on from a state given up. When
+    no member can become one (every other member waits too, or has ended), it trains on.
+
+    `generation` counts the sources taken in, so that a waiting member retries once per new one."""
+
+    def __init__(self, members: tuple[str, ...] = ()):
+        self.members = set(members)
+        self.done: set[str] = set()
+        self.waiting: set[str] = set()
+        self.healthy: set[str] = set()
+        self.generation = 0
+
+    def started(self, member: str) -> None:
+        self.members.add(member)
+        self.done.discard(member)
+        self.waiting.discard(member)
+
+    def ended(self, member: str) -> None:
+        self.done.add(member)
+        self.waiting.discard(member)
+        self.healthy.discard(member)
+
+    def add(self, member: str) -> None:
+        self.healthy.add(member)
+        self.waiting.discard(member)
+        self.generation += 1
+
+    def verdict(self, member: str, seen: int) -> tuple[str, int]:
+        """("retry", g) once a source other than `member` came in after generation `seen`;
+        ("alone", g) when none can come any more; else ("wait", g)."""
+        self.waiting.add(member)
+        self.healthy.discard(member)
+        if self.generation > seen and self.healthy - {member}:
+            return "retry", self.generation
+        # A member not started yet (more members than the machine runs at once) can still come.
+        coming = self.members - self.done - self.waiting - {member}
+        return ("wait" if coming else "alone"), self.generation
