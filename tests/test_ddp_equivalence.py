@@ -50,10 +50,10 @@ CASES = {
     "reuse_fake": (POINTS, ["schedule.reuse_fake=true"]),
     "cgan_classes_r1": (IMAGES, ["model.arch=cgan", *IMAGE_MODEL, "loss.class_weight=1", "loss.r1_gamma=1",
                                  "loss.r1_interval=2"]),
-    "rpgan_r1_r2": (POINTS, ["loss.kind=rpgan", "loss.r1_gamma=1", "loss.r2_gamma=1", "loss.r1_interval=1"]),
+    # rpgan with R1 + R2 in a phase of their own (lazy): Dmain, Dreg and Gmain in fp32.
     "rpgan_lazy_r1_r2": (POINTS, ["loss.kind=rpgan", "loss.r1_gamma=1", "loss.r2_gamma=1", "loss.r1_interval=2"]),
-    # R1 + R2 in D's loss every step, through augmentations applied with a probability, and every
-    # schedule in images (3 steps of 8 images run the whole horizon of 16).
+    # rpgan with R1 + R2 in D's loss every step, through augmentations applied with a probability,
+    # and every schedule in images (3 steps of 8 images run the whole horizon of 16).
     "r3gan_cosine_augment": (IMAGES, ["model.arch=r3gan", *R3GAN_MODEL, *R3GAN_LOSS, "loss.r1_interval=1",
                                       "loss.diffaugment=color,translation,cutout", "loss.augment_p=0.5",
                                       "cosine.images=16", "cosine.lr_end_factor=0.25", "cosine.beta2_end=0.99",
@@ -66,11 +66,13 @@ CASES = {
                                            "loss.gp_weight=1", "loss.r1_gamma=0.1", "loss.r1_interval=2"]),
 }
 
-# Cases whose math does not depend on how the global batch is split: no BatchNorm (it
-# normalises each micro-batch, as a worker of its own would), no reuse_fake (refused with
-# micro-batches).
-ACCUMULATION = ["nonsaturating", "wasserstein_gp", "hinge", "r1_lazy", "bf16", "rpgan_r1_r2", "rpgan_lazy_r1_r2",
-                "r3gan_cosine_augment", "r3gan_cond_lazy_bf16"]
+# Cases whose math does not depend on how the global batch is split (no BatchNorm, which
+# normalises each micro-batch as a worker of its own would; no reuse_fake, refused with
+# micro-batches), one for each path a micro-batch takes through train_step (the loss itself is
+# not one: every loss is divided by the number of micro-batches alike): GP's interpolation
+# weights and n_critic's D steps; the lazy phase Dreg and a relativistic G loss; R1 + R2 in
+# Dmain through augmentations and the schedules in images; labels and bf16's autocast.
+ACCUMULATION = ["wasserstein_gp", "rpgan_lazy_r1_r2", "r3gan_cosine_augment", "r3gan_cond_lazy_bf16"]
 # BatchNorm normalises each micro-batch, so 1 rank in 2 micro-batches normalises as 2 ranks
 # without SyncBatchNorm: the same weights. (Running statistics are not compared: each rank
 # updates G's from its own batches and DDP broadcasts rank 0's, where 1 rank updates them
@@ -79,8 +81,9 @@ ACCUMULATION_ONLY = {
     "dcgan_batchnorm_per_micro_batch": (IMAGES, ["model.arch=dcgan", "model.channels=8", "model.z_dim=16"]),
 }
 RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
-# Counted: gradient all-reduces (DDP comm hook calls) of this case on 2 ranks, with 1 and 2 micro-batches.
-COUNTED = "r3gan_cosine_augment"
+# Counted: gradient all-reduces (DDP comm hook calls) of this case on 2 ranks, with 1 and 2
+# micro-batches; a lazy case, so that the no_sync of all three phases (Dmain, Dreg, Gmain) is counted.
+COUNTED = "rpgan_lazy_r1_r2"
 
 
 class GlobalSliceRng:
