@@ -1,11 +1,14 @@
 """R3GAN (issue 21): the relativistic pairing loss and R1 + R2, schedules measured in images
 seen, the global batch split into micro-batches, the architecture, the Stacked Fashion-MNIST
-mode count, the recipes (the CIFAR-10 plan on 8 GPUs) and the penalty benchmark. The DDP and
-accumulation equivalences are in test_ddp_equivalence.py."""
+mode count, the recipes (the CIFAR-10 plan on 8 GPUs, and each recipe's 20 steps on 2 Ray workers
+of one cluster) and the penalty benchmark. The DDP and accumulation equivalences are in
+test_ddp_equivalence.py."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +18,12 @@ from torch import nn
 from data_helpers import random_images
 from gan_dist import driver, evaluate
 from gan_dist.batching import BatchSplitError, split_batch
+from gan_dist.cli import main
 from gan_dist.config import resolve
 from gan_dist.data import builtin
 from gan_dist.data.pack import PackOptions, pack_images
 from gan_dist.data.readers import array_source
+from gan_dist.data.sources import resolve_source
 from gan_dist.losses import ADVERSARIAL_LOSSES, diff_augment, r2_penalty
 from gan_dist.models import DataShape, build_models
 from gan_dist.models.r3gan import ResidualBlock, downsample, upsample
@@ -425,6 +430,87 @@ def test_cifar10_dry_run_plans_the_same_math_on_any_number_of_gpus(monkeypatch, 
     assert not (tmp_path / "runs").exists()
 
 
+# Each recipe for 20 steps on 2 Ray workers ------------------------------------------------------
+# One Ray node of 2 CPUs serves the three runs (as `gan-dist train --workers 2` starts on this
+# machine); each run is the CLI's own code path, in this process, with `--address`, at a CPU's
+# width (model.channels 8) and batch, every other setting the recipe's.
+
+RAY_STEPS = 20
+RAY_RUN = ["--workers", "2", "--max-steps", str(RAY_STEPS), "--set", "train.log_every=10",
+           "--set", "train.sample_every=20", "--set", "checkpoint.every=20", "--set", "eval.inception=false",
+           "--set", "eval.every_steps=0", "--set", "metrics.port=0", "--set", "model.channels=8"]
+
+
+@pytest.fixture(scope="module")
+def cluster(cache_dir):
+    """The Fashion-MNIST test split packed and its classifier (the eval's and the monitor's)
+    trained briefly first, into the session's cache (a run would train it for 1500 steps)."""
+    from ray.cluster_utils import Cluster
+
+    evaluate.domain_classifier(resolve_source("builtin:fashion-mnist-test"), torch.device("cpu"), steps=100)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+
+
+def ray_run(cluster, storage: Path, recipe: str, *overrides: str) -> dict:
+    """`recipe`'s run of RAY_STEPS steps on 2 workers; its summary, checked for what any run has."""
+    code = main(["train", recipe, "--address", cluster.address, "--storage", str(storage), "--name", recipe,
+                 *RAY_RUN, *[arg for kv in overrides for arg in ("--set", kv)]])
+    summary = json.loads((storage / recipe / "summary.json").read_text())
+    assert code == 0, summary
+    assert summary["status"] == "completed" and summary["steps"] == RAY_STEPS and summary["world_size"] == 2
+    assert len(summary["rank_fingerprints"]) == 2 and len(set(summary["rank_fingerprints"])) == 1  # replicas agree
+    final = summary["final"]
+    # R1 and R2 ran: every step in r3gan-cifar10, lazily in the Fashion-MNIST recipes (interval 8:
+    # steps 0, 8 and 16, so in both log intervals of 10).
+    for key in ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "r1_penalty", "r2_penalty"):
+        assert math.isfinite(final[key]), (key, final)
+    return summary
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_r3gan_fashion_trains_on_2_ray_workers(cluster, tmp_path):
+    # The test split (10,000 images) packs faster than the 60,000 the recipe trains on.
+    summary = ray_run(cluster, tmp_path, "r3gan-fashion", "data.source=builtin:fashion-mnist-test",
+                      "data.batch_size=16", "eval.num_samples=256")
+    assert 0 <= summary["eval"]["class_coverage"] <= 1 and summary["data"]["samples_seen"] == RAY_STEPS * 16
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_r3gan_stacked_fashion_trains_on_2_ray_workers_and_counts_modes(cluster, tmp_path):
+    # 512 stacked images, each channel classified by the test split's classifier.
+    pixels, _ = builtin.stacked_fashion_mnist(n=512)
+    source = array_source("stacked", "stacked", pixels, None, [], shuffle=False, seed=0)
+    source.meta.update({"stacked": {**builtin.STACKED_META["stacked"], "base": "fashion-mnist-test"}})
+    (tmp_path / "stacked").mkdir()
+    pack_images(source, tmp_path / "stacked", PackOptions(shard_samples=64, encode="png"))
+    summary = ray_run(cluster, tmp_path, "r3gan-stacked-fashion", f"data.source={tmp_path / 'stacked'}",
+                      "data.batch_size=16", "eval.num_samples=500")
+    found = summary["eval"]
+    assert found["num_modes"] == 1000 and found["mode_samples"] == 500 and 1 <= found["modes_covered"] <= 500
+    assert 0 <= found["mode_kl"] <= math.log(1000)
+    # 500 of the 512 real images, each of 1,000 modes at random: about 390 distinct.
+    assert found["modes_covered_data"] > 300
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_r3gan_cifar10_trains_on_2_ray_workers_in_micro_batches(cluster, tmp_path):
+    """The CIFAR-10 recipe (conditional, R1 + R2 every step, translation with a scheduled
+    probability) on random labelled images: 16 a step, 2 micro-batches of 4 on each worker."""
+    index = pack_random_cifar(tmp_path / "cifar10")
+    evaluate.domain_classifier(index, torch.device("cpu"), steps=100)  # not the run's 1500 steps
+    summary = ray_run(cluster, tmp_path, "r3gan-cifar10", f"data.source={tmp_path / 'cifar10'}",
+                      "model.cardinality=4", "data.batch_size=16", "train.batch_per_worker=4",
+                      "data.num_workers=0", "eval.num_samples=64", "checkpoint.every_minutes=0")
+    assert summary["data"]["samples_seen"] == RAY_STEPS * 16
+    assert 0 <= summary["eval"]["class_match"] <= 1
+
+
 # The cost of R1 + R2 ----------------------------------------------------------------------------
 
 @pytest.mark.unit
@@ -432,8 +518,10 @@ def test_cifar10_dry_run_plans_the_same_math_on_any_number_of_gpus(monkeypatch, 
 def test_penalty_bench_reports_finite_ratios(cache_dir):
     from gan_dist.bench.penalties import penalty_cost
 
+    # No class coverage: the digits' classifier (1500 steps to train) is no part of a step's cost.
     result = penalty_cost("r3gan-fashion", blocks=1, overrides=("data.source=builtin:digits", "model.channels=8",
-                                                                 "model.cardinality=4", "data.batch_size=8"))
+                                                                 "model.cardinality=4", "data.batch_size=8",
+                                                                 "monitor.class_coverage=false"))
     for key in ("every_step_ratio", "lazy_ratio", "every_step_ratio_wall", "lazy_ratio_wall"):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert set(result["steps_per_cpu_second"]) == {"none", "every_step", "lazy"}
