@@ -231,19 +231,17 @@ def results(tmp_path_factory):
     return out
 
 
-def assert_close_but_for_adam_sign_flips(actual: np.ndarray, desired: np.ndarray, what: str, rtol: float,
-                                         atol: float) -> None:
+def adam_sign_flips(actual: np.ndarray, desired: np.ndarray, what: str, rtol: float, atol: float) -> tuple[int, int]:
     """bf16 rounds activations differently for one rank's 8 samples and two ranks' 4, so the
     gradients agree only to bf16's precision. Adam divides each gradient by its own running
     RMS: where a gradient is near zero (R3GAN's Fix-up init zeroes each block's last layer, so
     the layer before it starts with gradients of almost nothing), the rounding can flip the
-    update's sign, and the weight moves by about lr the other way. So: every element within
-    bf16's tolerance but at most 1% of each tensor (or one element), and those within what Adam can move a
-    weight in STEPS steps (up to 2 D updates a step, each at most about 2 lr, in either direction)."""
-    off = ~np.isclose(actual, desired, rtol=rtol, atol=atol)
-    assert off.sum() <= max(1, 0.01 * off.size), \
-        f"{what}: {off.sum()} of {off.size} elements differ beyond bf16's tolerance"
+    update's sign, and the weight moves by about lr the other way. Every element must be within
+    what Adam can move a weight in STEPS steps (up to 2 D updates a step, each at most about 2
+    lr, in either direction); (elements beyond bf16's tolerance, elements) is returned, and the
+    caller bounds the flipped share over the whole model (a small bias may hold several)."""
     np.testing.assert_allclose(actual, desired, rtol=0, atol=2 * 2 * 2 * LR * STEPS, err_msg=what)
+    return int((~np.isclose(actual, desired, rtol=rtol, atol=atol)).sum()), actual.size
 
 
 def assert_same_training(one, two: list, name: str, skip: tuple[str, ...] = ()) -> None:
@@ -251,12 +249,16 @@ def assert_same_training(one, two: list, name: str, skip: tuple[str, ...] = ()) 
     and every network moved (equal because all trained, not because nothing did)."""
     tol = dict(rtol=2e-2, atol=2e-3) if "bf16" in name else dict(rtol=1e-4, atol=2e-5)
     trained = [key for key in one.files if not key.startswith(("init.", "allreduces.")) and not key.endswith(skip)]
+    flipped, elements = 0, 0
     for key in trained:
         assert np.array_equal(two[0][key], two[1][key]), f"{key}: the two ranks differ"
         if "bf16" in name:
-            assert_close_but_for_adam_sign_flips(two[0][key], one[key], f"{name}: {key}", **tol)
+            off, size = adam_sign_flips(two[0][key], one[key], f"{name}: {key}", **tol)
+            flipped, elements = flipped + off, elements + size
         else:
             np.testing.assert_allclose(two[0][key], one[key], err_msg=f"{name}: {key}", **tol)
+    # The fp32 cases check the wiring to float precision; bf16's allows 1% of the weights flipped.
+    assert flipped <= 0.01 * elements, f"{name}: {flipped} of {elements} weights differ beyond bf16's tolerance"
     moved = {key.split(".")[0] for key in trained if not np.array_equal(one[key], one[f"init.{key}"])}
     assert moved == {"G", "D", "G_ema"}, f"{name}: only {sorted(moved)} changed"
 
