@@ -61,13 +61,15 @@ class DataConfig:
 
 # The largest value each size key of ModelConfig accepts.
 MODEL_LIMITS = {"z_dim": 1 << 16, "hidden": 1 << 16, "depth": 1000, "channels": 1 << 14, "sr_blocks": 1000,
+                "blocks_per_stage": 1000, "cardinality": 1 << 14, "expansion": 64,
                 "image_size": 1 << 14, "image_channels": 64, "num_classes": 1 << 20}
 
 
 @dataclass
 class ModelConfig:
-    # G and D: mlp, dcgan, cgan (class-conditional DCGAN) or srgan (super-resolution); or your
-    # own: an entry point of the group gan_dist.models, or a module:function path (docs/api.md).
+    # G and D: mlp, dcgan, cgan (class-conditional DCGAN), srgan (super-resolution), r3gan (the
+    # R3GAN ResNets, Huang et al. 2024) or r3gan_cond (R3GAN, class-conditional); or your own: an
+    # entry point of the group gan_dist.models, or a module:function path (docs/api.md).
     arch: str = "mlp"
     # Dimensions of G's noise input (srgan's G takes a low-resolution image instead).
     z_dim: int = 256
@@ -77,7 +79,8 @@ class ModelConfig:
     depth: int = 2
     # MLP: hidden activation, tanh, relu or leaky_relu (slope 0.2).
     activation: str = "tanh"
-    # Convolutional models: base width (DCGAN's ngf/ndf, SRGAN's feature width).
+    # Convolutional models: base width (DCGAN's ngf/ndf, SRGAN's feature width, R3GAN's width
+    # of every stage unless model.stage_widths sets them).
     channels: int = 64
     # Spectral normalization of D's layers (SN-GAN); D then has no BatchNorm.
     spectral_norm: bool = False
@@ -96,6 +99,16 @@ class ModelConfig:
     image_channels: int = 0
     # Classes the recipe expects; 0 follows the data's index.
     num_classes: int = 0
+    # R3GAN: residual blocks (1x1, grouped 3x3, 1x1 convolutions) in each stage of G and D.
+    blocks_per_stage: int = 2
+    # R3GAN: groups of each block's 3x3 convolution (ResNeXt's cardinality); it must divide the
+    # block's inner width, model.channels x model.expansion.
+    cardinality: int = 32
+    # R3GAN: a block's inner width over its stage's width (the 1x1 convolutions widen, then narrow).
+    expansion: int = 2
+    # R3GAN: the width of each stage from 4x4 up to the image size, a comma list ("768,768,768,768");
+    # "" is model.channels everywhere. D mirrors G: the same widths from the image size down.
+    stage_widths: str = ""
     # Your own model's keys (any YAML mapping), handed to its builder unchanged; built-ins take none.
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -110,7 +123,8 @@ class ModelConfig:
             raise ConfigError(str(exc)) from None
         _require(self.activation in ACTIVATIONS, "model.activation",
                  f"unknown activation {self.activation!r} (known: {', '.join(sorted(ACTIVATIONS))})")
-        for key in ("z_dim", "hidden", "depth", "channels", "sr_blocks"):
+        for key in ("z_dim", "hidden", "depth", "channels", "sr_blocks", "blocks_per_stage", "cardinality",
+                    "expansion"):
             value = getattr(self, key)
             _require(value > 0, f"model.{key}", f"must be > 0, got {value}")
         for key in ("image_size", "image_channels", "num_classes"):
@@ -121,22 +135,39 @@ class ModelConfig:
         for key, limit in MODEL_LIMITS.items():
             value = getattr(self, key)
             _require(value <= limit, f"model.{key}", f"must be <= {limit:,}, got {value:,}")
+        widths = self.stage_widths.split(",") if self.stage_widths.strip() else []
+        _require(all(w.strip().isdigit() and 0 < int(w) <= MODEL_LIMITS["channels"] for w in widths),
+                 "model.stage_widths", f"must be a comma list of widths from 1 to {MODEL_LIMITS['channels']:,}, "
+                                       f"got {shown(self.stage_widths)}")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """model.stage_widths as numbers (empty: model.channels in every stage)."""
+        return tuple(int(w) for w in self.stage_widths.split(",")) if self.stage_widths.strip() else ()
 
 
 @dataclass
 class LossConfig:
-    # The adversarial loss: minimax, nonsaturating, wasserstein, hinge or least_squares; or your
-    # own: an entry point of the group gan_dist.losses, or a module:attr path (docs/api.md).
+    # The adversarial loss: minimax, nonsaturating, wasserstein, hinge, least_squares or rpgan
+    # (relativistic pairing, R3GAN's; pair it with loss.r1_gamma and loss.r2_gamma); or your own:
+    # an entry point of the group gan_dist.losses, or a module:attr path (docs/api.md).
     kind: str = "nonsaturating"
     # WGAN-GP's lambda (10 in the paper); 0 turns the gradient penalty off.
     gp_weight: float = 0.0
-    # R1's gamma (Mescheder et al. 2018); 0 turns it off.
+    # R1's gamma (Mescheder et al. 2018): gamma/2 x E||grad D(x)||^2 on reals; 0 turns it off.
     r1_gamma: float = 0.0
-    # Lazy R1: applied every this many steps in a D phase of its own, its weight scaled up to
-    # match; D's lr is multiplied and its betas raised to the power k/(k+1) (StyleGAN2, App. B).
+    # R2's gamma: gamma/2 x E||grad D(G(z))||^2 on G's samples (R3GAN puts R1 and R2 together,
+    # with the same gamma); 0 turns it off.
+    r2_gamma: float = 0.0
+    # R1 and R2 every this many steps: 1 adds them to D's loss at every D step; k > 1 applies them
+    # in a D phase of their own every k steps, their weight multiplied by k, and D's lr multiplied
+    # and its betas raised to the power k/(k+1) (lazy regularization, StyleGAN2, App. B).
     r1_interval: int = 16
     # DiffAugment policy: a comma list of color, translation, cutout ("" is off).
     diffaugment: str = ""
+    # The probability with which each augmentation of loss.diffaugment reaches each image (ADA's p;
+    # 1: every image, as DiffAugment does); with cosine.images, its value at the start.
+    augment_p: float = 1.0
     # Super-resolution: weight of the pixel (MSE) content loss in G's loss.
     content_weight: float = 1.0
     # Weight of the adversarial term in G's loss (SRGAN: 1e-3).
@@ -158,11 +189,12 @@ class LossConfig:
             check_loss_kind(self.kind)
         except PluginError as exc:
             raise ConfigError(str(exc)) from None
-        for key in ("gp_weight", "r1_gamma", "content_weight", "adversarial_weight", "perceptual_weight",
-                    "class_weight"):
+        for key in ("gp_weight", "r1_gamma", "r2_gamma", "content_weight", "adversarial_weight",
+                    "perceptual_weight", "class_weight"):
             value = getattr(self, key)
             _require(value >= 0, f"loss.{key}", f"must be >= 0, got {value}")
         _require(self.r1_interval >= 1, "loss.r1_interval", f"must be >= 1, got {self.r1_interval}")
+        _require(0 <= self.augment_p <= 1, "loss.augment_p", f"must be in [0, 1], got {self.augment_p}")
         for name in self.augment_policy:
             _require(name in AUGMENTATIONS, "loss.diffaugment",
                      f"unknown augmentation {name!r} (known: {', '.join(sorted(AUGMENTATIONS))})")
@@ -176,12 +208,17 @@ class LossConfig:
     def augment_policy(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.diffaugment.split(",") if p.strip())
 
+    @property
+    def penalized(self) -> bool:
+        """Whether R1 or R2 is on."""
+        return self.r1_gamma > 0 or self.r2_gamma > 0
+
 
 @dataclass
 class OptimConfig:
     # Adam's learning rate for G.
     lr_g: float = 1e-4
-    # Adam's learning rate for D (before the lazy R1 correction, see loss.r1_interval).
+    # Adam's learning rate for D (before the lazy R1/R2 correction, see loss.r1_interval).
     lr_d: float = 1e-4
     # Adam's beta1, both networks.
     beta1: float = 0.5
@@ -244,6 +281,12 @@ class TrainConfig:
     mixed_precision: str = "no"
     # Skip an update whose loss or gradients are not finite (on every rank alike) and count it.
     skip_nonfinite: bool = True
+    # The most samples a worker puts through G and D at once. Each step's global batch
+    # (data.batch_size) is shared by the workers, and each worker's share is split into the
+    # fewest equal micro-batches of at most this size, their gradients accumulated before one
+    # all-reduce and one update: the same math on any number of workers (docs/models-and-losses.md).
+    # 0: no limit (one micro-batch, the whole share).
+    batch_per_worker: int = 0
 
     def validate(self) -> None:
         _require(self.max_steps > 0, "train.max_steps", f"must be > 0, got {self.max_steps}")
@@ -252,6 +295,41 @@ class TrainConfig:
             _require(value > 0, f"train.{key}", f"must be > 0, got {value}")
         _require(self.mixed_precision in ("no", "bf16", "fp16", "auto"), "train.mixed_precision",
                  f"must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
+        _require(self.batch_per_worker >= 0, "train.batch_per_worker", f"must be >= 0, got {self.batch_per_worker}")
+
+
+@dataclass
+class CosineConfig:
+    """Schedules measured in images seen (R3GAN, Huang et al. 2024, App. B): each value moves from
+    its start to its end along a half cosine over cosine.images, then stays. Images seen after
+    step s are s x data.batch_size (the global batch), so every schedule is a pure function of
+    the step and the global batch, the same on any number of workers."""
+
+    # The images over which the schedules run (e.g. 2e7); 0 turns them off (step-based
+    # schedules: optim.lr_decay, schedule.ema_*).
+    images: float = 0.0
+    # Both learning rates at the end, as a fraction of their start (optim.lr_g, optim.lr_d).
+    lr_end_factor: float = 1.0
+    # Adam's beta2 at the end (it starts at optim.beta2); -1 keeps optim.beta2.
+    beta2_end: float = -1.0
+    # The penalties' gammas at the end, as a fraction of their start (loss.r1_gamma, loss.r2_gamma).
+    gamma_end_factor: float = 1.0
+    # G_ema's half-life in images at the end; it starts at 0 (G_ema follows G at first: the
+    # ramp-up). 0 keeps the step-based half-life (schedule.ema_halflife_steps, ema_rampup).
+    ema_halflife_images: float = 0.0
+    # The augmentation probability at the end (it starts at loss.augment_p); -1 keeps loss.augment_p.
+    augment_p_end: float = -1.0
+
+    def validate(self) -> None:
+        _require(self.images >= 0, "cosine.images", f"must be >= 0, got {self.images}")
+        _require(self.lr_end_factor > 0, "cosine.lr_end_factor", f"must be > 0, got {self.lr_end_factor}")
+        _require(self.beta2_end == -1 or 0 <= self.beta2_end < 1, "cosine.beta2_end",
+                 f"must be in [0, 1) or -1, got {self.beta2_end}")
+        _require(self.gamma_end_factor >= 0, "cosine.gamma_end_factor", f"must be >= 0, got {self.gamma_end_factor}")
+        _require(self.ema_halflife_images >= 0, "cosine.ema_halflife_images",
+                 f"must be >= 0, got {self.ema_halflife_images}")
+        _require(self.augment_p_end == -1 or 0 <= self.augment_p_end <= 1, "cosine.augment_p_end",
+                 f"must be in [0, 1] or -1, got {self.augment_p_end}")
 
 
 @dataclass
@@ -296,7 +374,7 @@ class PerfConfig:
     # and oneDNN on CPU is faster with it too.
     channels_last: bool = True
     # torch.compile G and D: faster steps after a slower start; not with gradient penalties
-    # (loss.gp_weight, loss.r1_gamma), whose double backward compiled graphs do not support.
+    # (loss.gp_weight, loss.r1_gamma, loss.r2_gamma), whose double backward compiled graphs do not support.
     compile: bool = False
     # On GPUs, read the next batch during the step and copy it from pinned memory without waiting.
     prefetch: bool = True
@@ -521,6 +599,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    cosine: CosineConfig = field(default_factory=CosineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
@@ -535,9 +614,9 @@ class Config:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
-        _require(not (self.perf.compile and (self.loss.gp_weight or self.loss.r1_gamma)), "perf.compile",
-                 "cannot be used with gradient penalties (loss.gp_weight, loss.r1_gamma): compiled graphs "
-                 "have no double backward")
+        _require(not (self.perf.compile and (self.loss.gp_weight or self.loss.penalized)), "perf.compile",
+                 "cannot be used with gradient penalties (loss.gp_weight, loss.r1_gamma, loss.r2_gamma): compiled "
+                 "graphs have no double backward")
         best = self.checkpoint.keep_best_metric
         if best in ("fid", "kid", "precision", "recall"):
             # Periodic evals write these into history rows: a checkpoint scores by its step's row.
@@ -552,6 +631,8 @@ class Config:
                  f"needs a super-resolution model (model.arch srgan), not {self.model.arch}")
         _require(not self.loss.class_weight or self.model.arch == "cgan", "loss.class_weight",
                  f"needs a conditional model (model.arch cgan), not {self.model.arch}")
+        _require(not (self.cosine.images and self.optim.lr_decay != "none"), "optim.lr_decay",
+                 f"is {self.optim.lr_decay}, but cosine.images also schedules the learning rates: set one of them")
 
     def run_name(self) -> str:
         """The run's name: `run.name`, else `<recipe>-<UTC time>`, checked either way (a recipe
@@ -732,7 +813,12 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "eval.sr_tile": (lambda c: c.model.arch == "srgan" and bool(c.eval.sr_photos), "eval.sr_photos"),
     "loss.perceptual_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "loss.perceptual_weights": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
-    "loss.r1_interval": (lambda c: c.loss.r1_gamma > 0, "loss.r1_gamma > 0"),
+    "loss.r1_interval": (lambda c: c.loss.penalized, "loss.r1_gamma > 0 or loss.r2_gamma > 0"),
+    "loss.augment_p": (lambda c: bool(c.loss.augment_policy), "loss.diffaugment"),
+    **{f"model.{key}": (lambda c: c.model.arch in ("r3gan", "r3gan_cond"), "model.arch r3gan or r3gan_cond")
+       for key in ("blocks_per_stage", "cardinality", "expansion", "stage_widths")},
+    **{f"cosine.{key}": (lambda c: c.cosine.images > 0, "cosine.images > 0")
+       for key in ("lr_end_factor", "beta2_end", "gamma_end_factor", "ema_halflife_images", "augment_p_end")},
     "optim.lr_decay_start": (lambda c: c.optim.lr_decay != "none", "optim.lr_decay linear or cosine"),
     "checkpoint.keep_best_mode": (lambda c: bool(c.checkpoint.keep_best_metric), "checkpoint.keep_best_metric"),
     "eval.inception_n": (lambda c: c.eval.inception, "eval.inception true"),

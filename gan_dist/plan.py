@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from gan_dist import superres
+from gan_dist.batching import BatchSplit, BatchSplitError, split_batch
 from gan_dist.config import first_line
 from gan_dist.data.index import DatasetIndex
 from gan_dist.data.stream import shards_of_rank
@@ -14,7 +15,7 @@ from gan_dist.losses import adversarial_loss, loss_label
 from gan_dist.models import DataShape, arch_label, build_models, model_task
 from gan_dist.quality.inception import check_installed
 from gan_dist.quality.metrics import check_count, check_reals, parse_metrics
-from gan_dist.schedule import build_schedule, describe
+from gan_dist.schedule import build_cosine, build_schedule, describe, describe_cosine
 
 
 class PlanError(ValueError):
@@ -34,17 +35,21 @@ class Plan:
     shards_per_rank: list[int]
     first_phases: list[str]
     model: str = ""
+    micro_batch: int = 0  # samples per forward/backward on a worker (0: batch_per_rank)
+    accumulation: int = 1  # micro-batches per worker per update
+    split: str = ""  # BatchSplit.describe()
+    schedules: str = ""  # the schedules in images seen, if any
 
     def lines(self) -> list[str]:
         return [
             f"world size        {self.world_size}",
             f"model             {self.model}",
-            f"batch             {self.global_batch} global, {self.batch_per_rank} per rank",
+            f"batch             {self.split or f'{self.global_batch} global, {self.batch_per_rank} per rank'}",
             f"steps             {self.max_steps} G steps, {self.n_critic} D step(s) each",
             f"data              {self.num_samples} samples in {self.num_records} records, {self.num_shards} shards",
             f"shards per rank   {', '.join(map(str, self.shards_per_rank))} (epoch 0)",
             "schedule          " + "; ".join(self.first_phases),
-        ]
+        ] + ([f"schedules         {self.schedules}"] if self.schedules else [])
 
 
 def data_shape(meta: dict, model_cfg=None) -> DataShape:
@@ -200,21 +205,35 @@ def check_inception_eval(cfg, index: DatasetIndex) -> None:
     check_installed()  # a missing network is bad input now, not a failure at the first eval
 
 
+def batch_split(cfg, world_size: int) -> BatchSplit:
+    """How `cfg`'s global batch is shared by `world_size` workers (gan_dist.batching)."""
+    try:
+        return split_batch(cfg.data.batch_size, world_size, cfg.train.batch_per_worker)
+    except BatchSplitError as exc:
+        raise PlanError(str(exc)) from None
+
+
 def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
     batch = cfg.data.batch_size
-    if batch % world_size:
-        raise PlanError(f"data.batch_size {batch} does not divide by the world size {world_size}")
+    split = batch_split(cfg, world_size)
     if index.num_records < world_size:
         raise PlanError(f"the dataset has {index.num_records} records, fewer than the {world_size} workers")
-    model = check_models(cfg, data_shape(index.meta, cfg.model), batch // world_size)
+    if cfg.schedule.reuse_fake and split.accumulation > 1:
+        # The G step would back-propagate micro-batches whose forwards ran in the D step, out of
+        # the order DDP's no_sync needs.
+        raise PlanError(f"schedule.reuse_fake needs one micro-batch per worker, but {split.describe()}: "
+                        f"raise train.batch_per_worker to {split.share} or turn reuse_fake off")
+    # G and D meet the trainer one micro-batch at a time.
+    model = check_models(cfg, data_shape(index.meta, cfg.model), split.micro_batch)
     check_loss(cfg)
     if model_task(cfg.model.arch) == "super_resolution" and cfg.eval.sr_photos:
         superres.photo_paths(cfg.eval.sr_photos)  # a missing eval set is bad input now, not at the end
     check_inception_eval(cfg, index)
+    cosine = build_cosine(cfg.cosine, cfg.optim, cfg.loss, batch)
     return Plan(
         world_size=world_size,
         global_batch=batch,
-        batch_per_rank=batch // world_size,
+        batch_per_rank=split.share,
         max_steps=cfg.train.max_steps,
         n_critic=cfg.schedule.n_critic,
         num_shards=len(index.shards),
@@ -223,4 +242,8 @@ def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
         shards_per_rank=[len(shards_of_rank(index, r, world_size, cfg.seed)) for r in range(world_size)],
         first_phases=describe(build_schedule(cfg.schedule, cfg.loss), steps=2),
         model=model,
+        micro_batch=split.micro_batch,
+        accumulation=split.accumulation,
+        split=split.describe(),
+        schedules=describe_cosine(cosine) if cosine else "",
     )

@@ -14,7 +14,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -76,6 +76,19 @@ class Runtime:
             loss.backward()  # Accelerate's would divide by its accumulation steps (1): a kernel for nothing
         else:
             self.accelerator.backward(loss)
+
+    def micro_batches(self, count: int, *modules: nn.Module) -> Iterator[int]:
+        """The indices of an update's `count` micro-batches; each but the last runs inside DDP's
+        no_sync for `modules` (those whose gradients the update all-reduces), so gradients add up
+        locally and the last micro-batch's backward all-reduces their sum: one all-reduce per
+        update, not one per micro-batch. The forward is inside too: DDP decides at the forward
+        whether the backward after it all-reduces. Without DDP (one worker) a no-op."""
+        for k in range(count):
+            with contextlib.ExitStack() as stack:
+                if k < count - 1:
+                    for module in modules:
+                        stack.enter_context(self.accelerator.no_sync(module))
+                yield k
 
     def loss_scale(self) -> torch.Tensor | float:
         """fp16's current loss scale as a device tensor (no host sync), or 1.0 without a scaler.

@@ -98,7 +98,7 @@ def test_a_key_without_effect_is_a_warning_that_names_it():
     said = []
     resolve("dcgan-digits", ["model.hidden=64", "loss.r1_interval=4", "model.channels=8"], warn=said.append)
     assert said == ["model.hidden=64 has no effect: it needs model.arch mlp",
-                    "loss.r1_interval=4 has no effect: it needs loss.r1_gamma > 0"]
+                    "loss.r1_interval=4 has no effect: it needs loss.r1_gamma > 0 or loss.r2_gamma > 0"]
     said.clear()
     resolve("ring8", ["model.channels=8"], warn=said.append)
     assert said == ["model.channels=8 has no effect: it needs a convolutional model.arch"]

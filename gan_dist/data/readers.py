@@ -309,4 +309,5 @@ def builtin_image_source(name: str, shuffle: bool, seed: int) -> ImageSource:
     pixels, labels = spec.make()
     source = array_source(f"builtin:{name}", name, pixels, labels, list(spec.classes), shuffle, seed)
     source.meta["preprocess"] = spec.preprocess
+    source.meta.update(spec.meta)
     return source

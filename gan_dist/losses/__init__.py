@@ -9,7 +9,8 @@ They never step an optimizer or ask for a rank; the trainer schedules them.
 from gan_dist import plugins
 from gan_dist.losses.adversarial import ADVERSARIAL_LOSSES, AdversarialLoss, d_interval_stats, d_stats
 from gan_dist.losses.auxiliary import class_loss
-from gan_dist.losses.regularizers import AUGMENTATIONS, diff_augment, gradient_penalty, interpolate, r1_penalty
+from gan_dist.losses.regularizers import (AUGMENTATIONS, diff_augment, gradient_penalty, interpolate, r1_penalty,
+                                          r2_penalty)
 
 
 def check_loss_kind(kind: str) -> None:
@@ -35,4 +36,4 @@ def adversarial_loss(kind: str) -> AdversarialLoss:
 
 __all__ = ["ADVERSARIAL_LOSSES", "AUGMENTATIONS", "AdversarialLoss", "adversarial_loss", "check_loss_kind",
            "class_loss", "d_interval_stats", "d_stats", "diff_augment", "gradient_penalty", "interpolate",
-           "loss_label", "r1_penalty"]
+           "loss_label", "r1_penalty", "r2_penalty"]

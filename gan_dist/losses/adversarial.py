@@ -69,12 +69,27 @@ def _g_least_squares(fake_logits: Tensor) -> Tensor:
     return 0.5 * ((fake_logits - 1) ** 2).mean()
 
 
+def _d_rpgan(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    # The relativistic pairing GAN (Jolicoeur-Martineau 2019; Huang et al. 2024, R3GAN, eq. 2):
+    # D is asked that each real sample score above the fake it is paired with, element by
+    # element in the batch: E[f(D(x_fake) - D(x_real))] with f(t) = softplus(t). Paired, not
+    # averaged (RaGAN), so that every real sample has a fake to beat: this is what keeps the
+    # loss from dropping modes.
+    return F.softplus(-(real_logits - fake_logits)).mean()
+
+
+def _g_rpgan(fake_logits: Tensor, real_logits: Tensor) -> Tensor:
+    # The mirror term: each fake is pushed to score above its paired real.
+    return F.softplus(-(fake_logits - real_logits)).mean()
+
+
 ADVERSARIAL_LOSSES: dict[str, AdversarialLoss] = {
     "minimax": AdversarialLoss(_d_bce, _g_minimax),
     "nonsaturating": AdversarialLoss(_d_bce, _g_nonsaturating),
     "wasserstein": AdversarialLoss(_d_wasserstein, _g_wasserstein),
     "hinge": AdversarialLoss(_d_hinge, _g_wasserstein),
     "least_squares": AdversarialLoss(_d_least_squares, _g_least_squares),
+    "rpgan": AdversarialLoss(_d_rpgan, _g_rpgan, g_uses_real=True),
 }
 
 

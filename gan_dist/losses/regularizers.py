@@ -32,6 +32,13 @@ def r1_penalty(logits: Tensor, reals: Tensor, scale: Tensor | float = 1.0) -> Te
     return grads.square().sum(dim=1).mean()
 
 
+def r2_penalty(logits: Tensor, fakes: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """R2 (Mescheder et al. 2018): the same zero-centred penalty on G's samples, E[||grad D(G(z))||^2].
+    With R1 it makes the relativistic pairing loss locally convergent (R3GAN, Huang et al. 2024,
+    section 2.3); the caller weights it by gamma/2."""
+    return r1_penalty(logits, fakes, scale)
+
+
 def interpolate(real: Tensor, fake: Tensor, rng) -> Tensor:
     eps = rng.rand(real.shape[0], *([1] * (real.dim() - 1)))
     return (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
@@ -77,8 +84,14 @@ def _cutout(x: Tensor, rng, ratio: float = 0.5) -> Tensor:
 AUGMENTATIONS = {"color": _color, "translation": _translation, "cutout": _cutout}
 
 
-def diff_augment(x: Tensor, policy: tuple[str, ...], rng) -> Tensor:
-    """`rng` draws the random numbers (rand(*shape), randint(low, high, shape))."""
+def diff_augment(x: Tensor, policy: tuple[str, ...], rng, p: float = 1.0) -> Tensor:
+    """`rng` draws the random numbers (rand(*shape), randint(low, high, shape)). With p < 1 each
+    augmentation reaches each image with probability p (ADA's per-image probability, Karras et
+    al. 2020), the others passing unchanged; p = 1 draws no more random numbers than before."""
     for name in policy:
-        x = AUGMENTATIONS[name](x, rng)
+        augmented = AUGMENTATIONS[name](x, rng)
+        if p < 1:
+            keep = (rng.rand(x.shape[0], *([1] * (x.dim() - 1))) < p).to(x.dtype)
+            augmented = x + keep * (augmented - x)
+        x = augmented
     return x.contiguous()

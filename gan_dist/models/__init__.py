@@ -30,6 +30,7 @@ from gan_dist import plugins
 from gan_dist.config import first_line
 from gan_dist.models.dcgan import build_cgan, build_dcgan
 from gan_dist.models.mlp import ACTIVATIONS, build_mlp_gan
+from gan_dist.models.r3gan import build_r3gan, build_r3gan_cond
 from gan_dist.models.srgan import build_srgan
 
 
@@ -49,11 +50,14 @@ ARCHITECTURES: dict[str, Builder] = {
     "dcgan": build_dcgan,
     "cgan": build_cgan,
     "srgan": build_srgan,
+    "r3gan": build_r3gan,
+    "r3gan_cond": build_r3gan_cond,
 }
 
 # How G is driven: from noise, from noise and a class, or from a low-resolution image.
 TASK_NAMES = ("unconditional", "conditional", "super_resolution")
-TASKS = {"mlp": "unconditional", "dcgan": "unconditional", "cgan": "conditional", "srgan": "super_resolution"}
+TASKS = {"mlp": "unconditional", "dcgan": "unconditional", "cgan": "conditional", "srgan": "super_resolution",
+         "r3gan": "unconditional", "r3gan_cond": "conditional"}
 
 
 def check_arch(arch: str) -> None:

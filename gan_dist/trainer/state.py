@@ -99,8 +99,8 @@ def noise_seed(seed: int, rank: int, draw: int = 0) -> int:
 
 
 def d_lazy_ratio(cfg) -> float:
-    """D's lr/beta exponent under lazy R1 (see schedule.lazy_regularization)."""
-    return lazy_regularization(cfg.loss.r1_interval) if cfg.loss.r1_gamma > 0 else 1.0
+    """D's lr/beta exponent under lazy R1/R2 (see schedule.lazy_regularization)."""
+    return lazy_regularization(cfg.loss.r1_interval) if cfg.loss.penalized else 1.0
 
 
 def fingerprint(*modules: nn.Module) -> str:

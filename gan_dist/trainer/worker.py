@@ -62,7 +62,8 @@ class Worker:
                                perf.gradient_as_bucket_view)
         self.index = resolve_source(cfg.data.source, cfg.data.cache_dir)
         self.plan = make_plan(cfg, self.index, self.rt.world_size)
-        self.stream = RankStream(self.index, self.rt.rank, self.rt.world_size, self.plan.batch_per_rank,
+        # Each read is one micro-batch (the plan's split of the global batch: gan_dist.batching).
+        self.stream = RankStream(self.index, self.rt.rank, self.rt.world_size, self.plan.micro_batch,
                                  cfg.seed, cfg.data.shuffle_window, num_workers=cfg.data.num_workers,
                                  max_corrupt_fraction=cfg.data.max_corrupt_fraction,
                                  verify=cfg.data.verify_checksums)
@@ -70,7 +71,7 @@ class Worker:
                          if perf.prefetch and self.rt.device.type == "cuda" else None)
         self.shape = data_shape(self.index.meta, cfg.model)
         self.st: TrainState = build_state(cfg, self.shape, self.rt)
-        self.ctx = build_step_context(cfg, self.plan.batch_per_rank, self.rt.device)
+        self.ctx = build_step_context(cfg, self.plan.micro_batch, self.rt.device, self.plan.accumulation)
         self.last_real: torch.Tensor | None = None
         self.checkpointer = Checkpointer(sink, run_dir, self.rt, cfg.checkpoint.every_minutes)
         self.config_yaml = cfg.to_yaml().encode()  # stored in every checkpoint
