@@ -164,13 +164,13 @@ def hr_crops(tmp_path_factory) -> tuple[Path, Path]:
     return root / "crops", root / "held-out"
 
 
-def sr_train(storage: Path, name: str, steps: int, data: Path, photos: Path) -> dict:
+def sr_train(storage: Path, name: str, steps: int, data: Path, photos: Path, inception: bool = False) -> dict:
     argv = ["train", "srgan-photos", "--no-ray", "--storage", str(storage), "--name", name,
             "--max-steps", str(steps)]
     for setting in (f"data.source={data}", "data.batch_size=4", "model.channels=8", "model.sr_blocks=1",
                     "schedule.srresnet_steps=4", "schedule.ema_halflife_steps=2", "train.log_every=1",
                     "train.sample_every=1000", "checkpoint.every=3", "checkpoint.keep=5", f"eval.sr_photos={photos}",
-                    "eval.inception=false", "metrics.port=0"):
+                    f"eval.inception={str(inception).lower()}", "metrics.port=0"):
         argv += ["--set", setting]
     assert main(argv) == 0
     return json.loads((storage / name / "summary.json").read_text())
@@ -195,6 +195,20 @@ def test_two_phases_in_one_run_and_the_eval_on_held_out_photos(straight):
     ev = summary["eval"]
     assert set(ev["per_photo"]) == {"photo0.png", "photo1.png"} and ev["sr_photos"] == 2
     assert all(k in ev for k in ("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic"))
+
+
+def test_the_end_of_run_inception_eval_of_super_resolution_is_the_crop_fid(hr_crops, tmp_path):
+    """eval.inception on an SR recipe (srgan-photos ships with it on): the end of the run scores
+    the eval photos' crops, not G's images from noise against the training crops (there are
+    fewer than eval.inception_n of those here, as there are in builtin:photos)."""
+    data, _ = hr_crops
+    photos = tmp_path / "photos"
+    write_photos(photos, [(192, 192)])  # 4 crops of 96x96
+    summary = sr_train(tmp_path / "runs", "crop-fid", 5, data, photos, inception=True)
+    assert summary["status"] == "completed"
+    ev = summary["eval"]
+    assert ev["crop_n"] == 4 and np.isfinite(ev["crop_fid"]) and np.isfinite(ev["crop_fid_bicubic"])
+    assert "fid10k" not in ev
 
 
 def test_a_run_stopped_in_the_srresnet_phase_resumes_exactly_across_the_phase_change(straight, hr_crops):

@@ -335,7 +335,10 @@ class Worker:
         the other ranks). Collective."""
         st, rt = self.st, self.rt
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
-        inception = self.inception_eval(self.cfg.eval.inception_n) if self.cfg.eval.inception else {}
+        # A super-resolution model's Inception metrics are the crop FID of eval.sr_photos, which
+        # the run's end-of-run eval computes (gan_dist.evaluate); G makes no images from noise.
+        generic = self.cfg.eval.inception and self.ctx.task != "super_resolution"
+        inception = self.inception_eval(self.cfg.eval.inception_n) if generic else {}
         data = self.data_state()
         # Collective: every rank's fingerprint and sample counts.
         gathered = rt.all_gather_object((fingerprint(st.G, st.D, st.G_ema), data["samples_seen"],
