@@ -326,7 +326,9 @@ def train_step(st: TrainState, rt: Runtime, ctx: StepContext, next_real) -> dict
             st.opt_G.zero_grad(set_to_none=True)
             for k in rt.micro_batches(m, st.G_ddp):
                 micro, mrng = {}, rng.micro(k, m)
-                real, _, y = kept[k]
+                # A G step with no D step before it in this step (a schedule of G phases
+                # alone) has no real batch: g_inputs then draws G's inputs alone.
+                real, _, y = kept[k] if kept else (None, None, None)
                 with rt.autocast():
                     fake = fakes_for_g[k] if ctx.reuse_fake else st.G_ddp(*g_inputs(mrng, ctx, real, y))
                     fake_logits, fake_classes = d_logits(st.D, augment(mrng, ctx, fake, p), y,
