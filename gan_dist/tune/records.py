@@ -94,10 +94,13 @@ def read_summary(run_dir: Path) -> dict:
         return {}
 
 
-def build_summary(spec: TuneSpec, status: str, wall_seconds: float) -> dict:
-    """tune-summary.json: the tune, each member, every exploit, the winner and its schedule."""
+def build_summary(spec: TuneSpec, status: str, wall_seconds: float, results: list[dict] | None = None,
+                  exploits: list[dict] | None = None) -> dict:
+    """tune-summary.json: the tune, each member, every exploit, the winner and its schedule; from
+    the logs' records as given (a caller that has read and checked them), else as on disk."""
     tune_dir = spec.tune_dir
-    results, exploits = read(tune_dir / RESULTS_FILE), read(tune_dir / EXPLOITS_FILE)
+    results = read(tune_dir / RESULTS_FILE) if results is None else results
+    exploits = read(tune_dir / EXPLOITS_FILE) if exploits is None else exploits
     latest = latest_by_member(results)
     members = []
     for i in range(spec.population):

@@ -98,10 +98,12 @@ def read_tune(path: Path) -> TuneFiles:
     """The tune at `path`; a ReportError for a damaged record or a member folder that is not a run."""
     spec = read_spec(path)
     names = [member_name(i) for i in range(spec.population)]
-    read_log(path / records.RESULTS_FILE, RESULT_FIELDS, set(names))
-    read_log(path / records.EXPLOITS_FILE, EXPLOIT_FIELDS, set(names))
+    results = read_log(path / records.RESULTS_FILE, RESULT_FIELDS, set(names))
+    exploits = read_log(path / records.EXPLOITS_FILE, EXPLOIT_FIELDS, set(names))
     saved = report.read_summary(path / records.SUMMARY_JSON) or {}
-    summary = records.build_summary(spec, str(saved.get("status") or NO_SUMMARY), saved.get("wall_seconds"))
+    # From the records just checked: a tune still going may have appended lines since.
+    summary = records.build_summary(spec, str(saved.get("status") or NO_SUMMARY), saved.get("wall_seconds"),
+                                    results, exploits)
     # A member's folder appears when its trial starts: a tune still going may not have them all.
     members = [read_run(path / name) if (path / name).exists() else None for name in names]
     return TuneFiles(path, spec, summary, members)
