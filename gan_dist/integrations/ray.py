@@ -31,10 +31,13 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.controller.state import ResizingState, RestartingState
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
 from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from ray.train.v2._internal.logging import patch_print
 from ray.train.v2.api.report_config import CheckpointUploadMode
+from ray._private.state import state as ray_state
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -127,6 +130,10 @@ class RemoteHub:
     def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
         return self._get(self.actor.close.remote(pushgateway, run, auth))
 
+    # Ray Train's controller's side (_RestartCauses).
+    def note_restart(self, why: str) -> None:
+        self.actor.note_restart.remote(why)
+
     # Rank 0's side (trainer.worker.Reporter).
     def started(self, world_size: int, step: int) -> None:
         self._get(self.actor.started.remote(world_size, step))
@@ -145,6 +152,25 @@ class RemoteHub:
 
     def finished(self, result: WorkerResult) -> None:
         self._get(self.actor.finished.remote(result))
+
+
+class _RestartCauses(ControllerCallback):
+    """Tells the run's hub why Ray Train's controller restarts the worker group: a failure (a
+    worker or its node lost; an elastic group then restarts at the size that still fits) or a
+    resize to the resources it sees now (nodes added or gone). The hub pairs it with the next
+    group's start, and records a resize when the world size changed (summary.json "resizes").
+    Runs in the controller's process."""
+
+    def __init__(self, hub: "RemoteHub"):
+        self.hub = hub
+
+    def after_controller_state_update(self, previous_state, current_state) -> None:
+        if isinstance(current_state, RestartingState):
+            error = first_line(current_state.training_failed_error) or type(current_state.training_failed_error).__name__
+            self.hub.note_restart(f"worker group failed (a worker or node lost): {error[:200]}")
+        elif isinstance(current_state, ResizingState):
+            self.hub.note_restart(f"resources changed: Ray Train resizes the group to "
+                                  f"{current_state.scaling_decision.num_workers} workers")
 
 
 def _route_sigterm_to_preempt() -> None:
@@ -239,6 +265,13 @@ class RaySession:
     def resources(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}
 
+    def resource_ceiling(self) -> dict[str, float] | None:
+        """The most the cluster can ever hold: its autoscaler's limits (Ray Train checks a worker
+        group against the same numbers), or None for a cluster without an autoscaler, whose
+        nodes someone may still add by hand."""
+        limits = ray_state.get_max_resources_from_cluster_config()
+        return {k: float(v) for k, v in limits.items()} if limits else None
+
     def start_hub(self, max_steps: int, monitoring: bool) -> RemoteHub:
         """The run's hub (and metrics endpoint) as an actor on this, the driver's, node."""
         here = ray.get_runtime_context().get_node_id()
@@ -258,7 +291,10 @@ class RaySession:
             local=not self.address,
             train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "hub": hub},
             scaling_config=ScalingConfig(
-                num_workers=placement.workers,
+                # Elastic: (MIN, MAX); Ray Train starts once MIN fit and restarts the whole group
+                # at a new size when resources change (scaling_policy/elastic.py).
+                num_workers=(placement.min_workers, placement.workers) if placement.elastic else placement.workers,
+                elastic_resize_monitor_interval_s=cfg.run.resize_check_seconds,
                 use_gpu=placement.use_gpu,
                 resources_per_worker={"CPU": placement.cpus_per_worker,
                                       **({"GPU": placement.gpus_per_worker} if placement.use_gpu else {})},
@@ -267,6 +303,7 @@ class RaySession:
                 name=cfg.run.name,
                 storage_path=str(run_dir.parent),
                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                callbacks=[_RestartCauses(hub)],
                 # Retention (last k plus best) is ours: see checkpoint.prune.
                 checkpoint_config=CheckpointConfig(num_to_keep=None),
                 # Ray Train's per-report INFO lines would drown the run's own progress.

@@ -28,6 +28,12 @@ class MemberMetrics:
     def restarted(self) -> None:
         self.shared.restarted(self.member)
 
+    def world_size(self, size: int) -> None:
+        self.shared.world_size(size, self.member)
+
+    def resized(self) -> None:
+        self.shared.resized(self.member)
+
     def serve(self, host: str, port: int) -> int:
         raise RuntimeError("a member's metrics are served by the population's target (TuneHub.serve_metrics)")
 
