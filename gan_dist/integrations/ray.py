@@ -38,6 +38,7 @@ from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from ray.train.v2._internal.logging import patch_print
 from ray.train.v2.api.report_config import CheckpointUploadMode
 from ray._private.state import state as ray_state
+from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import get_or_create_autoscaling_coordinator
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -161,16 +162,33 @@ class _RestartCauses(ControllerCallback):
     group's start, and records a resize when the world size changed (summary.json "resizes").
     Runs in the controller's process."""
 
-    def __init__(self, hub: "RemoteHub"):
-        self.hub = hub
+    def __init__(self, hub: "RemoteHub", elastic: bool):
+        self.hub, self.elastic = hub, elastic
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
         if isinstance(current_state, RestartingState):
             error = first_line(current_state.training_failed_error) or type(current_state.training_failed_error).__name__
             self.hub.note_restart(f"worker group failed (a worker or node lost): {error[:200]}")
+            if self.elastic:
+                _refresh_cluster_view()
         elif isinstance(current_state, ResizingState):
             self.hub.note_restart(f"resources changed: Ray Train resizes the group to "
                                   f"{current_state.scaling_decision.num_workers} workers")
+
+
+def _refresh_cluster_view() -> None:
+    """Have Ray's autoscaling coordinator look at the cluster's nodes now. The elastic policy
+    sizes a restarted group from the coordinator's view, which it refreshes every 20 s
+    (TICK_INTERVAL_S): a group restarted just after losing a node was sized for the nodes
+    before the loss, waited RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) for a worker that
+    could not be placed, and only then restarted at the size that fits. `recompute=True` is
+    the coordinator's own way to refresh on demand; asked for no requester, it only
+    refreshes. Best effort: should it fail, Ray's own timing applies."""
+    try:
+        coordinator = get_or_create_autoscaling_coordinator()
+        ray.get(coordinator.get_reserved_resources.remote("gan-dist-refresh", recompute=True), timeout=10)
+    except Exception as exc:  # a Ray internal: never let it fail the run
+        logging.getLogger("gan_dist").warning("could not refresh Ray's view of the cluster: %s", first_line(exc))
 
 
 def _route_sigterm_to_preempt() -> None:
@@ -303,7 +321,7 @@ class RaySession:
                 name=cfg.run.name,
                 storage_path=str(run_dir.parent),
                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                callbacks=[_RestartCauses(hub)],
+                callbacks=[_RestartCauses(hub, elastic=placement.elastic)],
                 # Retention (last k plus best) is ours: see checkpoint.prune.
                 checkpoint_config=CheckpointConfig(num_to_keep=None),
                 # Ray Train's per-report INFO lines would drown the run's own progress.

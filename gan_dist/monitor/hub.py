@@ -68,6 +68,7 @@ class RunHub:
     def started(self, world_size: int, step: int) -> None:
         """Rank 0 of a (re)started worker group, after restoring its state."""
         self.starts += 1
+        self.started_at = time.time()
         if self.starts > 1:
             self.metrics.restarted()
         if self.starts > 1 and world_size != self.world_size:
@@ -76,7 +77,6 @@ class RunHub:
         self.metrics.world_size(world_size)
         self.world_size = world_size
         self.start_step = step
-        self.started_at = time.time()
         self.sessions.append({"started_at": self.started_at, "start_step": step, "first_step_at": None})
         if self.tensorboard is not None:
             self.tensorboard.session(step)
@@ -89,7 +89,7 @@ class RunHub:
             # Steps the previous group had reported past the checkpoint now resumed (seen at log
             # intervals: short of the true count by less than train.log_every).
             "steps_redone": max(self.last_step - step, 0),
-            "noticed_at": noticed_at, "started_at": time.time(), "first_step_at": None,
+            "noticed_at": noticed_at, "started_at": self.started_at, "first_step_at": None,
             "seconds_to_first_step": None})
         self.metrics.resized()
 
