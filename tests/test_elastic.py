@@ -1,8 +1,8 @@
 """Elastic training on a real multi-node Ray cluster on this machine (issue 22, item 4).
 
-One `ray.cluster_utils.Cluster` serves the module: a head without CPUs and three 1-CPU
-worker nodes. The first run (`--workers 1:3`) loses a node at 3 workers and another at 2,
-and completes on the one that is left; the second (`--workers 1:2`) starts on that one,
+One `ray.cluster_utils.Cluster` serves the module (`integrations.ray.RehearsalCluster`): a
+head without CPUs and three 1-CPU worker nodes. The first run (`--workers 1:3`) loses a node
+at 3 workers and another at 2, and completes on the one that is left; the second (`--workers 1:2`) starts on that one,
 grows when the test adds a node, and is then stopped by a SIGTERM (a node added is noticed
 within Ray's 20-second look at the cluster, so the run is open-ended rather than timed).
 Every run is the CLI's own code path, driven in-process with `--address` from a thread, while
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from gan_dist.cli import main
+from gan_dist.integrations.ray import RehearsalCluster
 from gan_dist.monitor.metrics import TARGETS_FILE
-from test_fault_tolerance import train_workers
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -39,12 +39,8 @@ WAIT_SECONDS = 300  # for any one event on a loaded machine
 
 @pytest.fixture(scope="module")
 def cluster(cache_dir):
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [c.add_node(num_cpus=1) for _ in range(3)]
-    c.wait_for_nodes()
-    yield c, nodes
+    c = RehearsalCluster(nodes=3)
+    yield c
     c.shutdown()
 
 
@@ -79,26 +75,12 @@ class Run:
         return json.loads((self.run_dir / "summary.json").read_text())
 
 
-def remove_a_worker_node(cluster) -> float:
-    """Remove, for good, a node that hosts a training worker; when."""
-    import ray
-
-    c, nodes = cluster
-    hosting = {a["node_id"] for a in ray.util.state.list_actors(
-        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])}
-    victim = next(n for n in nodes if n.node_id in hosting)
-    nodes.remove(victim)
-    c.remove_node(victim)
-    return time.time()
-
-
 def test_a_run_that_loses_two_nodes_goes_on_smaller_and_completes(cluster, tmp_path):
-    c, _ = cluster
-    run = Run(c.address, tmp_path, "shrink", 200, "1:3")
+    run = Run(cluster.address, tmp_path, "shrink", 200, "1:3")
     first = run.checkpoint_at(3)
-    lost = [remove_a_worker_node(cluster)]
+    lost = [cluster.remove_a_worker_node()]
     second = run.checkpoint_at(2, after=first)
-    lost.append(remove_a_worker_node(cluster))
+    lost.append(cluster.remove_a_worker_node())
     summary = run.summary()
     assert run.code == 0 and summary["status"] == "completed" and summary["steps"] == 200, summary.get("error")
     assert summary["world_size"] == 1
@@ -125,15 +107,15 @@ def scrape(run_dir: Path) -> dict[str, float]:
 
 
 def test_a_run_grows_when_a_node_joins(cluster, tmp_path):
-    c, nodes = cluster
-    assert len(nodes) == 1, "runs after the shrinking one, on the node it left"
-    run = Run(c.address, tmp_path, "grow", 1_000_000, "1:2")
+    assert len(cluster.nodes) == 1, "runs after the shrinking one, on the node it left"
+    run = Run(cluster.address, tmp_path, "grow", 1_000_000, "1:2")
     first = run.checkpoint_at(1)
-    nodes.append(c.add_node(num_cpus=1))
+    cluster.add_node()
     grown = run.checkpoint_at(2, after=first)
     metrics = scrape(run.run_dir)
     assert metrics["gan_world_size"] == 2 and metrics["gan_resizes_total"] == 1
-    os.kill(train_workers(c)[0].pid, signal.SIGTERM)  # stop the open-ended run: a save, then exit
+    worker = next(iter(cluster.train_workers().values()))[0]
+    os.kill(worker.pid, signal.SIGTERM)  # stop the open-ended run: a save, then exit
     summary = run.summary()
     assert summary["status"] == "stopped" and "preempted" in summary["reason"], summary
     assert summary["steps"] > grown and summary["world_size"] == 2

@@ -26,6 +26,7 @@ from typing import Iterator
 
 import ray
 import ray.train
+import psutil
 import requests
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -166,6 +167,12 @@ class _RestartCauses(ControllerCallback):
         self.hub, self.elastic = hub, elastic
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
+        try:
+            self._note(current_state)
+        except Exception as exc:  # Ray fails the run on a callback's error: a record is not worth that
+            logging.getLogger("gan_dist").warning("could not tell the run's hub why it restarts: %s", first_line(exc))
+
+    def _note(self, current_state) -> None:
         if isinstance(current_state, RestartingState):
             error = first_line(current_state.training_failed_error) or type(current_state.training_failed_error).__name__
             self.hub.note_restart(f"worker group failed (a worker or node lost): {error[:200]}")
@@ -257,6 +264,54 @@ def local_cluster(nodes: int, cpus_per_node: int = 1, head_cpus: int = 0) -> Ite
         yield cluster.address
     finally:
         cluster.shutdown()
+
+
+class RehearsalCluster:
+    """A Ray cluster on this machine (a head without CPUs and `nodes` raylets) whose nodes a
+    rehearsal removes for good and adds, as a cloud takes spot instances and gives new ones:
+    for the elastic benchmark and tests. Create it, and add nodes, from the main thread (Ray
+    installs a signal handler for each node); the run it serves goes in another thread."""
+
+    def __init__(self, nodes: int, cpus_per_node: int = 1):
+        from ray.cluster_utils import Cluster
+
+        # No dashboard: a dozen processes fewer starting with the head, which on a busy machine
+        # is the difference between a cluster that starts and one that times out.
+        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        self.cpus_per_node = cpus_per_node
+        self.nodes = [self.cluster.add_node(num_cpus=cpus_per_node) for _ in range(nodes)]
+        self.cluster.wait_for_nodes()
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def train_workers(self) -> dict[int, list[psutil.Process]]:
+        """The Ray Train worker processes of this cluster, by the pid of the raylet that started
+        each (other Ray clusters may share the machine: only this one's count)."""
+        raylets = {info.process.pid for node in self.cluster.list_all_nodes()
+                   for info in node.all_processes.get("raylet", [])}
+        found: dict[int, list[psutil.Process]] = {}
+        for proc in psutil.process_iter(["cmdline", "ppid"]):
+            if " ".join(proc.info["cmdline"] or []).startswith("ray::RayTrainWorker") and proc.info["ppid"] in raylets:
+                found.setdefault(proc.info["ppid"], []).append(proc)
+        return found
+
+    def remove_a_worker_node(self) -> float:
+        """Remove, for good, a node that hosts a Ray Train worker; the time it went."""
+        hosting = self.train_workers()
+        victim = next(n for n in self.nodes if n.all_processes["raylet"][0].process.pid in hosting)
+        self.nodes.remove(victim)
+        self.cluster.remove_node(victim)
+        return time.time()
+
+    def add_node(self) -> float:
+        """Add a node; the time it joined."""
+        self.nodes.append(self.cluster.add_node(num_cpus=self.cpus_per_node))
+        return time.time()
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
 
 
 class RaySession:

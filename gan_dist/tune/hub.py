@@ -78,6 +78,9 @@ class TuneHub:
     def samples(self, member: str, step: int, png: bytes) -> None:
         self.hubs[member].samples(step, png)
 
+    def note_restart(self, member: str, why: str) -> None:
+        self.hubs[member].note_restart(why)
+
     def started(self, member: str, world_size: int, step: int) -> None:
         self.hubs[member].started(world_size, step)
 
