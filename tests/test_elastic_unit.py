@@ -12,6 +12,7 @@ from gan_dist.config import ConfigError, load_yaml_config, resolve
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream, rank_slice
 from gan_dist.driver import place
+from gan_dist.integrations.ray import _RestartCauses
 from gan_dist.monitor.hub import RunHub
 from gan_dist.plan import PlanError, check_elastic
 from gan_dist.results import RunSummary
@@ -106,3 +107,30 @@ def test_the_hub_records_each_resize_with_its_cause_and_cost():
     assert "gan_worker_restarts_total 3.0" in text
     summary = RunSummary.build("failed", None, snap, 3, 1.0, "x").to_dict()
     assert [r["new_world_size"] for r in summary["resizes"]] == [2, 3]
+
+
+class _Notes:
+    """The run's hub as the controller's callback sees it: here, a list of what it was told."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def note_restart(self, why: str) -> None:
+        self.notes.append(why)
+
+
+def test_the_controller_callback_names_a_lost_node_and_a_resize():
+    from ray.train.v2._internal.execution.controller.state import ResizingState, RestartingState, RunningState
+    from ray.train.v2._internal.execution.scaling_policy import ResizeDecision
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    hub = _Notes()
+    causes = _RestartCauses(hub, elastic=False)
+    node_lost = WorkerGroupError("rank 1 died", {1: RuntimeError("The actor died because its node has died.")})
+    crashed = WorkerGroupError("rank 0 raised", {0: ValueError("loss exploded\ntraceback...")})
+    causes.after_controller_state_update(RunningState(), RestartingState(training_failed_error=node_lost))
+    causes.after_controller_state_update(RunningState(), RestartingState(training_failed_error=crashed))
+    causes.after_controller_state_update(RunningState(), ResizingState(ResizeDecision(3, {"CPU": 1.0})))
+    causes.after_controller_state_update(RunningState(), RunningState())
+    assert hub.notes == ["worker group failed: a node was lost", "worker group failed: loss exploded",
+                         "resources changed: Ray Train resizes the group to 3 workers"]

@@ -174,13 +174,22 @@ class _RestartCauses(ControllerCallback):
 
     def _note(self, current_state) -> None:
         if isinstance(current_state, RestartingState):
-            error = first_line(current_state.training_failed_error) or type(current_state.training_failed_error).__name__
-            self.hub.note_restart(f"worker group failed (a worker or node lost): {error[:200]}")
+            self.hub.note_restart(f"worker group failed: {_failure_reason(current_state.training_failed_error)}")
             if self.elastic:
                 _refresh_cluster_view()
         elif isinstance(current_state, ResizingState):
             self.hub.note_restart(f"resources changed: Ray Train resizes the group to "
                                   f"{current_state.scaling_decision.num_workers} workers")
+
+
+def _failure_reason(error: Exception) -> str:
+    """One line on why a worker group failed: a lost node when Ray says so, else the first
+    failing rank's first line (its peers fail after it, in their collectives)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    texts = [str(failures[rank]) for rank in sorted(failures)] or [str(error)]
+    if any("node has died" in text or "node was terminated" in text for text in texts):
+        return "a node was lost"
+    return (first_line(texts[0]) or type(error).__name__)[:200]
 
 
 def _refresh_cluster_view() -> None:
