@@ -44,7 +44,8 @@ from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from gan_dist.checkpoint import CheckpointError, find_latest, newest_valid, prune, step_dir_name, verify
+from gan_dist.checkpoint import (CheckpointError, checkpoint_step, find_latest, newest_valid, prune, step_dir_name,
+                                 step_dirs, verify)
 from gan_dist.config import Config
 from gan_dist.jobspec import JobSpec, SubmitError, first_line
 from gan_dist.monitor.hub import RunHub
@@ -72,9 +73,12 @@ class RaySink:
     @contextmanager
     def latest(self) -> Iterator[Path | None]:
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None or not Path(checkpoint.path).exists():
-            # A new command on the run (Ray's record starts empty: see RaySession.fit), or Ray's
-            # latest set aside by a rollback: the run directory's newest valid checkpoint.
+        if checkpoint is None or not Path(checkpoint.path).exists() or self._newer_in_run_dir(Path(checkpoint.path)):
+            # A new command on the run (Ray's record starts empty: see RaySession.fit), Ray's
+            # latest set aside by a rollback, or checkpoints uploaded that Ray's controller had
+            # not taken in when it restarted the group (it takes reports in at its next poll of
+            # the workers, and a resize or a failure may come first: hundreds of steps on a
+            # fast run): the run directory's newest valid checkpoint.
             found, skipped = newest_valid(self.run_dir)
             self.fallbacks += skipped
             yield found
@@ -89,6 +93,11 @@ class RaySink:
                 self.fallbacks += 1
                 older = find_latest(self.run_dir, exclude=Path(checkpoint.path))
         yield older
+
+    def _newer_in_run_dir(self, ray_latest: Path) -> bool:
+        step = checkpoint_step(ray_latest)
+        return step is not None and any((found := checkpoint_step(folder)) is not None and found > step
+                                        for folder in step_dirs(self.run_dir))
 
     def stage(self, rt, step: int) -> Path:
         """A local folder for this rank's files; Ray uploads and then deletes it."""

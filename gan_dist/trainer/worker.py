@@ -104,6 +104,9 @@ class Worker:
         attempt overwrites all of it, so the run never goes on from a half-loaded state. If
         none loads, the run fails rather than start afresh over a run that has checkpoints."""
         fresh = self.rank_state()  # what this rank starts with when no rank state is restored
+        # Collective: rank 0's choice for every rank. Each rank's sink looked by itself, and a
+        # checkpoint may have been committed between their looks.
+        folder = self.rt.all_gather_object(folder)[0]
         first_error: str | None = None
         while folder is not None:
             error = self._try_restore(folder, fresh)
