@@ -93,6 +93,10 @@ class ModelConfig:
     sr_scale: int = 4
     # SRGAN: residual blocks in G.
     sr_blocks: int = 8
+    # SRGAN: G adds its output to the bicubic upscaling of its input (a global residual, as in
+    # VDSR), so it starts at bicubic's quality and learns only the missing detail. Off by default
+    # so that runs saved before it was added resume as they were trained.
+    sr_bicubic_skip: bool = False
     # Image side the recipe expects; 0 follows the data's index (a mismatch is refused).
     image_size: int = 0
     # Image channels the recipe expects; 0 follows the data's index.
@@ -838,6 +842,7 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "model.sync_batchnorm": (lambda c: c.model.arch != "mlp", "a model with BatchNorm"),
     "model.sr_scale": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "model.sr_blocks": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "model.sr_bicubic_skip": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "model.options": (lambda c: own_model(c), "a model.arch of your own"),
     "loss.content_weight": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "eval.sr_photos": (lambda c: c.model.arch == "srgan", "model.arch srgan"),

@@ -171,6 +171,18 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
             session.close()
 
 
+def failure_line(exc: BaseException) -> str:
+    """Why a run failed, in one line. Ray Train's WorkerGroupError says only "Training failed
+    due to worker errors:" on its first line; the lowest failed rank's own error is the news."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    prefix = ""
+    if failures:
+        rank = min(failures)
+        prefix, exc = f"rank {rank}: ", failures[rank]
+    text = str(exc).strip()
+    return f"{prefix}{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool = False,
         push_auth: tuple[str, str] | None = None) -> RunResult:
     """Train, show progress, and write summary.json whatever happens."""
@@ -201,8 +213,7 @@ def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool
         status, error = "stopped", (f"SIGTERM while waiting for data: stopped without saving the step in progress; "
                                     f"run again with --name {cfg.run.name} to resume from {start}")
     except Exception as exc:  # a failure at run time: recorded, reported, exit 1
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        error = f"{type(exc).__name__}: {first}"
+        error = failure_line(exc)
         error_log = write_error_log(run_dir, exc)
         if verbose:
             traceback.print_exception(exc, file=sys.stderr)

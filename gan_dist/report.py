@@ -333,19 +333,24 @@ def samples_section(run: RunFiles) -> str:
     return f"<section id=\"samples\"><h2>Samples over time</h2>{note}<div class=\"strip\">{figures}</div></section>"
 
 
+def table(head: tuple[str, ...], rows: list[list[str]], css: str) -> str:
+    """A table with a header row, of cells already in HTML."""
+    cells = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return (f"<table class=\"{css}\"><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{cells}</tbody></table>")
+
+
 def alerts_section(alerts: list[dict]) -> str:
     if not alerts:
         return "<section id=\"alerts\"><h2>Alerts</h2><p class=\"note\">No detector fired.</p></section>"
-    head = "".join(f"<th>{h}</th>" for h in ("step", "kind", "since step", "action", "rolled back to", "evidence",
-                                             "note"))
-    body = ""
+    rows = []
     for e in alerts:
         evidence = ", ".join(f"{k} {fmt(v)}" for k, v in (e.get("evidence") or {}).items())
         cells = (e.get("step"), e.get("kind"), e.get("onset_step"), e.get("action"), e.get("to_step"), evidence,
                  e.get("note", ""))
-        body += "<tr>" + "".join(f"<td>{html.escape('' if c is None else fmt(c))}</td>" for c in cells) + "</tr>"
-    return (f"<section id=\"alerts\"><h2>Alerts</h2><table class=\"alerts\"><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table></section>")
+        rows.append([html.escape("" if c is None else fmt(c)) for c in cells])
+    head = ("step", "kind", "since step", "action", "rolled back to", "evidence", "note")
+    return f"<section id=\"alerts\"><h2>Alerts</h2>{table(head, rows, 'alerts')}</section>"
 
 
 def config_section(run: RunFiles) -> str:

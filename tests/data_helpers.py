@@ -47,6 +47,18 @@ def image_dataset(root: Path, n: int, per_shard: int, seed: int = 0) -> DatasetI
     return pack_images(source, root, PackOptions(shard_samples=per_shard, encode="png"))
 
 
+def corrupt_image_dataset(root: Path, n: int = 64, size: int = 16, per_shard: int = 8) -> DatasetIndex:
+    """Random PNG images whose every shard holds one record that does not decode."""
+    pixels, labels = random_images(n, size=size)
+    root.mkdir(parents=True, exist_ok=True)
+    index = pack_images(array_source("t", "t", pixels, labels, ["a", "b", "c"], shuffle=False, seed=0),
+                        root, PackOptions(shard_samples=per_shard, encode="png"))
+    for info in index.shards:
+        first = sorted(name for name in tar_members(root / info.shard) if name.endswith(".png"))[0]
+        replace_member(root, info.shard, first, b"not a png")
+    return index
+
+
 def tar_members(path: Path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
-from data_helpers import random_images, replace_member, tar_members
+from data_helpers import corrupt_image_dataset, random_images
 from tune_helpers import make_tune
 from gan_dist import checkpoint as ckpt
 from gan_dist.cli import main
@@ -744,13 +744,7 @@ def test_a_run_that_dies_of_corrupt_data_reports_what_it_read(tmp_path, capsys):
     """Every shard holds one image that does not decode: past data.max_corrupt_fraction the run
     dies, and its summary reports the samples read and skipped as of the last log interval,
     not zeros."""
-    pixels, labels = random_images(64, size=16)
-    (tmp_path / "ds").mkdir()
-    index = pack_images(array_source("t", "t", pixels, labels, ["a", "b", "c"], shuffle=False, seed=0),
-                        tmp_path / "ds", PackOptions(shard_samples=8, encode="png"))
-    for info in index.shards:
-        first = sorted(name for name in tar_members(tmp_path / "ds" / info.shard) if name.endswith(".png"))[0]
-        replace_member(tmp_path / "ds", info.shard, first, b"not a png")
+    corrupt_image_dataset(tmp_path / "ds")
     argv = ["train", "--no-ray", "--storage", str(tmp_path), "--name", "bad", "--max-steps", "1000",
             "--set", f"data.source={tmp_path / 'ds'}", "--set", "model.arch=dcgan", "--set", "model.channels=8",
             "--set", "data.batch_size=4", "--set", "train.log_every=1", "--set", "metrics.port=0",

@@ -33,3 +33,34 @@ def test_a_failed_run_writes_its_traceback_to_error_log(tmp_path, monkeypatch, c
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error_log"] == str(log)
     assert summary["error"] == "ZeroDivisionError: a bug deep in the step"
+
+
+def test_the_failure_line_names_the_lowest_failed_ranks_own_error():
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from gan_dist.driver import failure_line
+
+    wrapped = WorkerGroupError("rank 1 ...\nrank 0 ...", {1: KeyError("b"), 0: ValueError("bad shard\nmore")})
+    assert failure_line(wrapped) == "rank 0: ValueError: bad shard"
+    assert failure_line(RuntimeError("plain\nsecond")) == "RuntimeError: plain"
+
+
+def test_ray_train_restarts_a_lost_worker_but_not_an_error_that_repeats():
+    from ray.exceptions import ActorDiedError
+    from ray.train import FailureConfig
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from gan_dist.checkpoint import CheckpointError
+    from gan_dist.data.errors import DataError
+    from gan_dist.integrations.ray import _FailurePolicy
+
+    def decide(*errors):
+        policy = _FailurePolicy(FailureConfig(max_failures=3))
+        return policy.make_decision(WorkerGroupError("", dict(enumerate(errors))))
+
+    assert decide(DataError("past data.max_corrupt_fraction")) == FailureDecision.RAISE
+    assert decide(ValueError("n 10,000 > 9,216 crops"), ZeroDivisionError()) == FailureDecision.RAISE
+    assert decide(ActorDiedError()) == FailureDecision.RETRY
+    assert decide(ValueError("x"), RuntimeError("gloo: connection reset")) == FailureDecision.RETRY
+    assert decide(CheckpointError("checksum")) == FailureDecision.RETRY

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from data_helpers import corrupt_image_dataset
 from gan_dist.cli import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -140,3 +141,18 @@ def test_losing_a_node_that_hosts_a_worker(cluster, tmp_path):
     watcher.join(1)
     assert code == 0 and summary["status"] == "completed" and summary["steps"] == 240
     assert summary["restarts"] >= 1
+
+
+def test_an_error_that_a_restart_would_meet_again_fails_the_run_at_once(cluster, tmp_path):
+    """Every shard holds an image that does not decode: past data.max_corrupt_fraction a worker
+    raises DataError. Restarting from the last checkpoint would read the same shards, so the
+    run fails without a restart, and its summary names the worker's own error, not Ray's
+    "Training failed due to worker errors:"."""
+    corrupt_image_dataset(tmp_path / "ds")
+    code, summary = train(cluster, tmp_path, "bad", 1000, "--set", f"data.source={tmp_path / 'ds'}",
+                          "--set", "model.arch=dcgan", "--set", "model.channels=8", "--set", "data.batch_size=4",
+                          "--set", "monitor.class_coverage=false", "--set", "data.max_corrupt_fraction=0.05")
+    assert code == 1 and summary["status"] == "failed", summary
+    assert summary["restarts"] == 0
+    assert summary["error"].startswith("rank ") and "DataError" in summary["error"], summary["error"]
+    assert "max_corrupt_fraction" in summary["error"]

@@ -143,6 +143,23 @@ def test_a_single_loss_spike_is_not_divergence():
     assert [e.kind for e in fired] == ["divergence"] and "loss_g_variance" in fired[0].evidence
 
 
+def test_a_phase_change_starts_the_loss_windows_afresh():
+    """srgan-photos: G's loss is a small MSE with a tiny spread for 4000 steps (the SRResNet
+    phase), then gains D's adversarial term and with it a spread 10^4 times larger. Judged
+    against the old phase's spread that is divergence (a run raised it); the phase start
+    makes the windows start afresh."""
+    srresnet = list(rows(40, loss_g=lambda i: 3e-4 + 1e-6 * (-1) ** i))
+    srgan = list(rows(10, start=4000, loss_g=lambda i: 1e-3 + 1e-4 * (-1) ** i))
+    assert [e.kind for e in feed(Detectors(cfg()), srresnet + srgan)] == ["divergence"]
+    assert feed(Detectors(cfg(), phase_starts=(4000,)), srresnet + srgan) == []
+    # Resumed mid-phase from a checkpoint's state: the same
+    det = Detectors(cfg(), phase_starts=(4000,))
+    feed(det, srresnet)
+    resumed = Detectors(cfg(), phase_starts=(4000,))
+    resumed.load_state_dict(det.state_dict())
+    assert feed(resumed, srgan) == []
+
+
 def test_policies_rollback_until_retries_run_out_then_stop():
     det = Detectors(cfg(collapse="rollback", max_rollbacks=1))
     feed(det, rows(10))

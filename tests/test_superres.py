@@ -104,6 +104,20 @@ def test_tiled_upscaling_equals_the_whole_image():
     assert (superres.upscale(G, lr, 4, tile=16, overlap=0) - whole).abs().max().item() > 1e-3
 
 
+def test_the_bicubic_skip_starts_g_at_bicubic_and_tiles_like_the_whole_image(tmp_path):
+    torch.manual_seed(0)
+    G = SRResNet(3, 8, 2, 4, bicubic_skip=True).eval()
+    plain = SRResNet(3, 8, 2, 4).eval()
+    lr = torch.rand(1, 3, 37, 29) * 2 - 1
+    residual = superres.upscale(G, lr, 4) - superres.bicubic(lr, 4)
+    assert residual.abs().mean().item() < 0.05  # near bicubic, untrained
+    assert (superres.upscale(plain, lr, 4) - superres.bicubic(lr, 4)).abs().mean().item() > 0.1
+    assert (superres.upscale(G, lr, 4, tile=16) - superres.upscale(G, lr, 4)).abs().max().item() < 1e-5
+    paths = write_photos(tmp_path / "p", [(64, 64)])
+    scored = superres.evaluate_photos(G, paths, 4, 3)
+    assert scored["psnr_y"] > scored["psnr_y_bicubic"] - 1.5
+
+
 def test_photos_are_scored_whole_with_bicubic_beside(tmp_path):
     paths = write_photos(tmp_path / "p", [(70, 53), (64, 64)])  # 70x53 is cut to 68x52 for x4
     result = superres.evaluate_photos(Bicubic(4), paths, 4, 3, tile=8)

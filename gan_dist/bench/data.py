@@ -12,8 +12,8 @@ each) and the 96x96 photo crops of builtin:photos (9216 PNGs) it measures, in im
 - the rate a DCGAN-32 training step consumes images at batch 64: a plain
   torch DCGAN (transposed-conv G, strided-conv D, BatchNorm, Adam, one D and
   one G step per batch) written here, because the model zoo lacked one then;
-- the rate an srgan-photos step (the SRGAN phase, batch 16, gan-dist's own G and D)
-  consumes the 96x96 crops.
+- the rate gan-dist's own srgan-photos step (the SRGAN phase, batch 16) consumes
+  the 96x96 crops.
 Each figure is the best of `repeats` interleaved runs after a warm-up batch,
 in images per CPU-second of one thread (see best_rates).
 """
@@ -127,39 +127,14 @@ def dcgan32_rate(steps: int, repeats: int) -> float:
 
 
 def srgan96_rate(steps: int, repeats: int) -> float:
-    """HR images per second consumed by an `srgan-photos` step of the SRGAN phase on one thread:
-    gan-dist's own G and D of the recipe at its batch, the LR input made from the HR batch, one
-    D update (BCE on reals and fakes) and one G update (pixel MSE plus the adversarial term)."""
-    import torch
-    import torch.nn.functional as F
+    """HR images per CPU-second consumed by gan-dist's own step of `srgan-photos` in its SRGAN
+    phase (one D update, one G update on content + adversarial loss) on one thread, the
+    batch held in memory (bench.overhead.step_rate)."""
+    from gan_dist.bench import overhead  # torch and the trainer: imported when timed
 
-    from gan_dist.api import load_config
-    from gan_dist.models import build_models
-    from gan_dist.models.srgan import downsample
-    from gan_dist.plan import data_shape
-
-    torch.set_num_threads(1)
-    cfg = load_config("srgan-photos")
-    G, D = build_models(cfg.model, data_shape(resolve_source(cfg.data.source).meta, cfg.model))
-    opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-4), torch.optim.Adam(D.parameters(), 1e-4)
-    hr = torch.rand(SR_BATCH, 3, 96, 96) * 2 - 1
-
-    def step() -> None:
-        fake = G(downsample(hr, cfg.model.sr_scale))
-        real_logit, fake_logit = D(hr, None), D(fake.detach(), None)
-        loss_d = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
-                  + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        logit = D(fake, None)
-        loss_g = F.mse_loss(fake, hr) + 1e-3 * F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-
-    step()
-    return best_rates({"srgan": lambda: [step() for _ in range(steps)]}, steps * SR_BATCH, repeats)["srgan"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = overhead.bench_config("srgan-photos", "schedule.srresnet_steps=0", "metrics.enabled=false")
+        return overhead.step_rate(cfg, steps, repeats, Path(tmp))
 
 
 def main(argv: list[str] | None = None) -> dict:

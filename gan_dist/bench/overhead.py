@@ -179,13 +179,11 @@ def overhead(recipe: str, blocks: int, log_every: int, root: Path) -> dict:
     }
 
 
-def dcgan32_step_rate(steps: int, repeats: int, root: Path) -> float:
-    """Images per CPU-second that gan-dist's DCGAN-32 step consumes at batch 64 on one
-    thread (`bench.data`'s DCGAN-32: widths 64-128-256, z of 100, non-saturating loss, Adam),
-    on a batch held in memory: the best of `repeats` runs of `steps` steps."""
+def step_rate(cfg: Config, steps: int, repeats: int, root: Path) -> float:
+    """Images per CPU-second that gan-dist's own step of `cfg` consumes on one thread, on one
+    batch of its data held in memory: the best of `repeats` runs of `steps` steps."""
     torch.set_num_threads(1)
-    w = build_worker(bench_config("dcgan-digits", "data.source=builtin:shapes", "data.batch_size=64",
-                                  "model.channels=64", "model.z_dim=100", "metrics.enabled=false"), root)
+    w = build_worker(cfg, root)
     batch = {"x": memory_batches(w, 1)[0], "y": None}
     w.stream.close()
     train_step(w.st, w.rt, w.ctx, lambda: batch)  # warm-up
@@ -195,4 +193,12 @@ def dcgan32_step_rate(steps: int, repeats: int, root: Path) -> float:
         for _ in range(steps):
             train_step(w.st, w.rt, w.ctx, lambda: batch)
         best = min(best, time.process_time() - c0)
-    return steps * 64 / best
+    return steps * batch["x"].shape[0] / best
+
+
+def dcgan32_step_rate(steps: int, repeats: int, root: Path) -> float:
+    """`step_rate` of `bench.data`'s DCGAN-32 (widths 64-128-256, z of 100, non-saturating loss,
+    Adam) at batch 64."""
+    return step_rate(bench_config("dcgan-digits", "data.source=builtin:shapes", "data.batch_size=64",
+                                  "model.channels=64", "model.z_dim=100", "metrics.enabled=false"),
+                     steps, repeats, root)

@@ -36,7 +36,9 @@ from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.controller.state import ResizingState, RestartingState
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
 from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
+from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 from ray.train.v2._internal.logging import patch_print
+from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.train.v2.api.report_config import CheckpointUploadMode
 from ray._private.state import state as ray_state
 from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import get_or_create_autoscaling_coordinator
@@ -428,6 +430,36 @@ class _Trainer(TorchTrainer):
     def _create_default_callbacks(self):
         unwanted = (DatasetsCallback, PlacementGroupCleanerCallback) if self.local else (DatasetsCallback,)
         return [c for c in super()._create_default_callbacks() if not isinstance(c, unwanted)]
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        controller_init_kwargs["failure_policy"] = _FailurePolicy(self.run_config.failure_config)
+        return super()._initialize_and_run_controller(**controller_init_kwargs)
+
+
+# Errors that come back on a restart from the same checkpoint: bad input found by a worker
+# (our one-line errors are ValueErrors) and bugs. A damaged checkpoint is not one of them:
+# the next attempt falls back to an older one (RaySink.latest).
+REPEATING_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError,
+                    AssertionError, ZeroDivisionError)
+
+
+def repeats_on_restart(error: BaseException) -> bool:
+    return isinstance(error, REPEATING_ERRORS) and not isinstance(error, CheckpointError)
+
+
+class _FailurePolicy(DefaultFailurePolicy):
+    """Ray Train's policy (restart the group up to `run.max_failures` times), except for a
+    failure that would only happen again: when every failed rank raised an error that a restart
+    from the same checkpoint meets again (an end-of-run evaluation refused, a bad sample
+    file...), the run fails at once instead of repeating the same steps `max_failures` times.
+    A lost worker (an actor death) or a collective torn down with it is still restarted."""
+
+    def _is_retryable_error(self, training_failed_error) -> bool:
+        if isinstance(training_failed_error, WorkerGroupError):
+            failures = training_failed_error.worker_failures
+            if failures and all(repeats_on_restart(e) for e in failures.values()):
+                return False
+        return super()._is_retryable_error(training_failed_error)
 
 
 @contextmanager

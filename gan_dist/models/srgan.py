@@ -39,9 +39,14 @@ class ResidualBlock(nn.Module):
 
 
 class SRResNet(nn.Module):
-    def __init__(self, channels: int, width: int, blocks: int, scale: int):
+    """Ledig et al.'s generator. With `bicubic_skip`, G learns only what bicubic upscaling misses
+    (the global residual of Kim et al.'s VDSR, 2016): its output is bicubic(lr) + tail(...), the
+    tail has no tanh, and it starts near zero, so G starts at bicubic's quality instead of below it."""
+
+    def __init__(self, channels: int, width: int, blocks: int, scale: int, bicubic_skip: bool = False):
         super().__init__()
         self.scale = scale
+        self.bicubic_skip = bicubic_skip
         self.head = nn.Sequential(nn.Conv2d(channels, width, 9, 1, 4), nn.PReLU(width))
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)],
                                     nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width))
@@ -49,11 +54,24 @@ class SRResNet(nn.Module):
         for _ in range(int(math.log2(scale))):
             up += [nn.Conv2d(width, width * 4, 3, 1, 1), nn.PixelShuffle(2), nn.PReLU(width)]
         self.upsample = nn.Sequential(*up)
-        self.tail = nn.Sequential(nn.Conv2d(width, channels, 9, 1, 4), nn.Tanh())
+        if bicubic_skip:
+            last = nn.Conv2d(width, channels, 9, 1, 4)
+            # A small start: the residual is near zero, and G's first output is close to bicubic.
+            with torch.no_grad():
+                last.weight.mul_(0.1)
+                last.bias.zero_()
+            self.tail = last
+        else:
+            self.tail = nn.Sequential(nn.Conv2d(width, channels, 9, 1, 4), nn.Tanh())
 
     def forward(self, lr_img):
         h = self.head(lr_img)
-        return self.tail(self.upsample(h + self.blocks(h)))
+        out = self.tail(self.upsample(h + self.blocks(h)))
+        if self.bicubic_skip:
+            # Not clamped here (a clamp would stop the gradient of every pixel beyond [-1, 1]);
+            # the evaluation, the sample grids and the image writers clamp.
+            out = out + F.interpolate(lr_img, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return out
 
 
 class SRDiscriminator(nn.Module):
@@ -90,7 +108,7 @@ def build_srgan(cfg, shape):
     if height // scale < 4 or width // scale < 4:
         raise ValueError(f"the data's {height}x{width} HR images are too small for x{scale}: their LR input "
                          f"would be under 4x4 pixels")
-    G = SRResNet(channels, cfg.channels, cfg.sr_blocks, scale)
+    G = SRResNet(channels, cfg.channels, cfg.sr_blocks, scale, bicubic_skip=cfg.sr_bicubic_skip)
     D = SRDiscriminator(channels, cfg.channels, spectral=cfg.spectral_norm, batchnorm=cfg.d_batchnorm)
     return G, D
 

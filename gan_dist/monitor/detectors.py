@@ -72,8 +72,13 @@ class Event:
 
 
 class Detectors:
-    def __init__(self, cfg: MonitorConfig, scaled: bool = False):
+    def __init__(self, cfg: MonitorConfig, scaled: bool = False, phase_starts: tuple[int, ...] = ()):
         self.cfg = cfg
+        # Steps where the training changes what its losses measure (super-resolution's SRGAN
+        # phase adds D and the adversarial term after the SRResNet phase): the windows start
+        # afresh there, so that the new losses are not judged against the old phase's scale.
+        self.phase_starts = tuple(s for s in phase_starts if s > 0)
+        self.last_step = 0
         # fp16's gradient scaler skips an update now and then by design (it finds its scale by
         # overflowing): skipped updates then count only in `patience` intervals in a row.
         self.scaled = scaled
@@ -148,6 +153,11 @@ class Detectors:
         """Feed one log interval's reduced row; the events that fire now (recorded in `events`
         by the caller once it has acted on them)."""
         cfg, step, fired = self.cfg, int(row["step"]), []
+        # A row of step s holds steps up to s - 1 (0-based): the first one past a phase start
+        # is the first with steps of the new phase.
+        if any(self.last_step <= start < step for start in self.phase_starts):
+            self.reset_windows()
+        self.last_step = step
         settled = step >= cfg.warmup_steps
         for kind, (holds, evidence) in self.conditions(row).items():
             if kind not in self.kinds:
@@ -193,7 +203,7 @@ class Detectors:
     def state_dict(self) -> dict:
         return {"recent": self.recent, "variances": self.variances, "streak": self.streak, "onset": self.onset,
                 "onset_loss_g": self.onset_loss_g, "active": self.active, "last_nonfinite": self.last_nonfinite,
-                "events": self.events, "rollbacks": self.rollbacks}
+                "events": self.events, "rollbacks": self.rollbacks, "last_step": self.last_step}
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():

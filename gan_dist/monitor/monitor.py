@@ -26,7 +26,8 @@ SAMPLES_PER_CLASS = 25
 
 class Monitor:
     def __init__(self, cfg: Config, data_meta: dict, classifier=None):
-        self.detectors = Detectors(cfg.monitor, scaled=cfg.train.mixed_precision == "fp16")
+        self.detectors = Detectors(cfg.monitor, scaled=cfg.train.mixed_precision == "fp16",
+                                   phase_starts=(cfg.schedule.srresnet_steps,))
         self.mixture = data_meta.get("mixture") if data_meta.get("kind") == "points" else None
         self.classifier = classifier
         self.num_classes = data_meta.get("num_classes", 0)
@@ -81,6 +82,7 @@ class Monitor:
         self.detectors.load_state_dict(kept)
         self.detectors.reset_windows()
         self.detectors.rollbacks += 1
+        self.detectors.last_step = 0  # the steps come round again: a phase start is crossed again
 
     def state_dict(self) -> dict:
         return self.detectors.state_dict()

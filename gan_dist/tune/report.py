@@ -136,13 +136,6 @@ def _member_link(name: str, pages: dict[str, str]) -> str:
     return f"<a href=\"{pages[name]}\">{html.escape(name)}</a>" if name in pages else html.escape(name)
 
 
-def _rows(head: tuple[str, ...], rows: list[list[str]], css: str) -> str:
-    """A table of cells already in HTML."""
-    cells = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return (f"<table class=\"{css}\"><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
-            f"<tbody>{cells}</tbody></table>")
-
-
 def summary_section(tune: TuneFiles, pages: dict[str, str]) -> str:
     spec, s = tune.spec, tune.summary
     by_reason = s["exploits_by_reason"]
@@ -173,7 +166,7 @@ def summary_section(tune: TuneFiles, pages: dict[str, str]) -> str:
                 "copy, and before them, back through each copy, the member it copied up to the copied step.</p>")
         rows = [[f"{seg['start']:,}&ndash;{seg['end']:,}", _member_link(seg["member"], pages),
                  *(html.escape(_fmt(seg["hyperparams"].get(k))) for k in keys)] for seg in best["schedule"]]
-        out += _rows(("steps", "trained by", *map(html.escape, keys)), rows, "schedule")
+        out += report.table(("steps", "trained by", *map(html.escape, keys)), rows, "schedule")
     return out + "</section>"
 
 
@@ -196,7 +189,7 @@ def members_section(tune: TuneFiles, pages: dict[str, str]) -> str:
                      str(m["exploited"]), str(m["copied_by"])])
     head = ("member", "started with", "last values", html.escape(tune.spec.metric), "steps", "status",
             "replaced (times)", "copied by others (times)")
-    return f"<section id=\"members\"><h2>Members</h2>{_rows(head, rows, 'members')}</section>"
+    return f"<section id=\"members\"><h2>Members</h2>{report.table(head, rows, 'members')}</section>"
 
 
 def _alarm(e: dict) -> str:
@@ -216,7 +209,7 @@ def exploits_section(tune: TuneFiles, pages: dict[str, str]) -> str:
     note = ("<p class=\"note\">Each row: a member replaced by a copy of another's checkpoint (interval: PBT's "
             "worst quantile at a perturbation interval; collapse: a detector's alarm, at once), with perturbed "
             "values.</p>")
-    return f"<section id=\"exploits\"><h2>Exploits</h2>{note}{_rows(head, rows, 'exploits')}</section>"
+    return f"<section id=\"exploits\"><h2>Exploits</h2>{note}{report.table(head, rows, 'exploits')}</section>"
 
 
 def spec_section(tune: TuneFiles) -> str:
