@@ -403,7 +403,9 @@ class RunConfig:
     # URI: mount object storage (s3fs, gcsfuse) to keep runs there.
     storage: str = "runs"
     # Data-parallel workers: a count, or "auto" (one per GPU when the cluster has GPUs, else 2;
-    # without Ray: 1).
+    # without Ray: 1), or an elastic range MIN:MAX (in YAML also [MIN, MAX]): start once MIN
+    # fit, grow toward MAX as resources appear, shrink when a node is lost; every size keeps
+    # the global batch (docs/elastic.md).
     workers: str = "auto"
     # CPUs Ray reserves for each worker.
     cpus_per_worker: float = 1.0
@@ -414,8 +416,12 @@ class RunConfig:
     address: str = ""
     # False runs the trainer in this process, one worker, without Ray.
     use_ray: bool = True
-    # Worker-group restarts Ray Train may make before the run fails (-1: no limit).
+    # Worker-group restarts Ray Train may make before the run fails (-1: no limit). In an elastic
+    # run each lost worker or node counts as one; a resize to new resources does not.
     max_failures: int = 3
+    # Elastic runs (run.workers MIN:MAX): seconds between Ray Train's checks for resources that
+    # would change the group's size while it trains (ScalingConfig.elastic_resize_monitor_interval_s).
+    resize_check_seconds: float = 60.0
     # With a local Ray (no address): also start Ray's dashboard, http://127.0.0.1:8265 (a dozen
     # more processes starting beside the workers).
     ray_dashboard: bool = False
@@ -432,19 +438,36 @@ class RunConfig:
                  f"must be a folder path, got the URI {redact_url(self.storage)!r}: run directories are local "
                  f"paths (a shared filesystem on a cluster); mount object storage (s3fs, gcsfuse, a CSI driver) "
                  f"and give its mount point")
-        _require(self.workers == "auto" or (self.workers.isdigit() and int(self.workers) >= 1), "run.workers",
-                 f"must be a count >= 1 or auto, got {self.workers!r}")
+        _require(self.workers == "auto" or (self.workers.isdigit() and int(self.workers) >= 1)
+                 or ELASTIC_WORKERS.fullmatch(self.workers) is not None, "run.workers",
+                 f"must be a count >= 1, auto, or an elastic range MIN:MAX, got {self.workers!r}")
+        if self.elastic is not None:
+            low, high = self.elastic
+            _require(low >= 1, "run.workers", f"{self.workers}: MIN must be >= 1, got {low}")
+            _require(low <= high, "run.workers", f"{self.workers}: MIN {low} is larger than MAX {high}")
+        _require(self.resize_check_seconds > 0, "run.resize_check_seconds",
+                 f"must be > 0, got {self.resize_check_seconds}")
         _require(self.cpus_per_worker > 0, "run.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         _require(self.gpus_per_worker >= 0, "run.gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
         _require(self.max_failures >= -1, "run.max_failures", f"must be >= -1, got {self.max_failures}")
         _require(self.stop_at_step >= 0, "run.stop_at_step", f"must be >= 0, got {self.stop_at_step}")
-        _require(self.use_ray or self.worker_count in (None, 1), "run.workers",
+        _require(self.use_ray or (self.elastic is None and self.worker_count in (None, 1)), "run.workers",
                  f"without Ray a run has one worker, got {self.workers}")
 
     @property
     def worker_count(self) -> int | None:
-        """The number of workers asked for; None for auto."""
-        return None if self.workers == "auto" else int(self.workers)
+        """The fixed number of workers asked for; None for auto or an elastic range."""
+        return None if self.workers == "auto" or self.elastic is not None else int(self.workers)
+
+    @property
+    def elastic(self) -> tuple[int, int] | None:
+        """(MIN, MAX) of an elastic run; None for a fixed count or auto."""
+        match = ELASTIC_WORKERS.fullmatch(self.workers)
+        return (int(match[1]), int(match[2])) if match else None
+
+
+# run.workers as an elastic range: MIN:MAX (the YAML list [MIN, MAX] is read as this).
+ELASTIC_WORKERS = re.compile(r"(\d{1,6}):(\d{1,6})")
 
 
 @dataclass
@@ -719,6 +742,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# Text keys that also take a YAML list of two integers, read as "MIN:MAX".
+RANGE_KEYS = ("run.workers",)
+
+
 def _coerce(value: Any, kind: type, key: str) -> Any:
     """Check a leaf value's type; numbers given as strings (YAML's 1e-4) are parsed."""
     if kind is bool:
@@ -754,6 +781,10 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
+        if key in RANGE_KEYS and isinstance(value, list):
+            if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return f"{value[0]}:{value[1]}"
+            raise ConfigError(f"{key} must be a count, auto, or [MIN, MAX] (two integers), got {shown(value)}")
         if isinstance(value, bool):  # YAML 1.1 reads off/on (and no/yes) as booleans
             return "on" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -980,6 +1011,9 @@ def apply_override(raw: dict[str, Any], assignment: str, warn: Callable[[str], N
         if warn is not None:
             warn(f"{key} is now {MOVED_KEYS[key]}")
         key = MOVED_KEYS[key]
+    if key in RANGE_KEYS and ELASTIC_WORKERS.fullmatch(text.strip()):
+        # As written: YAML 1.1 would read 2:4 as the base-60 integer 124.
+        text = repr(text.strip())
     try:
         value = load_yaml(text, f"--set {key}") if text.strip() else ""
     except ConfigError as exc:

@@ -24,7 +24,7 @@ from gan_dist.data.sources import resolve_source
 from gan_dist.monitor.hub import Hub, RunHub
 from gan_dist.monitor.metrics import TARGETS_FILE, check_bindable
 from gan_dist.monitor.tensorboard import TB_DIR
-from gan_dist.plan import PlanError, make_plan
+from gan_dist.plan import PlanError, check_elastic, make_plan
 from gan_dist.results import HubSnapshot, RunResult, RunSummary, WorkerResult, describe
 from gan_dist.rundir import (CONFIG_FILE, SUMMARY_FILE, check_resume, check_writable, run_directory, write_atomic,
                              write_error_log, write_summary)
@@ -36,21 +36,32 @@ from gan_dist.trainer.loop import train_worker
 class Placement:
     """How many workers and what each gets."""
 
-    workers: int
+    workers: int  # a fixed group's size; an elastic group's MAX
     cpus_per_worker: float
     gpus_per_worker: float
+    min_workers: int = 0  # an elastic group's MIN (run.workers MIN:MAX); 0 for a fixed group
 
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers > 0
+
     def describe(self) -> str:
         gpu = f" + {self.gpus_per_worker:g} GPU" if self.use_gpu else ""
-        return f"{self.workers} worker(s), {self.cpus_per_worker:g} CPU{gpu} each"
+        count = f"elastic, {self.min_workers} to {self.workers}" if self.elastic else f"{self.workers}"
+        return f"{count} worker(s), {self.cpus_per_worker:g} CPU{gpu} each"
 
 
-def place(run_cfg, resources: dict[str, float]) -> Placement:
-    """Resolve run.workers=auto and check the request against what the cluster has."""
+def place(run_cfg, resources: dict[str, float], ceiling: dict[str, float] | None = None) -> Placement:
+    """Resolve run.workers=auto and check the request against what the cluster has. An elastic
+    group (run.workers MIN:MAX) waits for MIN to fit and grows as nodes join, so only its MAX is
+    checked, against `ceiling`: the most the cluster can ever hold (a local Ray's own
+    resources; a cluster's autoscaler limits), when known."""
+    if run_cfg.elastic is not None:
+        return place_elastic(run_cfg, ceiling)
     gpus = resources.get("GPU", 0)
     gpus_per_worker = run_cfg.gpus_per_worker
     workers = run_cfg.worker_count
@@ -67,6 +78,19 @@ def place(run_cfg, resources: dict[str, float]) -> Placement:
     if workers * gpus_per_worker > gpus:
         raise PlanError(f"{workers} workers x {gpus_per_worker:g} GPU need {workers * gpus_per_worker:g} GPUs, "
                         f"but the cluster has {gpus:g}")
+    return placement
+
+
+def place_elastic(run_cfg, ceiling: dict[str, float] | None) -> Placement:
+    low, high = run_cfg.elastic
+    placement = Placement(high, run_cfg.cpus_per_worker, run_cfg.gpus_per_worker, min_workers=low)
+    if ceiling is None:
+        return placement
+    for resource, per_worker in (("CPU", placement.cpus_per_worker), ("GPU", placement.gpus_per_worker)):
+        if high * per_worker > ceiling.get(resource, 0):
+            raise PlanError(f"run.workers {low}:{high}: {high} workers x {per_worker:g} {resource} need "
+                            f"{high * per_worker:g} {resource}s, more than the cluster can ever hold "
+                            f"({ceiling.get(resource, 0):g})")
     return placement
 
 
@@ -101,16 +125,19 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
     try:
         if cfg.run.use_ray and cfg.run.address:
             session = _ray_session(cfg.run.address, {}, dashboard=False)
-            resources = session.resources()
+            resources, ceiling = session.resources(), session.resource_ceiling()
         else:
-            resources = local_resources()
-        placement = place(cfg.run, resources)
-        cfg.run.workers, cfg.run.gpus_per_worker = str(placement.workers), placement.gpus_per_worker
+            resources = ceiling = local_resources()  # a local Ray never grows
+        placement = place(cfg.run, resources, ceiling)
+        if not placement.elastic:
+            cfg.run.workers = str(placement.workers)
+        cfg.run.gpus_per_worker = placement.gpus_per_worker
         on_gpu = placement.gpus_per_worker > 0 if cfg.run.use_ray else resources.get("GPU", 0) >= 1
         if cfg.train.mixed_precision == "fp16" and not on_gpu:
             raise PlanError("train.mixed_precision=fp16 needs GPU workers (its gradient scaler is a GPU feature; "
                             "Accelerate would train in fp32): use bf16 or no on CPU")
-        plan = make_plan(cfg, index, placement.workers)
+        plan = (check_elastic(cfg, index, placement.min_workers, placement.workers) if placement.elastic
+                else make_plan(cfg, index, placement.workers))
         push_auth = pushgateway_auth(cfg.metrics) if cfg.metrics.pushgateway else None
         if cfg.metrics.enabled:
             check_bindable(metrics_host(cfg), cfg.metrics.port)  # the hub serves on this, the driver's, node
@@ -120,7 +147,10 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
 
         print(cfg.to_yaml(), end="")
         print(f"--- plan: {placement.describe()}" + (" on Ray" if cfg.run.use_ray else " in this process"))
-        print("\n".join(plan.lines()))
+        lines = plan.lines()
+        if placement.elastic:
+            lines[0] += f" (elastic: {placement.min_workers} to {placement.workers}, the global batch kept at each size)"
+        print("\n".join(lines))
         where = f"resuming {run_dir} at step {resume_step}" if resume_step is not None else f"new run {run_dir}"
         print(f"run directory     {where}", flush=True)
         if dry_run:

@@ -213,6 +213,21 @@ def batch_split(cfg, world_size: int) -> BatchSplit:
         raise PlanError(str(exc)) from None
 
 
+def check_elastic(cfg, index: DatasetIndex, low: int, high: int) -> Plan:
+    """An elastic group may run at any size from `low` to `high` (Ray Train picks what fits):
+    every one must split the global batch and have records for each rank. The plan at `high`."""
+    for world_size in range(low, high + 1):
+        try:
+            batch_split(cfg, world_size)
+            if index.num_records < world_size:
+                raise PlanError(f"the dataset has {index.num_records} records, fewer than {world_size}")
+        except PlanError as exc:
+            raise PlanError(f"run.workers {low}:{high} may run {world_size} workers, but {exc}: choose a "
+                            f"global batch that every size from {low} to {high} divides") from None
+    make_plan(cfg, index, low)  # the smallest micro-batch meets the models too
+    return make_plan(cfg, index, high)
+
+
 def make_plan(cfg, index: DatasetIndex, world_size: int) -> Plan:
     batch = cfg.data.batch_size
     split = batch_split(cfg, world_size)

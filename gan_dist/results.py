@@ -59,6 +59,7 @@ class HubSnapshot:
     sessions: list[dict]
     alerts: list[dict]
     target: str | None  # host:port of the metrics endpoint
+    resizes: list[dict] = field(default_factory=list)  # changes of world size between sessions
 
 
 @dataclass
@@ -81,6 +82,9 @@ class RunSummary:
     rank_fingerprints: list[str]
     checkpoints: CheckpointStats
     sessions: list[dict]
+    # Every change of world size (an elastic run): step, old_world_size, new_world_size, why,
+    # steps_redone, and the seconds from Ray noticing it to the first step at the new size.
+    resizes: list[dict] = field(default_factory=list)
     error: str | None = None  # why a failed run failed (one line); the traceback is in error_log
     reason: str | None = None  # why a stopped run stopped
     error_log: str | None = None
@@ -94,7 +98,7 @@ class RunSummary:
         common = dict(status=status, restarts=max((snap.starts if snap else 1) - 1, 0), wall_seconds=wall_seconds,
                       # The hub's record survives worker restarts (and counts a replayed event once).
                       alerts=(snap.alerts if snap and snap.alerts else (result.alerts if result else [])),
-                      sessions=snap.sessions if snap else [])
+                      sessions=snap.sessions if snap else [], resizes=snap.resizes if snap else [])
         if status == "failed":
             common["error"] = error
         elif error:

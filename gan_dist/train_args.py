@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from gan_dist.config import recipe_names
+from gan_dist.config import ELASTIC_WORKERS, recipe_names
 
 
 def positive_int(text: str) -> int:
@@ -30,8 +30,11 @@ def count_up_to(limit: int):
 
 
 def workers_count(text: str) -> str:
-    """An argparse type for --workers: a count >= 1, or auto."""
-    return text if text == "auto" else str(positive_int(text))
+    """An argparse type for --workers: a count >= 1, auto, or an elastic range MIN:MAX (whose
+    bounds run.workers checks, naming the problem)."""
+    if text == "auto" or ELASTIC_WORKERS.fullmatch(text):
+        return text
+    return str(positive_int(text))
 
 
 def class_list(text: str) -> list[int]:
@@ -60,7 +63,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a shipped recipe ({', '.join(recipe_names())}) or a YAML file; default ring8")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr_g=2e-4 (repeatable)")
-    parser.add_argument("--workers", type=workers_count, help="data-parallel workers, or auto (run.workers)")
+    parser.add_argument("--workers", type=workers_count, help="data-parallel workers: a count, auto, or MIN:MAX for an elastic group (run.workers)")
     parser.add_argument("--gpus-per-worker", type=non_negative_float, help="GPUs per worker (run.gpus_per_worker)")
     parser.add_argument("--storage", help="folder holding run directories (run.storage)")
     parser.add_argument("--name", help="run name; the same name and storage resume (run.name)")

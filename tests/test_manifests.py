@@ -253,7 +253,7 @@ def test_alerts_and_dashboard_use_declared_metrics(rendered):
     assert charted <= METRICS, charted - METRICS
     for name in ("gan_loss", "gan_d_accuracy", "gan_grad_norm", "gan_collapse_score", "gan_samples_per_second",
                  "gan_data_wait_seconds", "gan_worker_restarts_total", "gan_checkpoint_seconds",
-                 "gan_alert_active", "gan_fid", "gan_kid"):
+                 "gan_alert_active", "gan_fid", "gan_kid", "gan_world_size", "gan_resizes_total"):
         assert name in charted, name
     # Kubernetes gets the very same JSON through the ConfigMap that kustomize builds from it.
     configmap = next(d for d in rendered["gpu"] if "gan-dist-dashboard.json" in d.get("data", {}))

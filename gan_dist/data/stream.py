@@ -578,6 +578,34 @@ class RankStream:
                         self.rank, self.cursor.epoch + 1)
             self.cursor = Cursor(epoch=self.cursor.epoch + 1)
 
+    def resized_state(self, states: list[dict]) -> dict:
+        """This rank's state continuing from the cursors of every rank of another world size
+        (`states`, one per old rank): the pass goes on at the same global position, split over
+        the new ranks. The position is the old ranks' mean progress through their slices, in
+        epochs (records at a row's resolution); each new rank starts its own slice at that
+        fraction, at a record's start. Within that one pass the old ranks' read prefixes and the
+        new ranks' unread suffixes need not tile the records exactly (each rank's window order
+        is its own), so a few records may be read twice or skipped; from the next pass on every
+        record is read once again. The sample counts are shared out so their totals stay exact."""
+        rows_per_record = self.index.num_samples / self.index.num_records
+        positions = []
+        for state in states:
+            start, end = rank_slice(self.index.num_records, state["rank"], state["world_size"])
+            cursor = state["cursor"]
+            positions.append(cursor["epoch"] + (cursor["record"] + cursor["row"] / rows_per_record) / (end - start))
+        position = sum(positions) / len(positions)
+        epoch = math.floor(position)
+        record = min(math.floor((position - epoch) * self.slice_len), self.slice_len - 1)
+
+        def share(total: int) -> int:
+            return total // self.world_size + (self.rank < total % self.world_size)
+
+        return {"cursor": asdict(Cursor(epoch, record, 0)),
+                "samples_seen": share(sum(s["samples_seen"] for s in states)),
+                "corrupt_samples": share(sum(s.get("corrupt_samples", 0) for s in states)),
+                "rank": self.rank, "world_size": self.world_size, "loader_workers": self.layout.workers,
+                "window": self.window}
+
     def close(self) -> None:
         for source in self._sources or []:
             source.close()  # a worker process, or a generator holding an open shard

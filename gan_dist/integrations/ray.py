@@ -26,22 +26,28 @@ from typing import Iterator
 
 import ray
 import ray.train
+import psutil
 import requests
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.controller.state import ResizingState, RestartingState
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
 from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 from ray.train.v2._internal.logging import patch_print
 from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.train.v2.api.report_config import CheckpointUploadMode
+from ray._private.state import state as ray_state
+from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import get_or_create_autoscaling_coordinator
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from gan_dist.checkpoint import CheckpointError, find_latest, newest_valid, prune, step_dir_name, verify
+from gan_dist.checkpoint import (CheckpointError, checkpoint_step, find_latest, newest_valid, prune, step_dir_name,
+                                 step_dirs, verify)
 from gan_dist.config import Config
 from gan_dist.jobspec import JobSpec, SubmitError, first_line
 from gan_dist.monitor.hub import RunHub
@@ -69,9 +75,12 @@ class RaySink:
     @contextmanager
     def latest(self) -> Iterator[Path | None]:
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None or not Path(checkpoint.path).exists():
-            # A new command on the run (Ray's record starts empty: see RaySession.fit), or Ray's
-            # latest set aside by a rollback: the run directory's newest valid checkpoint.
+        if checkpoint is None or not Path(checkpoint.path).exists() or self._newer_in_run_dir(Path(checkpoint.path)):
+            # A new command on the run (Ray's record starts empty: see RaySession.fit), Ray's
+            # latest set aside by a rollback, or checkpoints uploaded that Ray's controller had
+            # not taken in when it restarted the group (it takes reports in at its next poll of
+            # the workers, and a resize or a failure may come first: hundreds of steps on a
+            # fast run): the run directory's newest valid checkpoint.
             found, skipped = newest_valid(self.run_dir)
             self.fallbacks += skipped
             yield found
@@ -86,6 +95,11 @@ class RaySink:
                 self.fallbacks += 1
                 older = find_latest(self.run_dir, exclude=Path(checkpoint.path))
         yield older
+
+    def _newer_in_run_dir(self, ray_latest: Path) -> bool:
+        step = checkpoint_step(ray_latest)
+        return step is not None and any((found := checkpoint_step(folder)) is not None and found > step
+                                        for folder in step_dirs(self.run_dir))
 
     def stage(self, rt, step: int) -> Path:
         """A local folder for this rank's files; Ray uploads and then deletes it."""
@@ -129,6 +143,10 @@ class RemoteHub:
     def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
         return self._get(self.actor.close.remote(pushgateway, run, auth))
 
+    # Ray Train's controller's side (_RestartCauses).
+    def note_restart(self, why: str) -> None:
+        self.actor.note_restart.remote(why)
+
     # Rank 0's side (trainer.worker.Reporter).
     def started(self, world_size: int, step: int) -> None:
         self._get(self.actor.started.remote(world_size, step))
@@ -147,6 +165,57 @@ class RemoteHub:
 
     def finished(self, result: WorkerResult) -> None:
         self._get(self.actor.finished.remote(result))
+
+
+class _RestartCauses(ControllerCallback):
+    """Tells the run's hub why Ray Train's controller restarts the worker group: a failure (a
+    worker or its node lost; an elastic group then restarts at the size that still fits) or a
+    resize to the resources it sees now (nodes added or gone). The hub pairs it with the next
+    group's start, and records a resize when the world size changed (summary.json "resizes").
+    Runs in the controller's process."""
+
+    def __init__(self, hub: "RemoteHub", elastic: bool):
+        self.hub, self.elastic = hub, elastic
+
+    def after_controller_state_update(self, previous_state, current_state) -> None:
+        try:
+            self._note(current_state)
+        except Exception as exc:  # Ray fails the run on a callback's error: a record is not worth that
+            logging.getLogger("gan_dist").warning("could not tell the run's hub why it restarts: %s", first_line(exc))
+
+    def _note(self, current_state) -> None:
+        if isinstance(current_state, RestartingState):
+            self.hub.note_restart(f"worker group failed: {_failure_reason(current_state.training_failed_error)}")
+            if self.elastic:
+                _refresh_cluster_view()
+        elif isinstance(current_state, ResizingState):
+            self.hub.note_restart(f"resources changed: Ray Train resizes the group to "
+                                  f"{current_state.scaling_decision.num_workers} workers")
+
+
+def _failure_reason(error: Exception) -> str:
+    """One line on why a worker group failed: a lost node when Ray says so, else the first
+    failing rank's first line (its peers fail after it, in their collectives)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    texts = [str(failures[rank]) for rank in sorted(failures)] or [str(error)]
+    if any("node has died" in text or "node was terminated" in text for text in texts):
+        return "a node was lost"
+    return (first_line(texts[0]) or type(error).__name__)[:200]
+
+
+def _refresh_cluster_view() -> None:
+    """Have Ray's autoscaling coordinator look at the cluster's nodes now. The elastic policy
+    sizes a restarted group from the coordinator's view, which it refreshes every 20 s
+    (TICK_INTERVAL_S): a group restarted just after losing a node was sized for the nodes
+    before the loss, waited RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) for a worker that
+    could not be placed, and only then restarted at the size that fits. `recompute=True` is
+    the coordinator's own way to refresh on demand; asked for no requester, it only
+    refreshes. Best effort: should it fail, Ray's own timing applies."""
+    try:
+        coordinator = get_or_create_autoscaling_coordinator()
+        ray.get(coordinator.get_reserved_resources.remote("gan-dist-refresh", recompute=True), timeout=10)
+    except Exception as exc:  # a Ray internal: never let it fail the run
+        logging.getLogger("gan_dist").warning("could not refresh Ray's view of the cluster: %s", first_line(exc))
 
 
 def _route_sigterm_to_preempt() -> None:
@@ -217,6 +286,54 @@ def local_cluster(nodes: int, cpus_per_node: int = 1, head_cpus: int = 0) -> Ite
         cluster.shutdown()
 
 
+class RehearsalCluster:
+    """A Ray cluster on this machine (a head without CPUs and `nodes` raylets) whose nodes a
+    rehearsal removes for good and adds, as a cloud takes spot instances and gives new ones:
+    for the elastic benchmark and tests. Create it, and add nodes, from the main thread (Ray
+    installs a signal handler for each node); the run it serves goes in another thread."""
+
+    def __init__(self, nodes: int, cpus_per_node: int = 1):
+        from ray.cluster_utils import Cluster
+
+        # No dashboard: a dozen processes fewer starting with the head, which on a busy machine
+        # is the difference between a cluster that starts and one that times out.
+        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        self.cpus_per_node = cpus_per_node
+        self.nodes = [self.cluster.add_node(num_cpus=cpus_per_node) for _ in range(nodes)]
+        self.cluster.wait_for_nodes()
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def train_workers(self) -> dict[int, list[psutil.Process]]:
+        """The Ray Train worker processes of this cluster, by the pid of the raylet that started
+        each (other Ray clusters may share the machine: only this one's count)."""
+        raylets = {info.process.pid for node in self.cluster.list_all_nodes()
+                   for info in node.all_processes.get("raylet", [])}
+        found: dict[int, list[psutil.Process]] = {}
+        for proc in psutil.process_iter(["cmdline", "ppid"]):
+            if " ".join(proc.info["cmdline"] or []).startswith("ray::RayTrainWorker") and proc.info["ppid"] in raylets:
+                found.setdefault(proc.info["ppid"], []).append(proc)
+        return found
+
+    def remove_a_worker_node(self) -> float:
+        """Remove, for good, a node that hosts a Ray Train worker; the time it went."""
+        hosting = self.train_workers()
+        victim = next(n for n in self.nodes if n.all_processes["raylet"][0].process.pid in hosting)
+        self.nodes.remove(victim)
+        self.cluster.remove_node(victim)
+        return time.time()
+
+    def add_node(self) -> float:
+        """Add a node; the time it joined."""
+        self.nodes.append(self.cluster.add_node(num_cpus=self.cpus_per_node))
+        return time.time()
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
 class RaySession:
     """A connection to Ray (a local one started here, or a cluster at `address`)."""
 
@@ -241,6 +358,13 @@ class RaySession:
     def resources(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}
 
+    def resource_ceiling(self) -> dict[str, float] | None:
+        """The most the cluster can ever hold: its autoscaler's limits (Ray Train checks a worker
+        group against the same numbers), or None for a cluster without an autoscaler, whose
+        nodes someone may still add by hand."""
+        limits = ray_state.get_max_resources_from_cluster_config()
+        return {k: float(v) for k, v in limits.items()} if limits else None
+
     def start_hub(self, max_steps: int, monitoring: bool) -> RemoteHub:
         """The run's hub (and metrics endpoint) as an actor on this, the driver's, node."""
         here = ray.get_runtime_context().get_node_id()
@@ -260,7 +384,10 @@ class RaySession:
             local=not self.address,
             train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "hub": hub},
             scaling_config=ScalingConfig(
-                num_workers=placement.workers,
+                # Elastic: (MIN, MAX); Ray Train starts once MIN fit and restarts the whole group
+                # at a new size when resources change (scaling_policy/elastic.py).
+                num_workers=(placement.min_workers, placement.workers) if placement.elastic else placement.workers,
+                elastic_resize_monitor_interval_s=cfg.run.resize_check_seconds,
                 use_gpu=placement.use_gpu,
                 resources_per_worker={"CPU": placement.cpus_per_worker,
                                       **({"GPU": placement.gpus_per_worker} if placement.use_gpu else {})},
@@ -269,6 +396,7 @@ class RaySession:
                 name=cfg.run.name,
                 storage_path=str(run_dir.parent),
                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                callbacks=[_RestartCauses(hub, elastic=placement.elastic)],
                 # Retention (last k plus best) is ours: see checkpoint.prune.
                 checkpoint_config=CheckpointConfig(num_to_keep=None),
                 # Ray Train's per-report INFO lines would drown the run's own progress.

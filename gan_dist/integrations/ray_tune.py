@@ -79,6 +79,9 @@ class MemberHub(RemoteHub):
         self._get(self.actor.end.remote(self.member))  # the interval's end; the population's target stays
         return None
 
+    def note_restart(self, why: str) -> None:
+        self.actor.note_restart.remote(self.member, why)
+
     def started(self, world_size: int, step: int) -> None:
         self._get(self.actor.started.remote(self.member, world_size, step))
 

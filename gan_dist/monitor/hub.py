@@ -43,6 +43,12 @@ class RunHub:
         # One entry per worker-group session: when it started (state restored), from which
         # step, and when its first step finished (restart cost = first_step_at - the failure).
         self.sessions: list[dict] = []
+        # One entry per change of world size between sessions (an elastic run): at which step,
+        # from and to which size, why, and what it cost (summary.json "resizes").
+        self.resizes: list[dict] = []
+        self.last_step = 0  # the step of the last history row reported (by any session)
+        # Why the next worker group starts, as Ray Train's controller said it (note_restart).
+        self.cause: tuple[str, float] | None = None
         self.tensorboard: TensorBoardLog | None = None
 
     def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None:
@@ -54,25 +60,53 @@ class RunHub:
         """Write the run's TensorBoard log into `log_dir` from now on (`config`: the resolved one)."""
         self.tensorboard = TensorBoardLog(Path(log_dir), config)
 
+    def note_restart(self, why: str) -> None:
+        """Ray Train's controller, when it decides to restart the worker group: a failure (a
+        worker or node lost) or a resize to the resources it sees now."""
+        self.cause = (why, time.time())
+
     def started(self, world_size: int, step: int) -> None:
         """Rank 0 of a (re)started worker group, after restoring its state."""
         self.starts += 1
+        self.started_at = time.time()
         if self.starts > 1:
             self.metrics.restarted()
+        if self.starts > 1 and world_size != self.world_size:
+            self._resized(world_size, step)
+        self.cause = None
+        self.metrics.world_size(world_size)
         self.world_size = world_size
         self.start_step = step
-        self.started_at = time.time()
         self.sessions.append({"started_at": self.started_at, "start_step": step, "first_step_at": None})
         if self.tensorboard is not None:
             self.tensorboard.session(step)
 
+    def _resized(self, world_size: int, step: int) -> None:
+        why, noticed_at = self.cause or (("grew" if world_size > self.world_size else "shrank")
+                                         + " (no reason given by Ray Train)", None)
+        self.resizes.append({
+            "step": step, "old_world_size": self.world_size, "new_world_size": world_size, "why": why,
+            # Steps the previous group had reported past the checkpoint now resumed (seen at log
+            # intervals: short of the true count by less than train.log_every).
+            "steps_redone": max(self.last_step - step, 0),
+            "noticed_at": noticed_at, "started_at": self.started_at, "first_step_at": None,
+            "seconds_to_first_step": None})
+        self.metrics.resized()
+
     def first_step(self) -> None:
         """Rank 0, after the first step of a session."""
         if self.sessions and self.sessions[-1]["first_step_at"] is None:
-            self.sessions[-1]["first_step_at"] = time.time()
+            now = self.sessions[-1]["first_step_at"] = time.time()
+            resize = self.resizes[-1] if self.resizes else None
+            if resize is not None and resize["first_step_at"] is None and resize["started_at"] == self.started_at:
+                resize["first_step_at"] = now
+                # From the controller noticing the loss (or the new node) to the first step at the new size.
+                if resize["noticed_at"] is not None:
+                    resize["seconds_to_first_step"] = now - resize["noticed_at"]
 
     def progress(self, row: dict) -> None:
         """Rank 0, once per log interval, with values already reduced across ranks."""
+        self.last_step = row["step"]
         self.rows.append(row)
         self.metrics.observe(row)
         if self.tensorboard is not None:
@@ -114,7 +148,8 @@ class RunHub:
     def snapshot(self, since: int = 0) -> HubSnapshot:
         return HubSnapshot(starts=self.starts, world_size=self.world_size, start_step=self.start_step,
                            rows=self.rows[since:], num_rows=len(self.rows), max_steps=self.max_steps,
-                           result=self.result, sessions=self.sessions, alerts=self.alerts, target=self.target)
+                           result=self.result, sessions=self.sessions, alerts=self.alerts, target=self.target,
+                           resizes=self.resizes)
 
 
 def serve_target(metrics, host: str, port: int, folder: str, labels: dict[str, str]) -> str | None:

@@ -38,6 +38,8 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                   "not finite.", ()),
     "gan_rollbacks_total": ("counter", "Rollbacks to an earlier checkpoint made by a detector policy.", ()),
     "gan_worker_restarts_total": ("counter", "Worker-group restarts (each resumes from the last checkpoint).", ()),
+    "gan_world_size": ("gauge", "Ranks in the worker group now training (an elastic run's size changes).", ()),
+    "gan_resizes_total": ("counter", "Restarts of an elastic run at a new world size (a node lost or added).", ()),
     "gan_checkpoint_seconds": ("gauge", "Last checkpoint: step loop blocked (phase=blocked), background "
                                "serialization and writing (phase=write).", ("phase",)),
     "gan_samples_per_second": ("gauge", "Real samples consumed per second over the last log interval, all ranks.", ()),
@@ -160,6 +162,12 @@ class RunMetrics:
     def restarted(self, member: str = "") -> None:
         self._get("gan_worker_restarts_total", {}, member).inc()
 
+    def world_size(self, size: int, member: str = "") -> None:
+        self._get("gan_world_size", {}, member).set(size)
+
+    def resized(self, member: str = "") -> None:
+        self._get("gan_resizes_total", {}, member).inc()
+
     def exploited(self, member: str, reason: str) -> None:
         """gan-dist tune replaced `member` (reason: interval or collapse)."""
         self.add_member(member)
@@ -252,6 +260,8 @@ class NullMetrics:
     def observe(self, row: dict) -> None: ...
     def event(self, kind: str) -> None: ...
     def restarted(self) -> None: ...
+    def world_size(self, size: int, member: str = "") -> None: ...
+    def resized(self, member: str = "") -> None: ...
     def serve(self, host: str, port: int) -> int: return 0
     def push(self, url: str, run: str, auth: tuple[str, str] | None = None) -> None: ...
     def close(self) -> None: ...

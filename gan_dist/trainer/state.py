@@ -6,6 +6,7 @@ import copy
 import hashlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -96,6 +97,17 @@ def is_conv_net(*modules: nn.Module) -> bool:
 def noise_seed(seed: int, rank: int, draw: int = 0) -> int:
     """The seed of a rank's z stream; `draw` > 0 gives a fresh stream (after a rollback)."""
     return seed * 1_000_003 + rank + 7919 * draw
+
+
+def resize_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of the random streams of a rank that a resize added at `step` (a checkpoint of a
+    smaller world size has none for it): the run's own, apart from every rank's first streams
+    and from the draws after rollbacks."""
+    return int(np.random.SeedSequence([seed, rank, step, RESIZE_STREAM]).generate_state(1)[0])
+
+
+# Tells the streams of ranks added by a resize apart from any other seed derived from (seed, rank).
+RESIZE_STREAM = 0x5E512E
 
 
 def d_lazy_ratio(cfg) -> float:

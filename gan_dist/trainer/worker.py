@@ -33,7 +33,7 @@ from gan_dist.trainer.checkpointing import Checkpointer, Sink, Snapshot, cpu_cop
 from gan_dist.trainer.meter import Meter, PendingRow
 from gan_dist.trainer.prefetch import DevicePrefetcher, to_device
 from gan_dist.trainer.probes import Probes
-from gan_dist.trainer.state import TrainState, build_state, fingerprint, noise_seed
+from gan_dist.trainer.state import TrainState, build_state, fingerprint, noise_seed, resize_seed
 from gan_dist.trainer.step import build_step_context
 
 
@@ -104,6 +104,9 @@ class Worker:
         attempt overwrites all of it, so the run never goes on from a half-loaded state. If
         none loads, the run fails rather than start afresh over a run that has checkpoints."""
         fresh = self.rank_state()  # what this rank starts with when no rank state is restored
+        # Collective: rank 0's choice for every rank. Each rank's sink looked by itself, and a
+        # checkpoint may have been committed between their looks.
+        folder = self.rt.all_gather_object(folder)[0]
         first_error: str | None = None
         while folder is not None:
             error = self._try_restore(folder, fresh)
@@ -146,16 +149,17 @@ class Worker:
             raise ckpt.CheckpointError(f"{folder}: state.pt is at step {shared['step']}, its manifest says "
                                        f"{head['step']}")
         same_world = head["world_size"] == self.rt.world_size
-        rank_state = ckpt.load_rank(folder, self.rt.rank if same_world else 0)
+        # At another world size (an elastic resize, a resume elsewhere) every old rank's state is
+        # read: the data cursors together give the pass's global position.
+        rank_states = ([ckpt.load_rank(folder, self.rt.rank)] if same_world
+                       else [ckpt.load_rank(folder, r) for r in range(head["world_size"])])
         self.st.load_shared_state_dict(shared)
         self.monitor.load_state_dict(shared.get("monitor", {}))
         self.rt.load_scaler_state(shared.get("scaler", {}))
         if same_world:
-            self.set_rank_state(rank_state)
+            self.set_rank_state(rank_states[0])
         else:
-            self.rt.print0(f"warning: checkpoint from world size {head['world_size']}, now "
-                           f"{self.rt.world_size}: data streams restart at a new epoch")
-            self.stream.cursor.epoch = rank_state["data"]["cursor"]["epoch"] + 1
+            self.set_resized_rank_state(rank_states, head["world_size"])
         if adopted is not None:
             self.reseed(adopted["draw"])
         if self.prefetch is not None:
@@ -170,6 +174,27 @@ class Worker:
         set_rng_state(state["rng"])
         self.st.noise.set_state(state["noise"])
         self.stream.load_state_dict(state["data"])
+
+    def set_resized_rank_state(self, old: list[dict], old_world_size: int) -> None:
+        """This rank's state from the rank states of a checkpoint written at another world size.
+        A rank that existed there keeps its random streams (global RNGs and z's generator); a
+        new rank starts streams of its own, drawn from (seed, rank, step) so that a rerun is
+        the same. The data stream continues the pass at the old ranks' global position, split
+        over the new ranks (RankStream.resized_state). The global batch, the schedules and
+        every shared state (weights, optimizers, G_ema, step) are unchanged by a resize."""
+        rank, st = self.rt.rank, self.st
+        if rank < len(old):
+            set_rng_state(old[rank]["rng"])
+            st.noise.set_state(old[rank]["noise"])
+        else:
+            seed = resize_seed(self.cfg.seed, rank, st.step)
+            seed_everything(seed + 1)  # the global streams apart from z's
+            st.noise.manual_seed(seed)
+        self.stream.load_state_dict(self.stream.resized_state([state["data"] for state in old]))
+        cursor = self.stream.cursor
+        self.rt.print0(f"resized: checkpoint of {old_world_size} rank(s) on {self.rt.world_size}; the data "
+                       f"continues in epoch {cursor.epoch} (rank 0 at record {cursor.record} of "
+                       f"{self.stream.slice_len})")
 
     def reseed(self, draw: int) -> None:
         """Random streams of this run's own (its seed, this rank, `draw`) in place of the restored

@@ -28,6 +28,12 @@ class MemberMetrics:
     def restarted(self) -> None:
         self.shared.restarted(self.member)
 
+    def world_size(self, size: int) -> None:
+        self.shared.world_size(size, self.member)
+
+    def resized(self) -> None:
+        self.shared.resized(self.member)
+
     def serve(self, host: str, port: int) -> int:
         raise RuntimeError("a member's metrics are served by the population's target (TuneHub.serve_metrics)")
 
@@ -71,6 +77,9 @@ class TuneHub:
 
     def samples(self, member: str, step: int, png: bytes) -> None:
         self.hubs[member].samples(step, png)
+
+    def note_restart(self, member: str, why: str) -> None:
+        self.hubs[member].note_restart(why)
 
     def started(self, member: str, world_size: int, step: int) -> None:
         self.hubs[member].started(world_size, step)
