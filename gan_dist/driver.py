@@ -25,7 +25,7 @@ from gan_dist.monitor.hub import Hub, RunHub
 from gan_dist.monitor.metrics import TARGETS_FILE, check_bindable
 from gan_dist.monitor.tensorboard import TB_DIR
 from gan_dist.plan import PlanError, check_elastic, make_plan
-from gan_dist.results import HubSnapshot, RunResult, RunSummary, WorkerResult, describe
+from gan_dist.results import HubSnapshot, RunResult, RunSummary, WorkerResult, describe, failure_line
 from gan_dist.rundir import (CONFIG_FILE, SUMMARY_FILE, check_resume, check_writable, run_directory, write_atomic,
                              write_error_log, write_summary)
 from gan_dist.trainer import preempt
@@ -169,18 +169,6 @@ def train(cfg: Config, dry_run: bool = False, verbose: bool = False) -> RunResul
     finally:
         if session is not None:
             session.close()
-
-
-def failure_line(exc: BaseException) -> str:
-    """Why a run failed, in one line. Ray Train's WorkerGroupError says only "Training failed
-    due to worker errors:" on its first line; the lowest failed rank's own error is the news."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    prefix = ""
-    if failures:
-        rank = min(failures)
-        prefix, exc = f"rank {rank}: ", failures[rank]
-    text = str(exc).strip()
-    return f"{prefix}{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool = False,

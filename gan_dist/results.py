@@ -145,3 +145,15 @@ class RunResult:
 def describe(values: dict) -> str:
     """`name value, ...` with floats to 4 significant digits: alert evidence, the eval line."""
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
+
+def failure_line(exc: BaseException) -> str:
+    """Why a run failed, in one line. Ray Train's WorkerGroupError says only "Training failed
+    due to worker errors:" on its first line; the lowest failed rank's own error is the news."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    prefix = ""
+    if failures:
+        rank = min(failures)
+        prefix, exc = f"rank {rank}: ", failures[rank]
+    text = str(exc).strip()
+    return f"{prefix}{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

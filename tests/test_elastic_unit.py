@@ -132,5 +132,5 @@ def test_the_controller_callback_names_a_lost_node_and_a_resize():
     causes.after_controller_state_update(RunningState(), RestartingState(training_failed_error=crashed))
     causes.after_controller_state_update(RunningState(), ResizingState(ResizeDecision(3, {"CPU": 1.0})))
     causes.after_controller_state_update(RunningState(), RunningState())
-    assert hub.notes == ["worker group failed: a node was lost", "worker group failed: loss exploded",
+    assert hub.notes == ["worker group failed: a node was lost", "worker group failed: rank 0: ValueError: loss exploded",
                          "resources changed: Ray Train resizes the group to 3 workers"]

@@ -38,7 +38,7 @@ def test_a_failed_run_writes_its_traceback_to_error_log(tmp_path, monkeypatch, c
 def test_the_failure_line_names_the_lowest_failed_ranks_own_error():
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from gan_dist.driver import failure_line
+    from gan_dist.results import failure_line
 
     wrapped = WorkerGroupError("rank 1 ...\nrank 0 ...", {1: KeyError("b"), 0: ValueError("bad shard\nmore")})
     assert failure_line(wrapped) == "rank 0: ValueError: bad shard"

@@ -51,7 +51,7 @@ from gan_dist.checkpoint import (CheckpointError, checkpoint_step, find_latest, 
 from gan_dist.config import Config
 from gan_dist.jobspec import JobSpec, SubmitError, first_line
 from gan_dist.monitor.hub import RunHub
-from gan_dist.results import HubSnapshot, WorkerResult
+from gan_dist.results import HubSnapshot, WorkerResult, failure_line
 from gan_dist.trainer import preempt
 from gan_dist.trainer.loop import train_worker
 
@@ -194,13 +194,13 @@ class _RestartCauses(ControllerCallback):
 
 
 def _failure_reason(error: Exception) -> str:
-    """One line on why a worker group failed: a lost node when Ray says so, else the first
-    failing rank's first line (its peers fail after it, in their collectives)."""
+    """One line on why a worker group failed: a lost node when Ray says so, else the lowest
+    failing rank's own error (its peers fail after it, in their collectives)."""
     failures = getattr(error, "worker_failures", None) or {}
     texts = [str(failures[rank]) for rank in sorted(failures)] or [str(error)]
     if any("node has died" in text or "node was terminated" in text for text in texts):
         return "a node was lost"
-    return (first_line(texts[0]) or type(error).__name__)[:200]
+    return failure_line(error)[:200]
 
 
 def _refresh_cluster_view() -> None:
