@@ -15,11 +15,11 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from data_helpers import corrupt_image_dataset
 from gan_dist.cli import main
+from gan_dist.integrations.ray import train_workers
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -46,21 +46,6 @@ def train(cluster, storage: Path, name: str, steps: int, *extra: str) -> tuple[i
     return code, json.loads((storage / name / "summary.json").read_text())
 
 
-def train_workers(cluster) -> list[psutil.Process]:
-    """The Ray Train workers that the raylets of `cluster` (a ray.cluster_utils.Cluster) started:
-    only those, since other Ray clusters (another test, a benchmark) may share the machine."""
-    raylets = {info.process.pid for node in cluster.list_all_nodes() for info in node.all_processes.get("raylet", [])}
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        try:
-            if cmd.startswith("ray::RayTrainWorker") and raylets & {parent.pid for parent in proc.parents()}:
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            pass  # ended while we looked
-    return found
-
-
 def when_checkpointed(run_dir: Path, step: int, action, timeout: float = 240) -> threading.Thread:
     """Run `action()` once the run has committed checkpoint `step` (then a little later)."""
     def watch():
@@ -77,7 +62,7 @@ def when_checkpointed(run_dir: Path, step: int, action, timeout: float = 240) ->
 
 
 def signal_one_worker(sig: int, cluster) -> None:
-    workers = train_workers(cluster)
+    workers = [proc for procs in train_workers(cluster).values() for proc in procs]
     assert workers, "no training worker to signal"
     os.kill(workers[-1].pid, sig)
 

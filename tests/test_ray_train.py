@@ -90,19 +90,19 @@ def test_same_name_finds_the_run_and_resumes(first_run, cache_dir):
 
 def test_the_trainer_starts_no_dataset_manager():
     """Ray Train's datasets callback (a DatasetManager actor importing Ray Data) is left
-    out, and on a local Ray the placement group cleaner; every other default callback
-    stays. The runs above show the workers need neither."""
+    out, and the placement group cleaner unless kept (a cluster with a dashboard); every
+    other default callback stays. The runs above show the workers need neither."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from gan_dist.integrations.ray import _Trainer, _train_fn
 
-    def names(cls, **local):
-        trainer = cls(_train_fn, train_loop_config={}, scaling_config=ScalingConfig(num_workers=1), **local)
+    def names(cls, **keep):
+        trainer = cls(_train_fn, train_loop_config={}, scaling_config=ScalingConfig(num_workers=1), **keep)
         return [type(c).__name__ for c in trainer._create_default_callbacks()]
 
     ray_default = names(TorchTrainer)
     left_out = {"DatasetsCallback", "PlacementGroupCleanerCallback"}
     assert left_out <= set(ray_default)  # what is left out exists in this Ray
-    assert names(_Trainer, local=False) == [n for n in ray_default if n != "DatasetsCallback"]
-    assert names(_Trainer, local=True) == [n for n in ray_default if n not in left_out]
+    assert names(_Trainer, keep_pg_cleaner=True) == [n for n in ray_default if n != "DatasetsCallback"]
+    assert names(_Trainer, keep_pg_cleaner=False) == [n for n in ray_default if n not in left_out]

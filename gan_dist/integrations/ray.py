@@ -274,30 +274,46 @@ def local_cluster(nodes: int, cpus_per_node: int = 1, head_cpus: int = 0) -> Ite
     """A Ray cluster on this machine (a head with `head_cpus` CPUs, by default none, and
     `nodes` more raylets), for rehearsals and benchmarks; yields its address and shuts it
     down afterwards."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
+    cluster = RehearsalCluster(nodes, cpus_per_node, head_cpus)
     try:
-        for _ in range(nodes):
-            cluster.add_node(num_cpus=cpus_per_node)
-        cluster.wait_for_nodes()
         yield cluster.address
     finally:
         cluster.shutdown()
 
 
-class RehearsalCluster:
-    """A Ray cluster on this machine (a head without CPUs and `nodes` raylets) whose nodes a
-    rehearsal removes for good and adds, as a cloud takes spot instances and gives new ones:
-    for the elastic benchmark and tests. Create it, and add nodes, from the main thread (Ray
-    installs a signal handler for each node); the run it serves goes in another thread."""
+def train_workers(cluster) -> dict[int, list[psutil.Process]]:
+    """The Ray Train worker processes that the raylets of `cluster` (a
+    `ray.cluster_utils.Cluster`) started, by the pid of the raylet that started each: only
+    those, since other Ray clusters (a test, a benchmark) may share the machine."""
+    raylets = {info.process.pid for node in cluster.list_all_nodes()
+               for info in node.all_processes.get("raylet", [])}
+    found: dict[int, list[psutil.Process]] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        if not " ".join(proc.info["cmdline"] or []).startswith("ray::RayTrainWorker"):
+            continue
+        try:
+            raylet = next((p.pid for p in proc.parents() if p.pid in raylets), None)
+        except psutil.NoSuchProcess:
+            continue  # ended while we looked
+        if raylet is not None:
+            found.setdefault(raylet, []).append(proc)
+    return found
 
-    def __init__(self, nodes: int, cpus_per_node: int = 1):
+
+class RehearsalCluster:
+    """A Ray cluster on this machine (a head with `head_cpus` CPUs, by default none, and
+    `nodes` raylets) whose nodes a rehearsal removes for good and adds, as a cloud takes spot
+    instances and gives new ones: for the fault and elastic benchmarks and tests. Create it,
+    and add nodes, from the main thread (Ray installs a signal handler for each node); the run
+    it serves goes in another thread."""
+
+    def __init__(self, nodes: int, cpus_per_node: int = 1, head_cpus: int = 0):
         from ray.cluster_utils import Cluster
 
         # No dashboard: a dozen processes fewer starting with the head, which on a busy machine
         # is the difference between a cluster that starts and one that times out.
-        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        self.cluster = Cluster(initialize_head=True,
+                               head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
         self.cpus_per_node = cpus_per_node
         self.nodes = [self.cluster.add_node(num_cpus=cpus_per_node) for _ in range(nodes)]
         self.cluster.wait_for_nodes()
@@ -307,15 +323,8 @@ class RehearsalCluster:
         return self.cluster.address
 
     def train_workers(self) -> dict[int, list[psutil.Process]]:
-        """The Ray Train worker processes of this cluster, by the pid of the raylet that started
-        each (other Ray clusters may share the machine: only this one's count)."""
-        raylets = {info.process.pid for node in self.cluster.list_all_nodes()
-                   for info in node.all_processes.get("raylet", [])}
-        found: dict[int, list[psutil.Process]] = {}
-        for proc in psutil.process_iter(["cmdline", "ppid"]):
-            if " ".join(proc.info["cmdline"] or []).startswith("ray::RayTrainWorker") and proc.info["ppid"] in raylets:
-                found.setdefault(proc.info["ppid"], []).append(proc)
-        return found
+        """This cluster's Ray Train worker processes, by the pid of the raylet that started each."""
+        return train_workers(self.cluster)
 
     def remove_a_worker_node(self) -> float:
         """Remove, for good, a node that hosts a Ray Train worker; the time it went."""
@@ -343,7 +352,8 @@ class RaySession:
         self.address = address
         kwargs = dict(logging_level=logging.WARNING, log_to_driver=True)
         if address:
-            ray.init(address=address, **kwargs)
+            # A cluster started without a dashboard has no state API.
+            self.has_state_api = bool(ray.init(address=address, **kwargs).dashboard_url)
         else:
             # Keep Ray's own chatter down and its temp files bounded for local runs.
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -354,6 +364,7 @@ class RaySession:
             # node address, Ray 2.60 having no setting for it; they take Ray's auth token.)
             ray.init(address="local", num_cpus=int(local_resources["CPU"]), num_gpus=int(local_resources["GPU"]),
                      include_dashboard=dashboard, _node_ip_address="127.0.0.1", **kwargs)
+            self.has_state_api = dashboard
 
     def resources(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}
@@ -381,7 +392,7 @@ class RaySession:
         (run_dir / RAY_CHECKPOINT_RECORD).unlink(missing_ok=True)
         trainer = _Trainer(
             _train_fn,
-            local=not self.address,
+            keep_pg_cleaner=bool(self.address) and self.has_state_api,
             train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "hub": hub},
             scaling_config=ScalingConfig(
                 # Elastic: (MIN, MAX); Ray Train starts once MIN fit and restarts the whole group
@@ -419,16 +430,18 @@ class _Trainer(TorchTrainer):
     - the Ray Datasets callback, always: it starts a DatasetManager actor for every worker
       group, datasets or not, and that imports Ray Data (pandas, pyarrow). Each rank
       streams its own shards (gan_dist.data.stream) and passes no datasets;
-    - with `local` (the Ray this command started, which ends with it), the placement group
-      cleaner: an actor that removes the worker group's placement group should the
-      controller die without doing so, asking Ray's state API (the dashboard) every second."""
+    - unless `keep_pg_cleaner`, the placement group cleaner: an actor that removes the worker
+      group's placement group should the controller die without doing so, asking Ray's state
+      API (the dashboard) every second. A local Ray ends with this command, so it needs none;
+      on a cluster without a dashboard it could not work and would log a warning every
+      second."""
 
-    def __init__(self, *args, local: bool, **kwargs):
+    def __init__(self, *args, keep_pg_cleaner: bool, **kwargs):
         super().__init__(*args, **kwargs)
-        self.local = local
+        self.keep_pg_cleaner = keep_pg_cleaner
 
     def _create_default_callbacks(self):
-        unwanted = (DatasetsCallback, PlacementGroupCleanerCallback) if self.local else (DatasetsCallback,)
+        unwanted = (DatasetsCallback,) if self.keep_pg_cleaner else (DatasetsCallback, PlacementGroupCleanerCallback)
         return [c for c in super()._create_default_callbacks() if not isinstance(c, unwanted)]
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):
