@@ -36,7 +36,6 @@ from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream, ShardReader
 
 BATCH = 64
-SR_BATCH = 16  # srgan-photos' batch
 
 
 def best_rates(runs: dict, images: int, repeats: int) -> dict[str, float]:
@@ -126,15 +125,15 @@ def dcgan32_rate(steps: int, repeats: int) -> float:
     return best_rates({"dcgan": lambda: [step() for _ in range(steps)]}, steps * BATCH, repeats)["dcgan"]
 
 
-def srgan96_rate(steps: int, repeats: int) -> float:
+def srgan96_rate(steps: int, repeats: int) -> tuple[float, int]:
     """HR images per CPU-second consumed by gan-dist's own step of `srgan-photos` in its SRGAN
     phase (one D update, one G update on content + adversarial loss) on one thread, the
-    batch held in memory (bench.overhead.step_rate)."""
+    batch held in memory (bench.overhead.step_rate); and the recipe's batch."""
     from gan_dist.bench import overhead  # torch and the trainer: imported when timed
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = overhead.bench_config("srgan-photos", "schedule.srresnet_steps=0", "metrics.enabled=false")
-        return overhead.step_rate(cfg, steps, repeats, Path(tmp))
+        return overhead.step_rate(cfg, steps, repeats, Path(tmp)), cfg.data.batch_size
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -170,10 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
                   ppm32_over_dcgan32=at32["ours_ppm"] / dcgan)
     print(f"DCGAN-32 step (batch {BATCH}) consumes {dcgan:,.0f} img/s; one loader worker at 32x32 delivers "
           f"x{result['png32_over_dcgan32']:.0f} (PNG) and x{result['ppm32_over_dcgan32']:.0f} (PPM) that")
-    srgan = srgan96_rate(args.dcgan_steps, args.repeats)
+    srgan, sr_batch = srgan96_rate(args.dcgan_steps, args.repeats)
     at96 = result["sizes"]["96x96"]
     result.update(srgan96_step=srgan, png96_over_srgan96=at96["ours_png"] / srgan)
-    print(f"srgan-photos step (batch {SR_BATCH}) consumes {srgan:,.0f} img/s; one loader worker on the 96x96 "
+    print(f"srgan-photos step (batch {sr_batch}) consumes {srgan:,.0f} img/s; one loader worker on the 96x96 "
           f"photo crops delivers x{result['png96_over_srgan96']:.0f} that")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
