@@ -334,6 +334,3 @@ class LocalSink:
             policy = self.policy
             prune(self.run_dir, policy.keep, policy.keep_best_metric, policy.keep_best_mode)
         rt.barrier()
-
-    def flush(self) -> None:
-        """Nothing to wait for: a commit here is the rename."""

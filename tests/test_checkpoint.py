@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import threading
@@ -115,40 +114,6 @@ def test_sigterm_stops_an_in_process_run_which_resumes_in_the_same_process(tmp_p
     assert stopped["status"] == "stopped" and "preempted" in stopped["reason"] and 20 <= stopped["steps"] < 400
     assert signal.getsignal(signal.SIGTERM) is before
     resumed = _train(tmp_path, "term", 400)
-    assert resumed["status"] == "completed" and resumed["fingerprint"] == reference["fingerprint"]
-
-
-def test_a_save_asked_for_mid_run_is_stored_at_once_and_resumes_exactly(tmp_path, cache_dir, monkeypatch):
-    """What an elastic resize asks of each rank before Ray Train stops the group
-    (preempt.request_save): the loop saves at its next step, between the periodic saves, and
-    answers only once the checkpoint is committed; it holds there, then goes on. A run resumed
-    from that checkpoint ends as the uninterrupted one."""
-    from gan_dist.trainer import preempt
-
-    monkeypatch.setattr(preempt, "HOLD_SECONDS", 0.2)
-    assert preempt.request_save(1.0) is None  # no loop runs: no answer, no wait
-    reference = _train(tmp_path, "straight", 400)
-    answers: list[tuple[int | None, bool]] = []
-
-    def ask_after_first_checkpoint():
-        deadline = time.time() + 120
-        while time.time() < deadline and not (tmp_path / "asked" / "step-000020").is_dir():
-            time.sleep(0.01)
-        step = preempt.request_save(60)
-        answers.append((step, step is not None and ckpt.find_latest(tmp_path / "asked").name == f"step-{step:06d}"))
-    asker = threading.Thread(target=ask_after_first_checkpoint, daemon=True)
-    asker.start()
-    summary = _train(tmp_path, "asked", 400, **{"checkpoint__keep": 100})
-    asker.join()
-    [(step, newest_then)] = answers
-    assert summary["status"] == "completed" and step is not None and 20 <= step < 400, answers
-    assert newest_then, "answered before the checkpoint was committed"
-    # The run from that checkpoint (the later ones set aside) ends where the reference did.
-    for later in ckpt.step_dirs(tmp_path / "asked"):
-        if ckpt.checkpoint_step(later) > step:
-            shutil.rmtree(later)
-    (tmp_path / "asked" / "summary.json").unlink()
-    resumed = _train(tmp_path, "asked", 400, **{"checkpoint__keep": 100})
     assert resumed["status"] == "completed" and resumed["fingerprint"] == reference["fingerprint"]
 
 

@@ -32,8 +32,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
-from ray.train.v2._internal.execution.context import get_train_context
+from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.controller.state import ResizingState, RestartingState
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME as RAY_CHECKPOINT_RECORD
 from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
@@ -118,10 +117,6 @@ class RaySink:
             # An asynchronous upload of the newest may be in flight: always keep two.
             prune(self.run_dir, max(policy.keep, 2), policy.keep_best_metric, policy.keep_best_mode)
 
-    def flush(self) -> None:
-        """Wait for Ray's upload thread (one: it uploads in order) to finish what it was given."""
-        get_train_context().checkpoint_upload_threadpool.submit(lambda: None).result()
-
 
 class RemoteHub:
     """The run's hub (a RunHub actor on the driver's node), with RunHub's methods: the driver's
@@ -172,17 +167,15 @@ class RemoteHub:
         self._get(self.actor.finished.remote(result))
 
 
-class _RestartCauses(ControllerCallback, WorkerGroupCallback):
+class _RestartCauses(ControllerCallback):
     """Tells the run's hub why Ray Train's controller restarts the worker group: a failure (a
     worker or its node lost; an elastic group then restarts at the size that still fits) or a
     resize to the resources it sees now (nodes added or gone). The hub pairs it with the next
     group's start, and records a resize when the world size changed (summary.json "resizes").
-    Before a resize stops a healthy group, every rank saves (`_save_before_resize`), so the
-    next group redoes no step. Runs in the controller's process."""
+    Runs in the controller's process."""
 
     def __init__(self, hub: "RemoteHub", elastic: bool):
         self.hub, self.elastic = hub, elastic
-        self.resizing = False
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
         try:
@@ -196,33 +189,8 @@ class _RestartCauses(ControllerCallback, WorkerGroupCallback):
             if self.elastic:
                 _refresh_cluster_view()
         elif isinstance(current_state, ResizingState):
-            self.resizing = True
             self.hub.note_restart(f"resources changed: Ray Train resizes the group to "
                                   f"{current_state.scaling_decision.num_workers} workers")
-
-    def before_worker_group_shutdown(self, worker_group) -> None:
-        if not self.resizing:
-            return  # the run ended, or its group failed: nothing to save from
-        self.resizing = False
-        log = logging.getLogger("gan_dist")
-        try:
-            steps = ray.get([worker.actor.execute.remote(_save_before_resize, RESIZE_SAVE_SECONDS)
-                             for worker in worker_group.get_workers()], timeout=RESIZE_SAVE_SECONDS + 10)
-        except Exception as exc:  # best effort: the resize goes on from the newest checkpoint
-            log.warning("could not save before resizing the worker group: %s", first_line(exc))
-            return
-        if None in steps or len(set(steps)) != 1:
-            log.warning("not every rank saved before resizing the worker group (steps %s)", steps)
-
-
-# How long a resize waits for the workers' save (a step, a checkpoint written and uploaded).
-RESIZE_SAVE_SECONDS = 120.0
-
-
-def _save_before_resize(timeout: float) -> int | None:
-    """In a Ray Train worker (its actor's thread, beside the training thread): have the loop
-    save now and wait until it is stored; its step, or None."""
-    return preempt.request_save(timeout)
 
 
 def _failure_reason(error: Exception) -> str:

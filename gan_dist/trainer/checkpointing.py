@@ -39,7 +39,6 @@ class Sink(Protocol):
     def latest(self): ...  # a context manager yielding the folder to restore from, or None
     def stage(self, rt: Runtime, step: int) -> Path: ...
     def commit(self, rt: Runtime, step: int, folder: Path, metrics: dict) -> None: ...
-    def flush(self) -> None: ...  # wait until what was committed is stored
 
 
 @dataclass

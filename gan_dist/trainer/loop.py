@@ -73,70 +73,63 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
     late = reads_stats_late(w.cfg.perf, w.rt.device)
     row: PendingRow | None = None  # the last interval's row, read one step later
     preempted, stopped_by = False, None
-    with preempt.serving_saves():  # a save asked for by a resize (preempt.request_save)
-        while st.step < until:
-            # Collective, overlapping the step: did any rank get a SIGTERM, is any rank
-            # still writing the pending checkpoint, was any asked to save before a resize?
-            save_request = preempt.save_request()
-            vote = w.rt.any_async(preempt.requested(), w.checkpointer.writing, bool(save_request))
-            meter.add(train_step(st, w.rt, w.ctx, w.next_real))
-            preempted, writing, resizing = vote()
-            if w.checkpointer.pending is not None and not writing:
-                w.checkpointer.commit()  # phase 2 of a save: every rank's writer is done
-            if st.step == start_step + 1 and w.rt.is_main_process:
-                w.reporter.first_step()
-            last = st.step == train.max_steps
-            # run.stop_at_step: the end of this command's share of the run (a gan-dist tune interval).
-            paused = st.step == w.cfg.run.stop_at_step
-            eval_due = bool(every_eval) and st.step % every_eval == 0
-            logged = st.step % train.log_every == 0 or last or paused or preempted or resizing or eval_due
-            save = (st.step % every == 0 or last or paused or preempted or resizing
-                    or (logged and w.checkpointer.overdue()))
+    while st.step < until:
+        # Collective, overlapping the step: did any rank get a SIGTERM, is any rank
+        # still writing the pending checkpoint?
+        vote = w.rt.any_async(preempt.requested(), w.checkpointer.writing)
+        meter.add(train_step(st, w.rt, w.ctx, w.next_real))
+        preempted, writing = vote()
+        if w.checkpointer.pending is not None and not writing:
+            w.checkpointer.commit()  # phase 2 of a save: every rank's writer is done
+        if st.step == start_step + 1 and w.rt.is_main_process:
+            w.reporter.first_step()
+        last = st.step == train.max_steps
+        # run.stop_at_step: the end of this command's share of the run (a gan-dist tune interval).
+        paused = st.step == w.cfg.run.stop_at_step
+        eval_due = bool(every_eval) and st.step % every_eval == 0
+        logged = st.step % train.log_every == 0 or last or paused or preempted or eval_due
+        save = (st.step % every == 0 or last or paused or preempted
+                or (logged and w.checkpointer.overdue()))
 
-            # 1. The log interval, and the previous one's row if it was read late; a periodic eval
-            #    of G_ema (collective) first, whose values join this step's row.
-            action, events = w.finish_log(row) if row is not None else (None, [])
-            row = None
-            if logged:
-                row = w.start_log(meter, w.periodic_eval(meter) if eval_due else None)
-                # Read now when acting or saving (a checkpoint holds the history up to its step),
-                # at an eval, at the end of this call, or when not reading late at all.
-                if not late or save or action or eval_due or st.step + 1 >= until:
-                    now_action, now_events = w.finish_log(row)
-                    row, events = None, events + now_events
-                    action = max(action or 0, now_action or 0) or None
-                    action = Action(action) if action else None
+        # 1. The log interval, and the previous one's row if it was read late; a periodic eval
+        #    of G_ema (collective) first, whose values join this step's row.
+        action, events = w.finish_log(row) if row is not None else (None, [])
+        row = None
+        if logged:
+            row = w.start_log(meter, w.periodic_eval(meter) if eval_due else None)
+            # Read now when acting or saving (a checkpoint holds the history up to its step),
+            # at an eval, at the end of this call, or when not reading late at all.
+            if not late or save or action or eval_due or st.step + 1 >= until:
+                now_action, now_events = w.finish_log(row)
+                row, events = None, events + now_events
+                action = max(action or 0, now_action or 0) or None
+                action = Action(action) if action else None
 
-            # 2. The detectors' action.
-            if action == Action.ROLLBACK:
-                event = next(e for e in events if e.action == "rollback")
-                if w.rollback(event):
-                    w.report(events)
-                    w.rt.print0(f"rolled back to step {st.step} (lr x{st.lr_scale:g}, fresh noise)")
-                    meter, row = Meter(), None
-                    continue
-                event.action, action = "stop", Action.STOP
-                event.note = f"no checkpoint from before step {event.onset_step} to roll back to"
-            w.report(events)
-            if action in (Action.STOP, Action.EXPLOIT):
-                stopped_by = next(e for e in events if e.action == action.name.lower()).to_dict()
+        # 2. The detectors' action.
+        if action == Action.ROLLBACK:
+            event = next(e for e in events if e.action == "rollback")
+            if w.rollback(event):
+                w.report(events)
+                w.rt.print0(f"rolled back to step {st.step} (lr x{st.lr_scale:g}, fresh noise)")
+                meter, row = Meter(), None
+                continue
+            event.action, action = "stop", Action.STOP
+            event.note = f"no checkpoint from before step {event.onset_step} to roll back to"
+        w.report(events)
+        if action in (Action.STOP, Action.EXPLOIT):
+            stopped_by = next(e for e in events if e.action == action.name.lower()).to_dict()
 
-            # 3. The sample grid.
-            if st.step % train.sample_every == 0 or last:
-                w.write_samples()
+        # 3. The sample grid.
+        if st.step % train.sample_every == 0 or last:
+            w.write_samples()
 
-            # 4. A checkpoint: phase 1 now (snapshot, background write), phase 2 at a later step.
-            if save or stopped_by:
-                w.save_checkpoint()
-            if preempted:
-                w.rt.print0(f"preempted: saved at step {st.step}, stopping")
-                break
-            if resizing and not stopped_by:
-                w.store_checkpoint()  # committed and uploaded: the next group starts here
-                preempt.saved(save_request, st.step)
-                w.rt.print0(f"saved at step {st.step} for a resize of the worker group")
-                preempt.hold()
-            if stopped_by:
-                w.rt.print0(f"stopped by the {stopped_by['kind']} detector: saved at step {st.step}")
-                break
+        # 4. A checkpoint: phase 1 now (snapshot, background write), phase 2 at a later step.
+        if save or stopped_by:
+            w.save_checkpoint()
+        if preempted:
+            w.rt.print0(f"preempted: saved at step {st.step}, stopping")
+            break
+        if stopped_by:
+            w.rt.print0(f"stopped by the {stopped_by['kind']} detector: saved at step {st.step}")
+            break
     return preempted, stopped_by

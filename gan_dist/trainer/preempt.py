@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-import time
 from typing import Iterator
 
 # How long a wait for data may go on after a stop request before it is abandoned: a healthy
@@ -119,72 +118,3 @@ def sigterm_requests_stop() -> Iterator[None]:
         _disarm()
         signal.signal(signal.SIGALRM, previous_alarm)
         signal.signal(signal.SIGTERM, previous)
-
-
-# A save asked for from outside the training thread: before Ray Train stops a healthy worker
-# group to resize it (an elastic run growing), the Ray integration asks each rank's loop to
-# save now. The loop reduces the request across ranks like a stop request, so every rank saves
-# at the same step; it stores the checkpoint (the upload too), answers, and holds at that step
-# for the stop (HOLD_SECONDS at most), so the next group redoes no step.
-HOLD_SECONDS = 30.0
-
-_save = threading.Condition()
-_save_asked = 0  # requests made in this process
-_save_served = 0  # requests answered (the highest served)
-_saved_step: int | None = None
-_serving = False  # a loop is running that answers requests
-
-
-def save_request() -> int:
-    """The newest request not served yet (a number to pass to `saved`), else 0. The loop
-    reads it once per step, for the vote."""
-    with _save:
-        return _save_asked if _save_asked > _save_served else 0
-
-
-def saved(request: int, step: int) -> None:
-    """The loop stored a checkpoint at `step` for requests up to `request`."""
-    global _save_served, _saved_step
-    with _save:
-        _save_served = max(_save_served, request)
-        _saved_step = step
-        _save.notify_all()
-
-
-def hold() -> None:
-    """After a requested save: wait for the stop that asked for it (the process ends), or go
-    on after HOLD_SECONDS should it not come."""
-    time.sleep(HOLD_SECONDS)
-
-
-def request_save(timeout: float) -> int | None:
-    """Ask the running loop for a save now and wait until it is stored: its step, or None when
-    no loop runs here or none answered within `timeout` seconds (the run ended meanwhile)."""
-    global _save_asked
-    deadline = time.monotonic() + timeout
-    with _save:
-        if not _serving:
-            return None
-        _save_asked += 1
-        mine = _save_asked
-        while _save_served < mine and _serving:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            _save.wait(left)
-        return _saved_step if _save_served >= mine else None
-
-
-@contextlib.contextmanager
-def serving_saves() -> Iterator[None]:
-    """While inside, `request_save` reaches this loop; a request left unserved when it ends
-    is answered with None."""
-    global _serving
-    with _save:
-        _serving = True
-    try:
-        yield
-    finally:
-        with _save:
-            _serving = False
-            _save.notify_all()

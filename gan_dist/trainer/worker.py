@@ -313,12 +313,6 @@ class Worker:
         t0 = time.perf_counter()
         self.checkpointer.begin(self.snapshot(), blocked_since=t0)
 
-    def store_checkpoint(self) -> None:
-        """Finish the save in flight now, on every rank (collective): written, committed and,
-        where the sink uploads in the background, uploaded."""
-        self.checkpointer.commit()
-        self.checkpointer.sink.flush()
-
     def snapshot(self) -> Snapshot:
         """The whole adversarial state, copied to CPU (collective: buffers are synced first)."""
         st, rt, main = self.st, self.rt, self.rt.is_main_process
