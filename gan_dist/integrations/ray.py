@@ -352,8 +352,9 @@ class RaySession:
         self.address = address
         kwargs = dict(logging_level=logging.WARNING, log_to_driver=True)
         if address:
-            # A cluster started without a dashboard has no state API.
-            self.has_state_api = bool(ray.init(address=address, **kwargs).dashboard_url)
+            # Ray Train's placement group cleaner asks the dashboard's state API: kept on a
+            # cluster that runs one (see _Trainer).
+            self.keep_pg_cleaner = bool(ray.init(address=address, **kwargs).dashboard_url)
         else:
             # Keep Ray's own chatter down and its temp files bounded for local runs.
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -364,7 +365,7 @@ class RaySession:
             # node address, Ray 2.60 having no setting for it; they take Ray's auth token.)
             ray.init(address="local", num_cpus=int(local_resources["CPU"]), num_gpus=int(local_resources["GPU"]),
                      include_dashboard=dashboard, _node_ip_address="127.0.0.1", **kwargs)
-            self.has_state_api = dashboard
+            self.keep_pg_cleaner = False  # this Ray ends with the command
 
     def resources(self) -> dict[str, float]:
         return {k: float(v) for k, v in ray.cluster_resources().items()}
@@ -392,7 +393,7 @@ class RaySession:
         (run_dir / RAY_CHECKPOINT_RECORD).unlink(missing_ok=True)
         trainer = _Trainer(
             _train_fn,
-            keep_pg_cleaner=bool(self.address) and self.has_state_api,
+            keep_pg_cleaner=self.keep_pg_cleaner,
             train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "hub": hub},
             scaling_config=ScalingConfig(
                 # Elastic: (MIN, MAX); Ray Train starts once MIN fit and restarts the whole group
