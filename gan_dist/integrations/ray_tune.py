@@ -103,10 +103,12 @@ class MemberHub(RemoteHub):
 
 class _TrialSession(RaySession):
     """The Ray the tune command started or joined, from inside a member's trial: nothing to
-    start or shut down; each interval's hub is the member's part of the TuneHub."""
+    start or shut down; each interval's hub is the member's part of the TuneHub. Whether Ray
+    Train's placement group cleaner is kept was decided when the command connected."""
 
-    def __init__(self, address: str, tune_hub, member: str):
-        self.address, self.tune_hub, self.member = address, tune_hub, member
+    def __init__(self, address: str, keep_pg_cleaner: bool, tune_hub, member: str):
+        self.address, self.keep_pg_cleaner = address, keep_pg_cleaner
+        self.tune_hub, self.member = tune_hub, member
 
     def start_hub(self, max_steps: int, monitoring: bool) -> MemberHub:
         ray.get(self.tune_hub.begin.remote(self.member, max_steps), timeout=RemoteHub.TIMEOUT_SECONDS)
@@ -115,7 +117,7 @@ class _TrialSession(RaySession):
     def close(self) -> None: ...
 
 
-def member_trial(config: dict, spec: TuneSpec, tune_hub) -> None:
+def member_trial(config: dict, spec: TuneSpec, tune_hub, keep_pg_cleaner: bool) -> None:
     """One member of the population, as a Tune trial: adopt the checkpoint Tune hands over if it
     is another member's, then train interval by interval, reporting each to Tune."""
     index, exploit = int(config["member"]), int(config.get("exploit", 0))
@@ -133,14 +135,15 @@ def member_trial(config: dict, spec: TuneSpec, tune_hub) -> None:
     write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
     ray.get(tune_hub.trial_started.remote(name), timeout=RemoteHub.TIMEOUT_SECONDS)
     try:
-        _train_intervals(spec, tune_hub, index, values, cfg, run_dir, exploit)
+        _train_intervals(spec, tune_hub, keep_pg_cleaner, index, values, cfg, run_dir, exploit)
     finally:
         tune_hub.trial_ended.remote(name)
 
 
-def _train_intervals(spec: TuneSpec, tune_hub, index: int, values: dict, cfg, run_dir: Path, exploit: int) -> None:
+def _train_intervals(spec: TuneSpec, tune_hub, keep_pg_cleaner: bool, index: int, values: dict, cfg, run_dir: Path,
+                     exploit: int) -> None:
     name = member_name(index)
-    session = _TrialSession(spec.address, tune_hub, name)
+    session = _TrialSession(spec.address, keep_pg_cleaner, tune_hub, name)
     placement = Placement(spec.workers_per_member, cfg.run.cpus_per_worker, cfg.run.gpus_per_worker)
     latest = ckpt.find_latest(run_dir)
     step = ckpt.checkpoint_step(latest) if latest is not None else 0
@@ -353,17 +356,18 @@ def run_population(spec: TuneSpec, resumed: bool) -> tuple[str, list[str]]:
                                                   {"tune": spec.name, "recipe": spec.recipe}))
         if target:
             print(f"metrics           http://{target}/metrics (every member, label member=...)", flush=True)
-        return _fit(spec, hub, resumed)
+        return _fit(spec, hub, session.keep_pg_cleaner, resumed)
     finally:
         session.close()
 
 
-def _fit(spec: TuneSpec, hub, resumed: bool) -> tuple[str, list[str]]:
+def _fit(spec: TuneSpec, hub, keep_pg_cleaner: bool, resumed: bool) -> tuple[str, list[str]]:
     # Our results.jsonl and the members' run directories are the record: Tune's per-trial CSV and
     # TensorBoard loggers would only repeat them. Its JSON one stays: Tune reads it back for the
     # ResultGrid `fit` returns.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    trainable = tune.with_resources(tune.with_parameters(member_trial, spec=spec, tune_hub=hub),
+    trainable = tune.with_resources(tune.with_parameters(member_trial, spec=spec, tune_hub=hub,
+                                                       keep_pg_cleaner=keep_pg_cleaner),
                                    {"cpu": TRIAL_CPUS})
     experiment = spec.tune_dir / TUNE_EXPERIMENT
     if resumed and tune.Tuner.can_restore(str(experiment)):
