@@ -1,7 +1,7 @@
 """Fault tolerance on a real multi-node Ray cluster on this machine.
 
-One `ray.cluster_utils.Cluster` serves the module: a head without CPUs and
-three 1-CPU worker nodes, so 2 workers always sit on different nodes and a
+One `RehearsalCluster` (a `ray.cluster_utils.Cluster`) serves the module: a head
+without CPUs and three 1-CPU worker nodes, so 2 workers always sit on different nodes and a
 lost node can be replaced. Every run is the CLI's own code path, driven
 in-process with `--address`.
 """
@@ -19,7 +19,7 @@ import pytest
 
 from data_helpers import corrupt_image_dataset
 from gan_dist.cli import main
-from gan_dist.integrations.ray import train_workers
+from gan_dist.integrations.ray import RehearsalCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -30,18 +30,13 @@ ARGS = ["--workers", "2", "--set", "model.hidden=32", "--set", "data.batch_size=
 
 @pytest.fixture(scope="module")
 def cluster(cache_dir):
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [c.add_node(num_cpus=1) for _ in range(3)]
-    c.wait_for_nodes()
-    yield c, nodes
+    c = RehearsalCluster(nodes=3)
+    yield c
     c.shutdown()
 
 
-def train(cluster, storage: Path, name: str, steps: int, *extra: str) -> tuple[int, dict]:
-    c, _ = cluster
-    code = main(["train", "--address", c.address, "--storage", str(storage), "--name", name,
+def train(cluster: RehearsalCluster, storage: Path, name: str, steps: int, *extra: str) -> tuple[int, dict]:
+    code = main(["train", "--address", cluster.address, "--storage", str(storage), "--name", name,
                  "--max-steps", str(steps), *ARGS, *extra])
     return code, json.loads((storage / name / "summary.json").read_text())
 
@@ -61,8 +56,8 @@ def when_checkpointed(run_dir: Path, step: int, action, timeout: float = 240) ->
     return thread
 
 
-def signal_one_worker(sig: int, cluster) -> None:
-    workers = [proc for procs in train_workers(cluster).values() for proc in procs]
+def signal_one_worker(sig: int, cluster: RehearsalCluster) -> None:
+    workers = [proc for procs in cluster.train_workers().values() for proc in procs]
     assert workers, "no training worker to signal"
     os.kill(workers[-1].pid, sig)
 
@@ -77,7 +72,7 @@ def reference(cluster, tmp_path_factory):
 
 def test_sigkill_of_a_worker_is_survived_bit_for_bit_and_a_truncated_checkpoint_is_skipped(
         cluster, reference, tmp_path):
-    watcher = when_checkpointed(tmp_path / "killed", 60, lambda: signal_one_worker(signal.SIGKILL, cluster[0]))
+    watcher = when_checkpointed(tmp_path / "killed", 60, lambda: signal_one_worker(signal.SIGKILL, cluster))
     code, summary = train(cluster, tmp_path, "killed", 240)
     watcher.join(1)
     assert code == 0, summary
@@ -98,7 +93,7 @@ def test_sigkill_of_a_worker_is_survived_bit_for_bit_and_a_truncated_checkpoint_
 
 
 def test_sigterm_saves_at_the_next_step_and_resumes_exactly(cluster, reference, tmp_path):
-    watcher = when_checkpointed(tmp_path / "term", 60, lambda: signal_one_worker(signal.SIGTERM, cluster[0]))
+    watcher = when_checkpointed(tmp_path / "term", 60, lambda: signal_one_worker(signal.SIGTERM, cluster))
     code, stopped = train(cluster, tmp_path, "term", 240)
     watcher.join(1)
     assert code == 1 and stopped["status"] == "stopped", stopped
@@ -111,17 +106,7 @@ def test_sigterm_saves_at_the_next_step_and_resumes_exactly(cluster, reference, 
 
 
 def test_losing_a_node_that_hosts_a_worker(cluster, tmp_path):
-    c, nodes = cluster
-
-    def remove_a_worker_node():
-        import ray
-
-        hosting = {a["node_id"] for a in ray.util.state.list_actors(
-            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])}
-        victim = next(n for n in nodes if n.node_id in hosting)
-        c.remove_node(victim)
-
-    watcher = when_checkpointed(tmp_path / "node", 60, remove_a_worker_node)
+    watcher = when_checkpointed(tmp_path / "node", 60, cluster.remove_a_worker_node)
     code, summary = train(cluster, tmp_path, "node", 240)
     watcher.join(1)
     assert code == 0 and summary["status"] == "completed" and summary["steps"] == 240
