@@ -271,8 +271,9 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def prune(run_dir: Path, keep_last: int, best_metric: str = "", best_mode: str = "max") -> list[Path]:
-    """Delete checkpoints other than the newest `keep_last`, the best by `best_metric`, and the
-    newest healthy one (taken while no detector's condition held: what a rollback restores)."""
+    """Delete checkpoints other than the newest `keep_last`, the best by `best_metric`, the
+    newest healthy one (taken while no detector's condition held: what a rollback restores) and
+    the one at the end of a phase (metric phase_end: the SRResNet phase's, which is scored)."""
     folders = step_dirs(run_dir)
     metrics = {}  # rank 0's manifest metrics of each readable folder, newest first
     for folder in folders:
@@ -280,7 +281,7 @@ def prune(run_dir: Path, keep_last: int, best_metric: str = "", best_mode: str =
             metrics[folder] = _read_manifest(folder, 0)["metrics"]
         except CheckpointError:
             continue
-    keep = set(folders[:keep_last])
+    keep = set(folders[:keep_last]) | {folder for folder, m in metrics.items() if m.get("phase_end")}
     healthy = next((folder for folder, m in metrics.items() if m.get("healthy", 1)), None)
     if healthy is not None:
         keep.add(healthy)

@@ -259,7 +259,8 @@ class ScheduleConfig:
     ema_rampup: float = 0.05
     # Super-resolution: the first this many steps are the SRResNet phase (Ledig et al. 2017): G
     # on the content loss alone, D untouched; the SRGAN phase (content + adversarial) follows
-    # from G's weights at that step, in the same run.
+    # from G's weights at that step, in the same run. The checkpoint at that step is always
+    # saved and kept (bench.superres scores it).
     srresnet_steps: int = 0
 
     def validate(self) -> None:
@@ -343,7 +344,8 @@ class CheckpointConfig:
     # Also save when this many minutes passed since the last save (0: off); checked at log intervals.
     every_minutes: float = 0.0
     # The newest checkpoints kept (under Ray at least 2: the newest may still be uploading);
-    # pruning also keeps the best (keep_best_metric) and the newest healthy one (a rollback target).
+    # pruning also keeps the best (keep_best_metric), the newest healthy one (a rollback target)
+    # and the SRResNet phase's last (schedule.srresnet_steps, always saved).
     keep: int = 2
     # Besides the last `keep`, keep the best checkpoint by this metric (a key of the checkpoint
     # metrics: eval metrics such as high_quality_fraction, or logged values such as loss_g);

@@ -129,6 +129,12 @@ def test_prune_keeps_the_last_k_and_the_best(tmp_path):
     assert [p.name for p in ckpt.step_dirs(tmp_path)] == ["step-000050", "step-000040"]
     ckpt.prune(tmp_path, keep_last=1)
     assert [p.name for p in ckpt.step_dirs(tmp_path)] == ["step-000050"]
+    # The end of a phase (the SRResNet phase's, scored by bench.superres) stays
+    for step in (60, 70):
+        ckpt.write_rank_files(tmp_path / f"step-{step:06d}", 0, 1, step, {"state.pt": b"x"},
+                              metrics={"phase_end": int(step == 60)})
+    ckpt.prune(tmp_path, keep_last=1)
+    assert [p.name for p in ckpt.step_dirs(tmp_path)] == ["step-000070", "step-000060"]
 
 
 def test_time_based_checkpoints(tmp_path, cache_dir):

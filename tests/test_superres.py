@@ -4,6 +4,7 @@ schedule (SRResNet, then SRGAN) with exact resume, and `gan-dist sample --input`
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -198,9 +199,13 @@ def straight(hr_crops, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_two_phases_in_one_run_and_the_eval_on_held_out_photos(straight):
     storage, summary = straight
-    # The SRResNet phase's checkpoint: D and its optimizer never touched
-    srresnet = ckpt.load_shared(storage / "straight" / "step-000003")
+    # The SRResNet phase's end is saved (checkpoint.every is 3) and kept: D and its optimizer
+    # never touched
+    assert [f.name for f in ckpt.step_dirs(storage / "straight")] == [f"step-{s:06d}" for s in (7, 6, 4, 3)]
+    srresnet = ckpt.load_shared(storage / "straight" / "step-000004")
     assert srresnet["opt_D"]["state"] == {} and srresnet["opt_G"]["state"] != {}
+    manifest = json.loads((storage / "straight" / "step-000004" / "manifest-00000.json").read_text())
+    assert manifest["metrics"]["phase_end"] == 1
     end = ckpt.load_shared(storage / "straight" / "step-000007")
     assert end["opt_D"]["state"] != {}
     rows = {row["step"]: row for row in end["history"]}
@@ -308,9 +313,13 @@ def test_the_benchmark_scores_both_phases_against_the_goals(straight, hr_crops, 
     assert crops.shape == (32, 5 * 32 + 4 * 4, 3)
     hr = np.asarray(Image.open(hr_crops[1] / "photo0.png"))
     assert np.array_equal(crops[:, 4 * 36:], hr[0:32, 4:36])  # the HR panel: the photo's centre
-    # without a checkpoint at srresnet_steps, the benchmark says what to do
+    # By default the SRResNet phase is its end's checkpoint; without one, the benchmark says what to do
+    assert bench_superres.main([str(run), "--out", str(tmp_path), "--no-inception"]) == 0
+    assert json.loads((tmp_path / "superres.json").read_text())["srresnet"]["step"] == 4
+    pruned = tmp_path / "pruned"
+    shutil.copytree(run, pruned, ignore=shutil.ignore_patterns("step-000004"))
     with pytest.raises(ValueError, match="no checkpoint at the end of the SRResNet phase .step 4.; name one"):
-        bench_superres.main([str(run), "--out", str(tmp_path)])
+        bench_superres.main([str(pruned), "--out", str(tmp_path)])
 
 
 @pytest.mark.unit

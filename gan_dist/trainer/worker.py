@@ -322,6 +322,8 @@ class Worker:
                            "monitor": self.monitor.state_dict(), "scaler": rt.scaler_state()}) if main else None
         # healthy: no detector's condition held when it was taken (a rollback target; kept by pruning).
         metrics: dict[str, Any] = {"step": st.step, "healthy": int(not self.monitor.raised())}
+        if st.step == self.cfg.schedule.srresnet_steps:
+            metrics["phase_end"] = 1  # the SRResNet phase's last: bench.superres scores it; kept by pruning
         if main:
             metrics.update({k: v for k, v in (st.history[-1] if st.history else {}).items() if k != "time"})
             best = self.cfg.checkpoint.keep_best_metric
