@@ -30,6 +30,7 @@ from conftest import REPO
 from gan_dist.cli import main
 from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import domain_classifier
+from gan_dist.integrations.ray import RehearsalCluster
 from gan_dist.monitor.metrics import TARGETS_FILE
 from test_fault_tolerance import signal_one_worker, when_checkpointed
 
@@ -48,13 +49,8 @@ ARGS = ["--workers", "2", "--set", "model.channels=16", "--set", "model.options.
 def cluster(cache_dir, example_installed):
     """A head without CPUs and two 1-CPU nodes; builtin:digits packed and its eval classifier
     trained briefly first, into the session's cache (a run would train it for 1500 steps)."""
-    from ray.cluster_utils import Cluster
-
     domain_classifier(resolve_source("builtin:digits"), torch.device("cpu"), steps=100)
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(2):
-        c.add_node(num_cpus=1)
-    c.wait_for_nodes()
+    c = RehearsalCluster(nodes=2)
     yield c
     c.shutdown()
 
