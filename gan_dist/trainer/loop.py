@@ -88,9 +88,7 @@ def train_steps(w: Worker, until: int) -> tuple[bool, dict | None]:
         paused = st.step == w.cfg.run.stop_at_step
         eval_due = bool(every_eval) and st.step % every_eval == 0
         logged = st.step % train.log_every == 0 or last or paused or preempted or eval_due
-        # The SRResNet phase's end (schedule.srresnet_steps) is saved, and kept by pruning.
-        phase_end = st.step == w.cfg.schedule.srresnet_steps
-        save = (st.step % every == 0 or last or paused or preempted or phase_end
+        save = (st.step % every == 0 or last or paused or preempted or w.at_phase_end()
                 or (logged and w.checkpointer.overdue()))
 
         # 1. The log interval, and the previous one's row if it was read late; a periodic eval

@@ -313,6 +313,12 @@ class Worker:
         t0 = time.perf_counter()
         self.checkpointer.begin(self.snapshot(), blocked_since=t0)
 
+    def at_phase_end(self) -> bool:
+        """Whether the step just taken ended the SRResNet phase (schedule.srresnet_steps): its
+        checkpoint is always saved and kept, for bench.superres to score."""
+        steps = self.cfg.schedule.srresnet_steps
+        return bool(steps) and self.st.step == steps
+
     def snapshot(self) -> Snapshot:
         """The whole adversarial state, copied to CPU (collective: buffers are synced first)."""
         st, rt, main = self.st, self.rt, self.rt.is_main_process
@@ -322,8 +328,8 @@ class Worker:
                            "monitor": self.monitor.state_dict(), "scaler": rt.scaler_state()}) if main else None
         # healthy: no detector's condition held when it was taken (a rollback target; kept by pruning).
         metrics: dict[str, Any] = {"step": st.step, "healthy": int(not self.monitor.raised())}
-        if st.step == self.cfg.schedule.srresnet_steps:
-            metrics["phase_end"] = 1  # the SRResNet phase's last: bench.superres scores it; kept by pruning
+        if self.at_phase_end():
+            metrics["phase_end"] = 1  # kept by pruning
         if main:
             metrics.update({k: v for k, v in (st.history[-1] if st.history else {}).items() if k != "time"})
             best = self.cfg.checkpoint.keep_best_metric
