@@ -8,9 +8,15 @@ regenerate them and say why in the commit:
 
     GAN_DIST_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py
 
-The values are exact for one CPU kind and torch build (one torch thread, fp32). On another
-CPU (its vector units pick other kernels) the losses are compared to 1e-4 relative and the
-fingerprint is not compared; the test says so in its output.
+The values are exact for each CPU kind and torch build that recorded them (one torch
+thread, fp32); the file holds one recording per kind. On a kind without one (its vector
+units pick other kernels, whose differences grow over the steps) only the first logged
+step's losses are compared, to UNRECORDED_REL; the test says so in its output. To add this
+machine's kind to the recordings when the numbers are not meant to change:
+
+    GAN_DIST_REGEN_GOLDEN=add .venv/bin/python -m pytest tests/test_golden.py
+
+(`=1` replaces every recording by this machine's: the other kinds' are stale then.)
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from conftest import run_cli
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
 GOLDEN = Path(__file__).parent / "golden"
-REGEN = os.environ.get("GAN_DIST_REGEN_GOLDEN") == "1"
+REGEN = os.environ.get("GAN_DIST_REGEN_GOLDEN", "")  # "1": replace, "add": add this CPU kind
 STEPS, EVERY = 200, 50
+# How close the losses of a CPU kind without a recording must be (test_golden_run).
+UNRECORDED_REL = 2e-3
 
 RUNS = {
     "ring8": ["ring8", "--set", "data.batch_size=128", "--set", "eval.num_samples=500"],
@@ -65,6 +73,11 @@ def run_values(cli, tmp_path: Path, name: str) -> dict:
     }
 
 
+def recordings(path: Path) -> list[dict]:
+    """The recordings of one golden run, one per CPU kind that made one."""
+    return json.loads(path.read_text())["recordings"] if path.exists() else []
+
+
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_golden_run(tmp_path, name):
     # A cache of its own: the data's classifier (class coverage, domain FID) is trained by this
@@ -73,17 +86,25 @@ def test_golden_run(tmp_path, name):
     cli = partial(run_cli, cache=tmp_path / "cache")
     got = run_values(cli, tmp_path, name)
     path = GOLDEN / f"{name}.json"
-    if REGEN:
-        path.write_text(json.dumps({"machine": machine(), **got}, indent=1) + "\n")
-        pytest.skip(f"regenerated {path}")
-    assert path.exists(), f"{path} is missing: GAN_DIST_REGEN_GOLDEN=1 pytest {__file__}"
-    want = json.loads(path.read_text())
-    assert sorted(got["losses"], key=int) == sorted(want["losses"], key=int), "logged steps differ"
-    if want["machine"] == machine():
+    here = machine()
+    if REGEN:  # this CPU kind's recording; with "add" the other kinds' stay
+        kept = [r for r in recordings(path) if r["machine"] != here] if REGEN == "add" else []
+        path.write_text(json.dumps({"recordings": [*kept, {"machine": here, **got}]}, indent=1) + "\n")
+        pytest.skip(f"recorded {path} for this CPU kind")
+    known = recordings(path)
+    assert known, f"{path} is missing: GAN_DIST_REGEN_GOLDEN=1 pytest {__file__}"
+    want = next((r for r in known if r["machine"] == here), None)
+    if want is not None:
+        assert sorted(got["losses"], key=int) == sorted(want["losses"], key=int), "logged steps differ"
         assert got["losses"] == want["losses"]
         assert got["fingerprint"] == want["fingerprint"]
         assert got["eval"] == want["eval"]
-    else:
-        print(f"golden values were recorded on {want['machine']}, this is {machine()}: losses to 1e-4")
-        for step, values in want["losses"].items():
-            assert got["losses"][step] == pytest.approx(values, rel=1e-4), f"step {step}"
+        return
+    # A CPU kind without a recording: its vector units pick other kernels, whose last bits
+    # differ and grow over a GAN's steps (dcgan-digits, AMX against AVX-512 alone: 4e-4 at
+    # step 50, 4e-2 at step 150). The first logged step only, close to every recording.
+    first = min(known[0]["losses"], key=int)
+    print(f"no golden values recorded on {here}: the losses at step {first} to {UNRECORDED_REL:g} relative")
+    for want in known:
+        assert sorted(got["losses"], key=int) == sorted(want["losses"], key=int), "logged steps differ"
+        assert got["losses"][first] == pytest.approx(want["losses"][first], rel=UNRECORDED_REL), want["machine"]
