@@ -188,13 +188,14 @@ def run(cfg: Config, run_dir: Path, placement: Placement, session, verbose: bool
     try:
         with ProgressDisplay(hub.snapshot, cfg.train.max_steps):
             if session is not None:
-                result = session.fit(cfg, run_dir, placement, hub)
+                with preempt.sigterm_passed_on(hub.request_stop):
+                    result = session.fit(cfg, run_dir, placement, hub)
             else:
                 with preempt.sigterm_requests_stop():
                     result = train_worker(cfg, run_dir, ckpt.LocalSink(run_dir, cfg.checkpoint), hub)
         status, error = outcome(cfg, result)
-    except KeyboardInterrupt:
-        status, error = "stopped", "interrupted by the user"
+    except KeyboardInterrupt as exc:
+        status, error = "stopped", str(exc) or "interrupted by the user"
     except preempt.Interrupted:
         latest = ckpt.find_latest(run_dir)
         start = f"{latest.name}" if latest is not None else "the start (no checkpoint yet)"

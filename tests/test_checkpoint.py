@@ -16,6 +16,7 @@ import yaml
 
 from gan_dist import checkpoint as ckpt
 from gan_dist.cli import main
+from gan_dist.trainer import preempt
 
 pytestmark = pytest.mark.unit
 
@@ -115,6 +116,18 @@ def test_sigterm_stops_an_in_process_run_which_resumes_in_the_same_process(tmp_p
     assert signal.getsignal(signal.SIGTERM) is before
     resumed = _train(tmp_path, "term", 400)
     assert resumed["status"] == "completed" and resumed["fingerprint"] == reference["fingerprint"]
+
+
+def test_a_ray_driver_passes_one_sigterm_on_and_stops_at_a_second():
+    asked = threading.Event()
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(preempt.StopNow):
+        with preempt.sigterm_passed_on(asked.set):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert asked.wait(10)  # passed on, on a thread of its own; the run goes on
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises here
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_prune_keeps_the_last_k_and_the_best(tmp_path):

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -143,6 +144,9 @@ class RemoteHub:
     def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
         return self._get(self.actor.close.remote(pushgateway, run, auth))
 
+    def request_stop(self) -> None:
+        self._get(self.actor.request_stop.remote())
+
     # Ray Train's controller's side (_RestartCauses).
     def note_restart(self, why: str) -> None:
         self.actor.note_restart.remote(why)
@@ -165,6 +169,9 @@ class RemoteHub:
 
     def finished(self, result: WorkerResult) -> None:
         self._get(self.actor.finished.remote(result))
+
+    def stop_requested(self) -> bool:
+        return self._get(self.actor.stop_requested.remote())
 
 
 class _RestartCauses(ControllerCallback):
@@ -266,7 +273,41 @@ def _train_fn(config: dict) -> None:
     _route_sigterm_to_preempt()
     cfg = Config.from_dict(config["config"])
     run_dir = Path(config["run_dir"])
-    train_worker(cfg, run_dir, RaySink(run_dir, cfg.checkpoint), config["hub"])
+    hub = config["hub"]
+    with _driver_stops_watched(hub, ray.train.get_context().get_world_rank() == 0):
+        train_worker(cfg, run_dir, RaySink(run_dir, cfg.checkpoint), hub)
+
+
+# How often rank 0 asks the hub whether the driver was told to stop.
+STOP_POLL_SECONDS = 0.5
+
+
+@contextmanager
+def _driver_stops_watched(hub: "RemoteHub", rank0: bool) -> Iterator[None]:
+    """On rank 0, a thread asks the hub every STOP_POLL_SECONDS whether the driver got a
+    SIGTERM (driver.run passes it on) and, once it did, makes it this rank's preemption
+    request: the loop's per-step vote then has every rank save at the same step and stop, as
+    after a SIGTERM to a worker."""
+    if not rank0:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(STOP_POLL_SECONDS):
+            try:
+                if hub.stop_requested():
+                    preempt.request("SIGTERM to the driver")
+                    return
+            except Exception:  # the hub gone: the driver is ending the run
+                return
+
+    thread = threading.Thread(target=watch, name="gan-dist-stop-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 @contextmanager

@@ -100,6 +100,13 @@ class MemberHub(RemoteHub):
     def finished(self, result) -> None:
         self._get(self.actor.finished.remote(self.member, result))
 
+    # A member runs in a Tune trial's thread, where no SIGTERM reaches its driver code: Tune
+    # stops the population's members itself.
+    def request_stop(self) -> None: ...
+
+    def stop_requested(self) -> bool:
+        return False
+
 
 class _TrialSession(RaySession):
     """The Ray the tune command started or joined, from inside a member's trial: nothing to

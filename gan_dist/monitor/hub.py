@@ -26,6 +26,7 @@ class Hub(Protocol):
     def start_tensorboard(self, log_dir: str, config: dict) -> None: ...
     def snapshot(self, since: int = 0) -> HubSnapshot: ...
     def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None: ...
+    def request_stop(self) -> None: ...
 
 
 class RunHub:
@@ -50,6 +51,7 @@ class RunHub:
         # Why the next worker group starts, as Ray Train's controller said it (note_restart).
         self.cause: tuple[str, float] | None = None
         self.tensorboard: TensorBoardLog | None = None
+        self.stop_asked = False  # the driver got a SIGTERM: the ranks save and stop
 
     def serve_metrics(self, host: str, port: int, run_dir: str, labels: dict[str, str]) -> str | None:
         """Start the metrics endpoint and write the run's file-SD target list; its host:port."""
@@ -131,6 +133,14 @@ class RunHub:
     def finished(self, result: WorkerResult) -> None:
         """Rank 0, once training and evaluation are done."""
         self.result = result
+
+    def request_stop(self) -> None:
+        """The driver, on a SIGTERM: the ranks are to save at their next step and stop."""
+        self.stop_asked = True
+
+    def stop_requested(self) -> bool:
+        """Rank 0 of a Ray run, every second (gan_dist.integrations.ray)."""
+        return self.stop_asked
 
     def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
         """End of the run: push the final values if asked, stop serving. An error message or None."""

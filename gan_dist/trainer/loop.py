@@ -55,7 +55,9 @@ def train_worker(cfg: Config, run_dir: Path, sink: Sink, reporter: Reporter) -> 
         w.stream.close()
         raise
     w.checkpointer.commit()  # phase 2 of the last save
-    result = w.finish(start_step, samples_start, time.perf_counter() - t0)
+    # A preempted run saved and has seconds left (a pod's grace period): no end-of-run eval,
+    # which the resumed run does at its end.
+    result = w.finish(start_step, samples_start, time.perf_counter() - t0, evaluate=not preempted)
     if result is not None:
         result.preempted, result.stopped_by = preempted, stopped_by
         reporter.finished(result)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 # How long a wait for data may go on after a stop request before it is abandoned: a healthy
 # read finishes well within it (and the run then saves at the step boundary as usual).
@@ -34,6 +35,11 @@ _armed = False  # the grace timer runs
 class Interrupted(BaseException):
     """A stop request abandoned a wait for data. A BaseException, like KeyboardInterrupt, so
     that no `except Exception` on the way (a reader counting a bad sample) swallows it."""
+
+
+class StopNow(KeyboardInterrupt):
+    """A second SIGTERM to a driver that had passed the first one on: stop without waiting for
+    the save, as Ctrl-C does."""
 
 
 def request(reason: str = "SIGTERM") -> None:
@@ -117,4 +123,30 @@ def sigterm_requests_stop() -> Iterator[None]:
         _handling = False
         _disarm()
         signal.signal(signal.SIGALRM, previous_alarm)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def sigterm_passed_on(ask_workers: Callable[[], None]) -> Iterator[None]:
+    """While inside, a SIGTERM to this process (the driver of a Ray run: `kill`, a deleted pod,
+    `ray job stop`) calls `ask_workers` once, on a thread of its own (it may call Ray, which a
+    signal handler must not), and lets the run go on to its save; a second SIGTERM raises
+    StopNow. Only in the main thread; the previous handler is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    passed_on = threading.Event()
+
+    def on_sigterm(signum, frame) -> None:
+        if passed_on.is_set():
+            raise StopNow("a second SIGTERM: stopped without waiting for the save")
+        passed_on.set()
+        print("gan-dist: SIGTERM: every rank saves at its next step and stops "
+              "(another SIGTERM stops at once, unsaved)", file=sys.stderr, flush=True)
+        threading.Thread(target=ask_workers, name="gan-dist-sigterm", daemon=True).start()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
         signal.signal(signal.SIGTERM, previous)

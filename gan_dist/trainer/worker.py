@@ -363,14 +363,15 @@ class Worker:
 
     # End of the run -------------------------------------------------------------
 
-    def finish(self, session_start_step: int, session_samples_start: int, train_seconds: float) -> WorkerResult | None:
-        """Check that the replicas agree, count the data, evaluate: rank 0's result (None on
-        the other ranks). Collective."""
+    def finish(self, session_start_step: int, session_samples_start: int, train_seconds: float,
+               evaluate: bool = True) -> WorkerResult | None:
+        """Check that the replicas agree, count the data, evaluate (unless told not to: the
+        same on every rank): rank 0's result (None on the other ranks). Collective."""
         st, rt = self.st, self.rt
         rt.sync_buffers(st.G, st.G_ema, st.D)  # collective
         # A super-resolution model's Inception metrics are the crop FID of eval.sr_photos, which
         # the run's end-of-run eval computes (gan_dist.evaluate); G makes no images from noise.
-        generic = self.cfg.eval.inception and self.ctx.task != "super_resolution"
+        generic = evaluate and self.cfg.eval.inception and self.ctx.task != "super_resolution"
         inception = self.inception_eval(self.cfg.eval.inception_n) if generic else {}
         data = self.data_state()
         # Collective: every rank's fingerprint and sample counts.
@@ -385,7 +386,7 @@ class Worker:
             train_seconds=train_seconds,
             session_steps=st.step - session_start_step,
             final=last_logged(st.history),
-            eval={**self.evaluate(), **inception},
+            eval={**self.evaluate(), **inception} if evaluate else {},
             data=DataCounts(samples_seen=sum(g[1] for g in gathered), corrupt_samples=sum(g[3] for g in gathered)),
             nonfinite_steps=st.nonfinite_steps,
             alerts=self.monitor.events,
