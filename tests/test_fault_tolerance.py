@@ -105,23 +105,6 @@ def test_sigterm_saves_at_the_next_step_and_resumes_exactly(cluster, reference, 
     assert resumed["fingerprint"] == reference["fingerprint"]
 
 
-def test_sigterm_to_the_driver_has_every_rank_save_and_stop(cluster, tmp_path):
-    """`kill` of `gan-dist train` (a deleted pod, `ray job stop`): the driver passes the stop on
-    to the ranks, which save at the same step and stop, as after a SIGTERM to a worker."""
-    late = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: late.append(True))  # should the run be over already
-    try:
-        watcher = when_checkpointed(tmp_path / "driver", 60, lambda: os.kill(os.getpid(), signal.SIGTERM))
-        code, stopped = train(cluster, tmp_path, "driver", 5000)
-        watcher.join(1)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert not late, "the SIGTERM came after the run"
-    assert code == 1 and stopped["status"] == "stopped" and "preempted" in stopped["reason"], stopped
-    assert 60 < stopped["steps"] < 5000 and stopped["restarts"] == 0
-    assert (tmp_path / "driver" / f"step-{stopped['steps']:06d}" / "manifest-00000.json").exists()
-
-
 def test_losing_a_node_that_hosts_a_worker(cluster, tmp_path):
     watcher = when_checkpointed(tmp_path / "node", 60, cluster.remove_a_worker_node)
     code, summary = train(cluster, tmp_path, "node", 240)

@@ -78,12 +78,13 @@ def firing(port: int, name: str) -> list[dict]:
 @pytest.fixture
 def collapsing_run(tmp_path, cache_dir):
     """A 2-worker run on a local Ray whose G barely learns (lr_g 1e-7): it covers no mode of
-    ring8, a collapse by construction; its metrics on a free loopback port."""
+    ring8, a collapse by construction; its metrics on a free loopback port. Longer than the
+    test waits: the test stops it."""
     run_dir = tmp_path / "runs" / "collapse"
     run_dir.mkdir(parents=True)  # Prometheus watches the target file's folder from the start
     env = dict(os.environ, GAN_DIST_CACHE=str(cache_dir), PYTHONUNBUFFERED="1")
     args = ["train", "ring8", "--workers", "2", "--storage", str(run_dir.parent), "--name", "collapse",
-            "--max-steps", "2000", "--set", "model.hidden=32", "--set", "data.batch_size=256",
+            "--max-steps", "100000", "--set", "model.hidden=32", "--set", "data.batch_size=256",
             "--set", "train.log_every=50", "--set", "optim.lr_g=1e-7", "--set", "monitor.warmup_steps=200",
             "--set", "metrics.port=0"]
     proc = subprocess.Popen([sys.executable, "-m", "gan_dist", *args], stdout=subprocess.PIPE,
@@ -153,11 +154,14 @@ def test_prometheus_scrapes_a_live_run_and_the_collapse_alert_fires(collapsing_r
                                  if a["labels"]["kind"] == "mode_collapse"], timeout=60)
     assert detector[0]["labels"]["run"] == "collapse", detector
     assert not firing(port, "GanTrainingStalled")
-    # The run ends by itself, with the alert in its summary.
+    # `kill` of the command (a deleted pod): the driver passes the SIGTERM on, and every rank
+    # saves at its next step and stops, the alert in the run's summary.
+    run.send_signal(signal.SIGTERM)
     out, _ = run.communicate(timeout=300)
-    assert run.returncode == 0, out[-3000:]
+    assert run.returncode == 1 and "gan-dist: SIGTERM: every rank saves at its next step" in out, out[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2
+    assert summary["status"] == "stopped" and "preempted" in summary["reason"] and summary["world_size"] == 2
+    assert summary["steps"] < 100000 and (run_dir / f"step-{summary['steps']:06d}" / "manifest-00000.json").exists()
     assert any(a["kind"] == "mode_collapse" for a in summary["alerts"])
     assert re.search(r"alert at step \d+: mode_collapse", out)
     # A rank's lines reach the console once (Ray Train's print patch logged them a second time).
