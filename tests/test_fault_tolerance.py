@@ -70,39 +70,47 @@ def reference(cluster, tmp_path_factory):
     return summary
 
 
-def test_sigkill_of_a_worker_is_survived_bit_for_bit_and_a_truncated_checkpoint_is_skipped(
+def test_a_sigkilled_worker_a_sigterm_and_a_truncated_checkpoint_leave_the_run_bit_for_bit(
         cluster, reference, tmp_path):
-    watcher = when_checkpointed(tmp_path / "killed", 60, lambda: signal_one_worker(signal.SIGKILL, cluster))
-    code, summary = train(cluster, tmp_path, "killed", 240)
+    """One run meets three faults in turn, each survived exactly: a worker SIGKILLed after
+    checkpoint 60 (the group restarts), a worker SIGTERMed after the restarted group's first
+    checkpoint (every rank saves at the next step and stops; the same command resumes), and
+    its final checkpoint cut in half (the command falls back to the one before)."""
+    run_dir = tmp_path / "faults"
+
+    def kill_then_term():
+        killed_at = time.time()
+        signal_one_worker(signal.SIGKILL, cluster)
+        # The SIGTERM once the restarted group has committed a checkpoint of its own.
+        deadline = killed_at + 240
+        while time.time() < deadline:
+            if any(m.stat().st_mtime > killed_at + 1 for m in run_dir.glob("step-*/manifest-00000.json")):
+                signal_one_worker(signal.SIGTERM, cluster)
+                return
+            time.sleep(0.1)
+    watcher = when_checkpointed(run_dir, 60, kill_then_term)
+    code, stopped = train(cluster, tmp_path, "faults", 240)
     watcher.join(1)
-    assert code == 0, summary
-    assert summary["status"] == "completed" and summary["steps"] == 240
-    assert summary["restarts"] >= 1
-    assert summary["fingerprint"] == reference["fingerprint"]
+    assert code == 1 and stopped["status"] == "stopped", stopped
+    assert stopped["restarts"] == 1  # the SIGKILL's; the SIGTERM is a clean exit, not a crash
+    assert 60 < stopped["steps"] < 240 and "preempted" in stopped["reason"]
+    assert (run_dir / f"step-{stopped['steps']:06d}").is_dir()  # saved where it stopped
+    assert stopped["eval"] == {}  # a preempted run leaves its seconds to the save
+
+    code, resumed = train(cluster, tmp_path, "faults", 240)
+    assert code == 0 and resumed["status"] == "completed" and resumed["steps"] == 240
+    assert resumed["fingerprint"] == reference["fingerprint"]
 
     # The newest checkpoint (the final one) cut in half: the same command falls back to the
     # one before and trains the last 60 steps again, to the same weights.
-    state = tmp_path / "killed" / "step-000240" / "state.pt"
+    state = run_dir / "step-000240" / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     with pytest.warns(UserWarning, match="checksum"):
-        code, resumed = train(cluster, tmp_path, "killed", 240)
-    assert code == 0 and resumed["status"] == "completed" and resumed["steps"] == 240
-    assert resumed["checkpoints"]["fallbacks"] == 1
-    assert resumed["checkpoints"]["saved"] == 1  # resumed at 180 (from scratch would save 4 times)
-    assert resumed["fingerprint"] == reference["fingerprint"]
-
-
-def test_sigterm_saves_at_the_next_step_and_resumes_exactly(cluster, reference, tmp_path):
-    watcher = when_checkpointed(tmp_path / "term", 60, lambda: signal_one_worker(signal.SIGTERM, cluster))
-    code, stopped = train(cluster, tmp_path, "term", 240)
-    watcher.join(1)
-    assert code == 1 and stopped["status"] == "stopped", stopped
-    assert 60 < stopped["steps"] < 240 and "preempted" in stopped["reason"]
-    assert (tmp_path / "term" / f"step-{stopped['steps']:06d}").is_dir()  # saved where it stopped
-    assert stopped["restarts"] == 0  # a clean exit, not a crash
-    code, resumed = train(cluster, tmp_path, "term", 240)
-    assert code == 0 and resumed["status"] == "completed"
-    assert resumed["fingerprint"] == reference["fingerprint"]
+        code, again = train(cluster, tmp_path, "faults", 240)
+    assert code == 0 and again["status"] == "completed" and again["steps"] == 240
+    assert again["checkpoints"]["fallbacks"] == 1
+    assert again["checkpoints"]["saved"] == 1  # resumed at 180 (from scratch would save 4 times)
+    assert again["fingerprint"] == reference["fingerprint"]
 
 
 def test_losing_a_node_that_hosts_a_worker(cluster, tmp_path):
