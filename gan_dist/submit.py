@@ -159,12 +159,19 @@ def cluster_storage(storage: str, address: str) -> str:
     return str(Path(storage).expanduser().absolute())
 
 
+# `ray job stop` sends the job's driver a SIGTERM, which has every rank save at its next step
+# (driver.run), and a SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's default: 3 s, often too
+# short for a step and a save). The job supervisor reads it from the job's environment; --env
+# sets another value.
+STOP_WAIT_ENV, JOB_STOP_WAIT_SECONDS = "RAY_JOB_STOP_WAIT_TIME_S", 60
+
+
 def job_spec(args, cfg: Config, train_argv: list[str]) -> JobSpec:
     runtime_env, train_argv = code_env(args, train_argv)
     modules = plugin_modules(cfg)
     if modules:
         runtime_env["py_modules"] = [str(path) for path in modules]
-    env_vars = {"PYTHONUNBUFFERED": "1", **parse_pairs(args.env, "--env", str)}
+    env_vars = {"PYTHONUNBUFFERED": "1", STOP_WAIT_ENV: str(JOB_STOP_WAIT_SECONDS), **parse_pairs(args.env, "--env", str)}
     runtime_env["env_vars"] = env_vars
     return JobSpec(
         # Job ids are unique per cluster; the run name is what stays stable across submissions.

@@ -41,6 +41,10 @@ def test_dry_run_builds_a_resumable_job(capsys):
     assert Path(sets["run.storage"]).is_absolute()
     assert f"'working_dir': '{REPO}'" in out
     assert f"would submit job gan-dist-{sets['run.name']}-" in out
+    # `ray job stop` leaves the driver a minute for the save its SIGTERM asks for (Ray's default: 3 s).
+    assert "'RAY_JOB_STOP_WAIT_TIME_S': '60'" in out
+    out, _ = dry_run(capsys, "--env", "RAY_JOB_STOP_WAIT_TIME_S=300")
+    assert "'RAY_JOB_STOP_WAIT_TIME_S': '300'" in out
 
 
 def test_given_name_and_storage_reach_the_job(capsys, tmp_path):
