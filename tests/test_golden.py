@@ -101,7 +101,7 @@ def test_golden_run(tmp_path, name):
         assert got["eval"] == want["eval"]
         return
     # A CPU kind without a recording: its vector units pick other kernels, whose last bits
-    # differ and grow over a GAN's steps (dcgan-digits, AMX against AVX-512 alone: 4e-4 at
+    # differ and grow over a GAN's steps (dcgan-digits, Xeon with AMX against EPYC: 4e-4 at
     # step 50, 4e-2 at step 150). The first logged step only, close to every recording.
     first = min(known[0]["losses"], key=int)
     print(f"no golden values recorded on {here}: the losses at step {first} to {UNRECORDED_REL:g} relative")
