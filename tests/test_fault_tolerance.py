@@ -41,19 +41,24 @@ def train(cluster: RehearsalCluster, storage: Path, name: str, steps: int, *extr
     return code, json.loads((storage / name / "summary.json").read_text())
 
 
-def when_checkpointed(run_dir: Path, step: int, action, timeout: float = 240) -> threading.Thread:
-    """Run `action()` once the run has committed checkpoint `step` (then a little later)."""
+def when(condition, action, timeout: float = 240) -> threading.Thread:
+    """Run `action()` once `condition()` holds (polled every 0.1 s, for `timeout` seconds)."""
     def watch():
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if (run_dir / f"step-{step:06d}" / "manifest-00000.json").exists():
-                time.sleep(0.5)
+            if condition():
                 action()
                 return
             time.sleep(0.1)
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
+
+
+def when_checkpointed(run_dir: Path, step: int, action, timeout: float = 240) -> threading.Thread:
+    """Run `action()` once the run has committed checkpoint `step` (then a little later)."""
+    manifest = run_dir / f"step-{step:06d}" / "manifest-00000.json"
+    return when(manifest.exists, lambda: (time.sleep(0.5), action()), timeout)
 
 
 def signal_one_worker(sig: int, cluster: RehearsalCluster) -> None:
@@ -82,12 +87,8 @@ def test_a_sigkilled_worker_a_sigterm_and_a_truncated_checkpoint_leave_the_run_b
         killed_at = time.time()
         signal_one_worker(signal.SIGKILL, cluster)
         # The SIGTERM once the restarted group has committed a checkpoint of its own.
-        deadline = killed_at + 240
-        while time.time() < deadline:
-            if any(m.stat().st_mtime > killed_at + 1 for m in run_dir.glob("step-*/manifest-00000.json")):
-                signal_one_worker(signal.SIGTERM, cluster)
-                return
-            time.sleep(0.1)
+        when(lambda: any(m.stat().st_mtime > killed_at + 1 for m in run_dir.glob("step-*/manifest-00000.json")),
+             lambda: signal_one_worker(signal.SIGTERM, cluster)).join(240)
     watcher = when_checkpointed(run_dir, 60, kill_then_term)
     code, stopped = train(cluster, tmp_path, "faults", 240)
     watcher.join(1)

@@ -139,7 +139,7 @@ class RunHub:
         self.stop_asked = True
 
     def stop_requested(self) -> bool:
-        """Rank 0 of a Ray run, every second (gan_dist.integrations.ray)."""
+        """Rank 0 of a Ray run, every STOP_POLL_SECONDS (gan_dist.integrations.ray)."""
         return self.stop_asked
 
     def close(self, pushgateway: str = "", run: str = "", auth: tuple[str, str] | None = None) -> str | None:
