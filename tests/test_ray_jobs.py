@@ -144,19 +144,6 @@ def head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_submit_follows_a_run_to_success(head, cache_dir, tmp_path):
-    address, token = head
-    result = run_cli("submit", "--address", address, *SHORT_RUN, "--storage", str(tmp_path / "runs"),
-                     "--name", "one-node", "--env", f"GAN_DIST_CACHE={cache_dir}", cache=cache_dir, timeout=300,
-                     env=submitter_env(token, tmp_path))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    job_id = re.search(r"submitted job (\S+):", result.stdout).group(1)
-    assert f"job {job_id} succeeded" in result.stdout
-    assert "step 200/200" in result.stdout  # the job's own logs were followed
-    assert job_status(address, token, job_id) == "SUCCEEDED"
-    assert_complete_summary(tmp_path / "runs" / "one-node", steps=200)
-
-
 def submit_here(monkeypatch, capsys, token: str | None, home: Path, *argv: str) -> tuple[int, str, str]:
     """`gan-dist submit ARGV` in this process (no interpreter start-up), as a user with `token`."""
     for name, value in submitter_env(token, home).items():
@@ -227,8 +214,12 @@ def test_two_node_run_resumes_when_resubmitted(two_nodes, cache_dir, tmp_path):
     assert job_status(address, token, job_id) == "SUCCEEDED", job_logs(address, token, job_id)
     assert_complete_summary(Path(storage) / "two-nodes", steps=200)
 
-    # The same name again, for longer: the job finds the checkpoints and continues.
+    # The same name again, for longer, followed to its end: the job finds the checkpoints and
+    # continues, and its own logs reach the submitter's terminal.
     again = run_cli("submit", *common, *SHORT_RUN[2:], "--max-steps", "300", cache=cache_dir, timeout=300, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "resuming" in again.stdout and "at step 200" in again.stdout
+    second_id = re.search(r"submitted job (\S+):", again.stdout).group(1)
+    assert second_id != job_id and f"job {second_id} succeeded" in again.stdout
+    assert "resuming" in again.stdout and "at step 200" in again.stdout and "step 300/300" in again.stdout
+    assert job_status(address, token, second_id) == "SUCCEEDED"
     assert_complete_summary(Path(storage) / "two-nodes", steps=300)
