@@ -19,7 +19,7 @@ import pytest
 
 from data_helpers import corrupt_image_dataset
 from gan_dist.cli import main
-from gan_dist.integrations.ray import RehearsalCluster
+from gan_dist.integrations.ray import TRAIN_POLL_ENV, TRAIN_POLL_SECONDS, RehearsalCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -101,6 +101,9 @@ def test_a_sigkilled_worker_a_sigterm_and_a_truncated_checkpoint_leave_the_run_b
     code, resumed = train(cluster, tmp_path, "faults", 240)
     assert code == 0 and resumed["status"] == "completed" and resumed["steps"] == 240
     assert resumed["fingerprint"] == reference["fingerprint"]
+    # Ray Train's controller was asked to look at its workers every 0.5 s, not 2 s (a run
+    # starts and ends seconds sooner); the driver's value is the one Ray Train passes on.
+    assert os.environ[TRAIN_POLL_ENV] == TRAIN_POLL_SECONDS
 
     # The newest checkpoint (the final one) cut in half: the same command falls back to the
     # one before and trains the last 60 steps again, to the same weights.
