@@ -110,8 +110,8 @@ class ModelConfig:
     cardinality: int = 32
     # R3GAN: a block's inner width over its stage's width (the 1x1 convolutions widen, then narrow).
     expansion: int = 2
-    # R3GAN: the width of each stage from 4x4 up to the image size, a comma list ("768,768,768,768");
-    # "" is model.channels everywhere. D mirrors G: the same widths from the image size down.
+    # R3GAN: the width of each stage from 4x4 up to the image size, a comma list ("768,768,768,768")
+    # or a YAML list ([768, 768, 768, 768]); "" is model.channels everywhere. D mirrors G: the same widths from the image size down.
     stage_widths: str = ""
     # Your own model's keys (any YAML mapping), handed to its builder unchanged; built-ins take none.
     options: dict[str, Any] = field(default_factory=dict)
@@ -746,6 +746,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 # Text keys that also take a YAML list of two integers, read as "MIN:MAX".
 RANGE_KEYS = ("run.workers",)
+# Text keys that also take a YAML list of integers, read as the comma list "A,B,C".
+LIST_KEYS = ("model.stage_widths",)
 
 
 def _coerce(value: Any, kind: type, key: str) -> Any:
@@ -787,6 +789,10 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
             if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 return f"{value[0]}:{value[1]}"
             raise ConfigError(f"{key} must be a count, auto, or [MIN, MAX] (two integers), got {shown(value)}")
+        if key in LIST_KEYS and isinstance(value, list):
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return ",".join(map(str, value))
+            raise ConfigError(f"{key} must be a comma list or a list of integers, got {shown(value)}")
         if isinstance(value, bool):  # YAML 1.1 reads off/on (and no/yes) as booleans
             return "on" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -20,7 +20,7 @@ from data_helpers import random_images
 from gan_dist import driver, evaluate
 from gan_dist.batching import BatchSplitError, split_batch
 from gan_dist.cli import main
-from gan_dist.config import resolve
+from gan_dist.config import ConfigError, resolve
 from gan_dist.data import builtin
 from gan_dist.data.pack import PackOptions, pack_images
 from gan_dist.data.readers import array_source
@@ -105,6 +105,21 @@ def test_cosine_schedules_are_functions_of_the_images_seen():
     # The same images seen, the same values, whatever the batch.
     half = CosineSchedule(images=1000, global_batch=5, lr_end_factor=0.25, beta2=(0.9, 0.99))
     assert half.lr_factor(60) == cos.lr_factor(30) and half.beta2_at(60) == cos.beta2_at(30)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("override", ["model.stage_widths=128,64,32,32", "model.stage_widths=[128, 64, 32, 32]"])
+def test_stage_widths_read_as_a_comma_list_or_a_yaml_list(override):
+    cfg = resolve("r3gan-fashion", [override])
+    assert cfg.model.stage_widths == "128,64,32,32" and cfg.model.widths == (128, 64, 32, 32)
+    G, D = build_models(cfg.model, DataShape("image", (1, 32, 32)))
+    assert "widths 128,64,32,32" in G.layout
+
+
+@pytest.mark.unit
+def test_stage_widths_of_other_things_than_integers_are_refused():
+    with pytest.raises(ConfigError, match="model.stage_widths must be a comma list or a list of integers"):
+        resolve("r3gan-fashion", ["model.stage_widths=[128, wide]"])
 
 
 @pytest.mark.unit
