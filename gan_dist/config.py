@@ -111,7 +111,8 @@ class ModelConfig:
     # R3GAN: a block's inner width over its stage's width (the 1x1 convolutions widen, then narrow).
     expansion: int = 2
     # R3GAN: the width of each stage from 4x4 up to the image size, a comma list ("768,768,768,768")
-    # or a YAML list ([768, 768, 768, 768]); "" is model.channels everywhere. D mirrors G: the same widths from the image size down.
+    # or a YAML list ([768, 768, 768, 768]); "" is model.channels everywhere. D mirrors G: the same
+    # widths from the image size down.
     stage_widths: str = ""
     # Your own model's keys (any YAML mapping), handed to its builder unchanged; built-ins take none.
     options: dict[str, Any] = field(default_factory=dict)
@@ -750,13 +751,18 @@ RANGE_KEYS = ("run.workers",)
 LIST_KEYS = ("model.stage_widths",)
 
 
+def _is_int(value: Any) -> bool:
+    """An integer as YAML reads one (bool is an int subclass in Python, not here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _coerce(value: Any, kind: type, key: str) -> Any:
     """Check a leaf value's type; numbers given as strings (YAML's 1e-4) are parsed."""
     if kind is bool:
         if isinstance(value, bool):
             return value
     elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if _is_int(value):
             return value
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,4000}", value.strip()):  # int() refuses more digits
             return int(value)
@@ -786,11 +792,11 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
         if isinstance(value, str):
             return value
         if key in RANGE_KEYS and isinstance(value, list):
-            if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            if len(value) == 2 and all(map(_is_int, value)):
                 return f"{value[0]}:{value[1]}"
             raise ConfigError(f"{key} must be a count, auto, or [MIN, MAX] (two integers), got {shown(value)}")
         if key in LIST_KEYS and isinstance(value, list):
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            if all(map(_is_int, value)):
                 return ",".join(map(str, value))
             raise ConfigError(f"{key} must be a comma list or a list of integers, got {shown(value)}")
         if isinstance(value, bool):  # YAML 1.1 reads off/on (and no/yes) as booleans

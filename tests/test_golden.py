@@ -78,18 +78,15 @@ def run_values(cli, tmp_path: Path, name: str) -> dict:
     }
 
 
-def brief_classifier(source: str, cache: Path, monkeypatch) -> None:
-    """The data's eval classifier, trained for CLASSIFIER_STEPS in one torch thread into `cache`."""
+def brief_classifier(source: str, cache: Path) -> None:
+    """The data's eval classifier, trained for CLASSIFIER_STEPS in one torch thread into `cache`
+    (conftest restores GAN_DIST_CACHE and the thread count after the test)."""
     from gan_dist import evaluate
     from gan_dist.data.sources import resolve_source
 
-    monkeypatch.setenv("GAN_DIST_CACHE", str(cache))
-    threads = torch.get_num_threads()
+    os.environ["GAN_DIST_CACHE"] = str(cache)
     torch.set_num_threads(1)
-    try:
-        evaluate.domain_classifier(resolve_source(source), torch.device("cpu"), steps=CLASSIFIER_STEPS)
-    finally:
-        torch.set_num_threads(threads)
+    evaluate.domain_classifier(resolve_source(source), torch.device("cpu"), steps=CLASSIFIER_STEPS)
 
 
 def recordings(path: Path) -> list[dict]:
@@ -98,13 +95,13 @@ def recordings(path: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_golden_run(tmp_path, monkeypatch, name):
+def test_golden_run(tmp_path, name):
     # A cache of its own: the data's classifier (class coverage, domain FID) is trained here, not
     # by whichever test of the session trained it first (in a Ray worker of one thread, or for
     # another number of steps, its weights differ and the eval values with them).
     cache = tmp_path / "cache"
     if name in CLASSIFIER:
-        brief_classifier(CLASSIFIER[name], cache, monkeypatch)
+        brief_classifier(CLASSIFIER[name], cache)
     got = run_values(partial(run_cli, cache=cache), tmp_path, name)
     path = GOLDEN / f"{name}.json"
     here = machine()
