@@ -148,3 +148,41 @@ def test_the_same_command_again_resumes_the_finished_tune(tune_run, cache_dir):
     assert (tune_dir / records.RESULTS_FILE).read_text() == results_before  # nothing trained twice
     changed = run_cli(*TUNE, "--storage", str(tune_dir.parent), "--set", "optim.beta1=0.9", cache=cache_dir)
     assert changed.returncode == 2 and "tune pbt was started with config.optim.beta1=0.5, not 0.9" in changed.stderr
+
+
+def test_a_tune_ended_before_every_member_reached_its_last_step_is_stopped_not_completed():
+    """Tune answers Ctrl-C (and our SIGTERM, through its handler) by ending the trials and
+    returning as if done: the members' last reports tell a stopped tune from a completed one."""
+    from types import SimpleNamespace
+
+    from gan_dist.integrations.ray_tune import population_status
+
+    def member(i, step=None, error=None):
+        return SimpleNamespace(config={"member": i}, metrics={} if step is None else {"step": step}, error=error)
+
+    assert population_status([member(0, 40), member(1, 40)], 40) == ("completed", [])
+    assert population_status([member(0, 40), member(1, 20)], 40) == ("stopped", [])
+    assert population_status([member(0, 40), member(1)], 40) == ("stopped", [])  # no report at all
+    assert population_status([member(0, 20), member(1, 20, RuntimeError("x"))], 40) == ("failed", ["member-1"])
+
+
+def test_a_sigterm_stops_the_tune_through_tunes_own_handler_and_a_second_one_at_once():
+    import os
+    import signal
+
+    from gan_dist.integrations.ray_tune import _sigterm_stops_tune
+
+    asked, before = [], signal.getsignal(signal.SIGTERM)
+    previous_usr1 = signal.signal(signal.SIGUSR1, lambda signum, frame: asked.append(signum))  # as Tune's fit does
+    try:
+        with _sigterm_stops_tune():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert asked == [signal.SIGUSR1]
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # before Tune's handler is in place: at once
+        with pytest.raises(KeyboardInterrupt), _sigterm_stops_tune():
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGUSR1, previous_usr1)
+    assert signal.getsignal(signal.SIGTERM) is before

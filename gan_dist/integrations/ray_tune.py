@@ -23,8 +23,10 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -394,17 +396,56 @@ def _fit(spec: TuneSpec, hub, keep_pg_cleaner: bool, resumed: bool) -> tuple[str
                                       # delete a folder twice and log an error.
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     try:
-        grid = tuner.fit()
+        with _sigterm_stops_tune():
+            grid = tuner.fit()
     except KeyboardInterrupt:
         return "stopped", []
-    failed = [_trial_name_of(r) for r in grid if r.error is not None]
+    for r in grid:
+        if r.error is not None:
+            print(f"gan-dist tune: {_trial_name_of(r)} failed: {str(r.error).strip().splitlines()[0]}",
+                  file=sys.stderr)
+    return population_status(list(grid), spec.max_steps)
+
+
+def population_status(results: list, max_steps: int) -> tuple[str, list[str]]:
+    """The tune's status from its members' Tune results: failed (with the members whose trial
+    failed), stopped (a member's last report is short of `max_steps`, or it made none: Tune
+    answers Ctrl-C, and `_sigterm_stops_tune` a SIGTERM, by ending the trials and returning as
+    if done), or completed."""
+    failed = [_trial_name_of(r) for r in results if r.error is not None]
     if failed:
-        for r in grid:
-            if r.error is not None:
-                print(f"gan-dist tune: {_trial_name_of(r)} failed: {str(r.error).strip().splitlines()[0]}",
-                      file=sys.stderr)
         return "failed", failed
+    if any((r.metrics or {}).get("step", -1) < max_steps for r in results):
+        return "stopped", []
     return "completed", []
+
+
+@contextlib.contextmanager
+def _sigterm_stops_tune():
+    """While inside, a SIGTERM to the tune's driver (`kill`, a deleted pod, `ray job stop`)
+    stops the tune as Ctrl-C does, through Tune's own handler (Tune answers SIGUSR1 as it does
+    SIGINT, while it runs): the members keep their last reported checkpoints, and the same
+    command resumes the tune. Without it Ray's handler exits at once. A second SIGTERM, or one
+    before Tune's handler is in place, interrupts at once. Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked = threading.Event()
+
+    def on_sigterm(signum, frame) -> None:
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if asked.is_set() or not callable(tune_stop):
+            raise KeyboardInterrupt("SIGTERM")
+        asked.set()
+        print("gan-dist: SIGTERM: the tune stops; its members keep their last checkpoints (the same command "
+              "resumes it; another SIGTERM stops at once)", file=sys.stderr, flush=True)
+        tune_stop(signal.SIGUSR1, frame)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _trial_name_of(result) -> str:
