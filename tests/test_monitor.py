@@ -495,6 +495,12 @@ def test_detection_benchmark_ground_truth_is_the_failure_the_run_ends_in():
     images = [{"step": 500 * (i + 1), "mode_coverage_ratio": c, "recall": r}
               for i, (c, r) in enumerate([(1.0, 0.5), (1.0, 0.4), (1.0, 0.02), (0.3, 0.3), (1.0, 0.01), (1.0, 0.0)])]
     assert ground_truth_onset(images, warmup=1000) == 1500
+    # An interval between two evals (recall null or NaN, as a history row has it) keeps the last
+    # eval's recall: here the failure from step 1250 on.
+    sparse = [{"step": 250 * (i + 1), "mode_coverage_ratio": 1.0, "recall": r}
+              for i, r in enumerate([0.5, None, 0.4, float("nan"), 0.02, None, 0.0, None])]
+    assert ground_truth_onset(sparse, warmup=1000) == 1250
+    assert ground_truth_onset(sparse[:5] + [{**row, "recall": 0.3} for row in sparse[5:]], warmup=1000) is None
 
 
 def test_a_run_without_ray_serves_metrics_on_loopback_even_with_ray_address_set(tmp_path, cache_dir, monkeypatch):

@@ -4,8 +4,9 @@ Scripted in-process runs on the 2-D mixtures and on Fashion-MNIST, whose ground
 truth comes from what G's samples get at every log interval: on the mixtures the
 mode metrics (the history's `mode_coverage_ratio` and `high_quality_fraction`,
 2500 samples), on images the class coverage under the eval's classifier
-(`mode_coverage_ratio`) and the Inception recall of a periodic eval at every log
-interval (`recall`, 500 samples). An interval has failed when fewer than half the
+(`mode_coverage_ratio`, every log interval) and the Inception recall of a periodic
+eval every other interval (`recall`, 500 samples; an interval between two evals
+keeps the last one's). An interval has failed when fewer than half the
 modes (classes) are covered or the quality (high-quality fraction, recall) is
 under 10%, and a run has failed when it ends in a streak of
 at least `GT_PATIENCE` failed intervals, from the streak's first. Healthy runs must raise no alarm; failing
@@ -34,10 +35,11 @@ GT_PATIENCE = 3
 MIN_COVERAGE, MIN_QUALITY = 0.5, 0.1
 
 PROTOCOL_STEPS = 25000  # the VEEGAN protocol's length: delays are reported as a fraction of it
-# Fashion-MNIST runs: recall from a small Inception eval at every log interval is the quality
-# ground truth; the detectors' warm-up is shortened to the runs' length.
+# Fashion-MNIST runs: recall from a small Inception eval every other log interval is the quality
+# ground truth (the eval is most of a row's time on a CPU); the detectors keep the recipes' interval
+# and their warm-up is shortened to the runs' length.
 IMAGE_STEPS = 4000
-IMAGE_RUN = {"train.log_every": 250, "eval.every_steps": 250, "eval.every_n": 500, "eval.metrics": "pr",
+IMAGE_RUN = {"train.log_every": 250, "eval.every_steps": 500, "eval.every_n": 500, "eval.metrics": "pr",
              "eval.inception": False, "monitor.warmup_steps": 1000, "checkpoint.every": 1000}
 # The grid25 recipe's settings when the suite was measured: non-saturating loss with a
 # gradient penalty of 1 at lr 2e-3, 1 D step (the recipe now takes GP 0.1 and 2 D steps).
@@ -63,10 +65,13 @@ SUITE = {
     # modes until step 2000), the case the warm-up is for.
     "grid25 strong D (lr_d 10x, 5 D steps)": ("grid25", False, 6000, {"optim.lr_g": 1e-3, "optim.lr_d": 3e-3,
                                                                           "schedule.n_critic": 5}),
-    # Fashion-MNIST: two healthy recipes and a G with 50x the learning rate, which collapses.
+    # Fashion-MNIST: two healthy recipes and a starved D (a hundredth of the recipe's learning
+    # rate), which G fools from the first steps with one grey pattern for every z. (A G with 50x the
+    # learning rate, tried first, loses recall for 2,500 steps and then recovers: not a failure.)
     "fashion dcgan (recipe)": ("dcgan-fashion", False, IMAGE_STEPS, IMAGE_RUN),
     "fashion hinge + SN (recipe)": ("hinge-fashion", False, IMAGE_STEPS, IMAGE_RUN),
-    "fashion dcgan lr_g 50x (collapses)": ("dcgan-fashion", True, IMAGE_STEPS, {**IMAGE_RUN, "optim.lr_g": 1e-2}),
+    "fashion dcgan starved D (lr_d /100, collapses)": ("dcgan-fashion", True, IMAGE_STEPS,
+                                                        {**IMAGE_RUN, "optim.lr_d": 2e-6}),
 }
 # The rollback demonstration: a healthy ring8 run whose learning rates someone turns up 100x
 # at step SPIKE_STEP (a scripted fault); with the rollback policy and a factor of 0.01 the
@@ -80,11 +85,13 @@ def ground_truth_onset(rows: list[dict], warmup: int) -> int | None:
     """Where the run's final failure began: the first interval of the streak of failed intervals
     (after the warm-up) that lasts to the end of the run, if it is GT_PATIENCE long or more. A
     run that is slow to cover the modes early on but gets there is not a failing run."""
-    streak = []
+    streak, quality = [], None
     for row in rows:
+        # On images an interval between two evals (no recall: absent, null or NaN) keeps the last's.
+        measured = row.get("high_quality_fraction", row.get("recall"))
+        quality = measured if measured is not None and measured == measured else quality
         if row["step"] < warmup:
             continue
-        quality = row.get("high_quality_fraction", row.get("recall"))
         failed = row["mode_coverage_ratio"] < MIN_COVERAGE or (quality is not None and quality < MIN_QUALITY)
         streak = streak + [row["step"]] if failed else []
     return streak[0] if len(streak) >= GT_PATIENCE else None
