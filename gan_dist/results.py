@@ -149,11 +149,14 @@ def describe(values: dict) -> str:
 
 def failure_line(exc: BaseException) -> str:
     """Why a run failed, in one line. Ray Train's WorkerGroupError says only "Training failed
-    due to worker errors:" on its first line; the lowest failed rank's own error is the news."""
+    due to worker errors:" on its first line, its ControllerError "Training failed due to
+    controller error:"; the lowest failed rank's own error, or the controller's, is the news."""
     failures = getattr(exc, "worker_failures", None) or {}
     prefix = ""
     if failures:
         rank = min(failures)
         prefix, exc = f"rank {rank}: ", failures[rank]
+    elif isinstance(getattr(exc, "controller_failure", None), BaseException):
+        exc = exc.controller_failure
     text = str(exc).strip()
     return f"{prefix}{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

@@ -95,11 +95,17 @@ def test_the_hub_records_each_resize_with_its_cause_and_cost():
     hub.first_step()
     hub.started(2, 60)  # a restart at the same size is no resize
     hub.note_restart("resources changed: Ray Train resizes the group to 3 workers")
+    noticed = hub.cause[1]
+    hub.note_restart("worker group failed: The worker group startup timed out after 60.0 seconds")
     hub.started(3, 80)
     snap = hub.snapshot()
     assert [(r["step"], r["old_world_size"], r["new_world_size"]) for r in snap.resizes] == [(40, 3, 2), (80, 2, 3)]
     first, second = snap.resizes
-    assert first["why"].startswith("worker group failed") and second["why"].startswith("resources changed")
+    assert first["why"].startswith("worker group failed")
+    # Both causes told before the group started, timed from the first: a failed start is part of the cost.
+    assert second["why"] == ("resources changed: Ray Train resizes the group to 3 workers; then worker group "
+                             "failed: The worker group startup timed out after 60.0 seconds")
+    assert second["noticed_at"] == noticed
     assert first["steps_redone"] == 10 and first["seconds_to_first_step"] >= 0
     assert second["first_step_at"] is None  # no step yet at the new size
     text = generate_latest(hub.metrics.registry).decode()
@@ -120,17 +126,22 @@ class _Notes:
 
 
 def test_the_controller_callback_names_a_lost_node_and_a_resize():
-    from ray.train.v2._internal.execution.controller.state import ResizingState, RestartingState, RunningState
+    from ray.train.v2._internal.execution.controller.state import (ReschedulingState, ResizingState, RestartingState,
+                                                                   RunningState, SchedulingState)
     from ray.train.v2._internal.execution.scaling_policy import ResizeDecision
-    from ray.train.v2.api.exceptions import WorkerGroupError
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
 
     hub = _Notes()
-    causes = _RestartCauses(hub, elastic=False)
+    causes = _RestartCauses(hub)
     node_lost = WorkerGroupError("rank 1 died", {1: RuntimeError("The actor died because its node has died.")})
     crashed = WorkerGroupError("rank 0 raised", {0: ValueError("loss exploded\ntraceback...")})
     causes.after_controller_state_update(RunningState(), RestartingState(training_failed_error=node_lost))
     causes.after_controller_state_update(RunningState(), RestartingState(training_failed_error=crashed))
     causes.after_controller_state_update(RunningState(), ResizingState(ResizeDecision(3, {"CPU": 1.0})))
+    timed_out = ControllerError(TimeoutError("The worker group startup timed out after 60.0 seconds"))
+    causes.after_controller_state_update(SchedulingState(ResizeDecision(3, {"CPU": 1.0})),
+                                         ReschedulingState(training_failed_error=timed_out))
     causes.after_controller_state_update(RunningState(), RunningState())
     assert hub.notes == ["worker group failed: a node was lost", "worker group failed: rank 0: ValueError: loss exploded",
-                         "resources changed: Ray Train resizes the group to 3 workers"]
+                         "resources changed: Ray Train resizes the group to 3 workers",
+                         "worker group did not start: TimeoutError: The worker group startup timed out after 60.0 seconds"]

@@ -64,8 +64,10 @@ class RunHub:
 
     def note_restart(self, why: str) -> None:
         """Ray Train's controller, when it decides to restart the worker group: a failure (a
-        worker or node lost) or a resize to the resources it sees now."""
-        self.cause = (why, time.time())
+        worker or node lost) or a resize to the resources it sees now. Causes told before the
+        next group starts are all kept, and the time is the first one's: a group that failed
+        to start after a node loss is part of that loss's cost."""
+        self.cause = (f"{self.cause[0]}; then {why}", self.cause[1]) if self.cause else (why, time.time())
 
     def started(self, world_size: int, step: int) -> None:
         """Rank 0 of a (re)started worker group, after restoring its state."""
