@@ -2,14 +2,16 @@
 issue's goals):
 
     python -m gan_dist.bench.pbt [--recipe grid25] [--population 4] [--max-steps 25000]
-                                 [--perturb-every 2500] [--seed 0] [--set KEY=VALUE]... [--out DIR]
+                                 [--perturb-every 2500] [--seed 0] [--set KEY=VALUE]... [--parallel N]
+                                 [--out DIR]
 
 1. `gan-dist tune RECIPE --population N` with the learning rates drawn log-uniformly over
    [1e-4, 1e-2], the gradient penalty over [0.01, 1] (log) and n_critic over 1..5, each member
    one worker, as a user would type it (a subprocess).
 2. The same N starting points (each member's seed and drawn values, read back from the
-   tune's record) as plain `gan-dist train` runs of the same steps, one after another in
-   this process (one worker, as each member): the same total compute, in G steps.
+   tune's record) as plain `gan-dist train` runs of the same steps, `--parallel` at a time
+   (default: the CPUs), each a process of one worker, as each member: the same total
+   compute, in G steps.
 3. A member made to collapse: the tune of tests/test_tune_ray.py made longer, two ring8
    members of which one starts at a learning rate of 3.1 (seed 1); how many of its steps
    passed between its alarm and its replacement, and how long it waited.
@@ -23,10 +25,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
+import os
 import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,26 +61,42 @@ def tune(argv: list[str], storage: Path, name: str, log: Path) -> Path:
     return storage / name
 
 
-def plain_runs(tune_dir: Path, storage: Path) -> list[dict]:
+def plain_runs(tune_dir: Path, storage: Path, parallel: int) -> list[dict]:
     """Each member's starting point trained alone for the tune's steps: its seed, its drawn
-    values, the recipe's own detector policies (a tune's `exploit` is for members only)."""
+    values, the recipe's own detector policies (a tune's `exploit` is for members only).
+    `parallel` runs at a time, each in a process of its own (one worker of one thread, as a
+    member's), as the tune ran its members on this machine's CPUs."""
     spec = TuneSpec.from_record(yaml.safe_load((tune_dir / SPEC_FILE).read_text()))
     own = load_config(spec.recipe).monitor
-    rows = []
+    jobs = []
     for i, values in enumerate(spec.initial):
         cfg = spec.member_config(i, values)
         cfg.monitor.collapse, cfg.monitor.divergence, cfg.monitor.nonfinite = own.collapse, own.divergence, own.nonfinite
         cfg.run.use_ray, cfg.run.workers, cfg.run.storage, cfg.run.name = False, "1", str(storage), f"plain-{i}"
         cfg.validate()
-        log = storage / f"plain-{i}.log"
-        print(f"pbt: plain run {i} ({', '.join(f'{k} {v:.4g}' for k, v in values.items())}, log {log}) ...", flush=True)
-        t0 = time.perf_counter()
-        with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            train(cfg)
+        jobs.append((i, values, cfg, storage / f"plain-{i}.log"))
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state shared
+    with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=context) as pool:
+        futures = []
+        for i, values, cfg, log in jobs:
+            print(f"pbt: plain run {i} ({', '.join(f'{k} {v:.4g}' for k, v in values.items())}, log {log}) ...",
+                  flush=True)
+            futures.append(pool.submit(_plain_run, cfg, log))
+        seconds = [f.result() for f in futures]
+    rows = []
+    for (i, values, _, _), wall in zip(jobs, seconds):
         summary = json.loads((storage / f"plain-{i}" / "summary.json").read_text())
         rows.append({"run": f"plain-{i}", "start": values, "status": summary["status"], "steps": summary["steps"],
-                     "eval": summary.get("eval", {}), "wall_seconds": time.perf_counter() - t0})
+                     "eval": summary.get("eval", {}), "wall_seconds": wall})
     return rows
+
+
+def _plain_run(cfg, log: Path) -> float:
+    """One plain run, its output in `log`; its wall time."""
+    t0 = time.perf_counter()
+    with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        train(cfg)
+    return time.perf_counter() - t0
 
 
 def collapse_delays(tune_dir: Path) -> list[dict]:
@@ -110,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perturb-every", type=int, default=2_500)
     parser.add_argument("--seed", type=int, default=0, help="the tune's seed: it draws the starting points")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every run")
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
+                        help="plain runs at a time (default: the CPUs, as the tune's members run)")
     parser.add_argument("--no-collapse", action="store_true", help="leave out the collapse demonstration")
     parser.add_argument("--out", type=Path, default=Path("pbt-bench"))
     args = parser.parse_args(argv)
@@ -121,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
                      "--perturb-every", str(args.perturb_every), *sets], args.out, "pbt", args.out / "pbt.log")
     tune_seconds = time.perf_counter() - t0
     summary = json.loads((tune_dir / records.SUMMARY_JSON).read_text())
-    plain = plain_runs(tune_dir, args.out)
+    t1 = time.perf_counter()
+    plain = plain_runs(tune_dir, args.out, args.parallel)
+    plain_seconds = time.perf_counter() - t1
     result = {"command": "python -m gan_dist.bench.pbt " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
               "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "recipe": args.recipe,
-              "mutations": list(MUTATIONS), "tune_seconds": tune_seconds, "tune": summary, "plain": plain}
+              "mutations": list(MUTATIONS), "tune_seconds": tune_seconds, "tune": summary,
+              "plain_seconds": plain_seconds, "plain_parallel": args.parallel, "plain": plain}
     if not args.no_collapse:
         collapse_dir = tune(COLLAPSE, args.out, "collapse", args.out / "collapse.log")
         result["collapse"] = collapse_delays(collapse_dir)
@@ -133,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     best = summary["best"]
     print(f"\n{args.recipe}: population {args.population}, {args.max_steps} steps each; PBT {tune_seconds:.0f} s, "
-          f"plain runs {sum(r['wall_seconds'] for r in plain):.0f} s")
+          f"plain runs {plain_seconds:.0f} s ({args.parallel} at a time)")
     print("| run | modes | high quality | mode KL | bar | start (and PBT's exploits) |")
     print("| --- | --- | --- | --- | --- | --- |")
     if best is not None:
