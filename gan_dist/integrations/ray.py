@@ -196,7 +196,7 @@ class _RestartCauses(ControllerCallback):
         if isinstance(current_state, RestartingState):
             self.hub.note_restart(f"worker group failed: {_failure_reason(current_state.training_failed_error)}")
         elif isinstance(current_state, ReschedulingState):
-            self.hub.note_restart(f"worker group did not start: {failure_line(current_state.training_failed_error)[:200]}")
+            self.hub.note_restart(f"worker group did not start: {_failure_reason(current_state.training_failed_error)}")
         elif isinstance(current_state, ResizingState):
             self.hub.note_restart(f"resources changed: Ray Train resizes the group to "
                                   f"{current_state.scaling_decision.num_workers} workers")
