@@ -142,6 +142,29 @@ def test_the_controller_callback_names_a_lost_node_and_a_resize():
     causes.after_controller_state_update(SchedulingState(ResizeDecision(3, {"CPU": 1.0})),
                                          ReschedulingState(training_failed_error=timed_out))
     causes.after_controller_state_update(RunningState(), RunningState())
+    waiting = RestartingState(training_failed_error=crashed)
+    causes.after_controller_state_update(RunningState(), waiting)
+    causes.after_controller_state_update(waiting, waiting)  # told to wait: the same state again
     assert hub.notes == ["worker group failed: a node was lost", "worker group failed: rank 0: ValueError: loss exploded",
                          "resources changed: Ray Train resizes the group to 3 workers",
-                         "worker group did not start: TimeoutError: The worker group startup timed out after 60.0 seconds"]
+                         "worker group did not start: TimeoutError: The worker group startup timed out after 60.0 seconds",
+                         "worker group failed: rank 0: ValueError: loss exploded"]
+
+
+def test_a_node_whose_raylet_does_not_answer_is_silent_and_one_listed_dead_is_not_asked():
+    import socket
+
+    from gan_dist.integrations.ray import silent_nodes
+
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: a connection is refused
+
+        def node(node_id: str, sock: socket.socket, alive: bool = True) -> dict:
+            return {"NodeID": node_id, "Alive": alive, "NodeManagerAddress": "127.0.0.1",
+                    "NodeManagerPort": sock.getsockname()[1]}
+
+        nodes = [node("up", listening), node("crashed", closed), node("gone", closed, alive=False)]
+        assert silent_nodes(nodes, timeout=1.0) == {"crashed"}
+    assert silent_nodes([]) == set()

@@ -16,11 +16,13 @@ import asyncio
 import builtins
 import logging
 import os
+import socket
 import sys
 import tempfile
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +41,7 @@ from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAM
 from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 from ray.train.v2._internal.execution.scaling_policy.elastic import ElasticScalingPolicy
+from ray.train.v2._internal.execution.scaling_policy.scaling_policy import NoopDecision
 from ray.train.v2._internal.logging import patch_print
 from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.train.v2.api.report_config import CheckpointUploadMode
@@ -187,6 +190,8 @@ class _RestartCauses(ControllerCallback):
         self.hub = hub
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
+        if current_state is previous_state:
+            return  # the controller waited in a state (told so by the scaling policy): nothing new
         try:
             self._note(current_state)
         except Exception as exc:  # Ray fails the run on a callback's error: a record is not worth that
@@ -222,22 +227,76 @@ class _ElasticScaling(ElasticScalingPolicy):
     RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) for a worker that could not be placed, and
     only then restarted at the size that fits. On 2026-12-06 that cost a minute in 7 of the 12
     node losses of six runs of tests/test_elastic.py's shrink test; with this policy, in none
-    of 10 in five runs."""
+    of 10 in five runs.
+
+    A node that dies without a goodbye (its raylet killed, its machine gone) is still alive to
+    Ray's control store (GCS) until its health checks have failed for a while, so even a
+    fresh view counts it. Before it sizes a group after a stop, the policy therefore knocks at
+    every node's raylet: while a node that GCS calls alive does not answer, it waits (up to
+    SETTLE_SECONDS) for GCS to agree, and only then looks at the cluster. A hard-killed node
+    of the shrink test cost 76 s to the first step on the nodes left without this; see
+    docs/elastic.md for the figure with it."""
+
+    SETTLE_SECONDS = 60.0  # as long as Ray's own start timeout: never worse than without the wait
+    WAIT_SECONDS = 0.5  # between looks at GCS while it still lists a silent node
 
     def __init__(self, scaling_config: ScalingConfig):
         super().__init__(scaling_config)
         self._stale = False
+        self._silent: set[str] = set()  # nodes alive to GCS whose raylet did not answer
+        self._settle_by = 0.0
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
         if isinstance(current_state, (RestartingState, ReschedulingState, ResizingState)):
             self._stale = True  # a group stopped, or failed to start: the next one looks afresh
 
     def make_decision_for_non_running_worker_group(self):
+        if self._stale and not self._settle_by:
+            self._silent = _ask_gcs(lambda: silent_nodes(ray.nodes()), set())
+            self._settle_by = time.monotonic() + self.SETTLE_SECONDS
+            if self._silent:
+                logging.getLogger("gan_dist").warning(
+                    "%d node(s) do not answer but Ray still counts them: waiting for Ray to mark them dead "
+                    "before sizing the group", len(self._silent))
+        if self._silent:
+            self._silent &= _ask_gcs(lambda: {n["NodeID"] for n in ray.nodes() if n["Alive"]}, set())
+            if self._silent and time.monotonic() < self._settle_by:
+                # Ray's controller asks again at once when told to wait: pace it.
+                time.sleep(self.WAIT_SECONDS)
+                return NoopDecision()
         if self._stale:
-            self._stale = False
+            self._stale, self._silent, self._settle_by = False, set(), 0.0
             _refresh_cluster_view()
             self._latest_reserved_resources_query_time = float("-inf")
         return super().make_decision_for_non_running_worker_group()
+
+
+def _ask_gcs(question, otherwise):
+    """A look at Ray's node table for the policy: best effort, never failing the run."""
+    try:
+        return question()
+    except Exception as exc:  # a Ray internal
+        logging.getLogger("gan_dist").warning("could not read Ray's node table: %s", first_line(exc))
+        return otherwise
+
+
+def silent_nodes(nodes: list[dict], timeout: float = 2.0) -> set[str]:
+    """The ids of the nodes that Ray lists as alive but whose raylet does not accept a
+    connection within `timeout` seconds (refused at once when its process is gone; no answer
+    when its machine is), all knocked at in parallel."""
+    alive = [n for n in nodes if n.get("Alive")]
+
+    def answers(node: dict) -> bool:
+        try:
+            with socket.create_connection((node["NodeManagerAddress"], int(node["NodeManagerPort"])), timeout):
+                return True
+        except (OSError, KeyError, ValueError):
+            return False
+
+    if not alive:
+        return set()
+    with ThreadPoolExecutor(len(alive)) as pool:
+        return {n["NodeID"] for n, ok in zip(alive, pool.map(answers, alive)) if not ok}
 
 
 def _refresh_cluster_view() -> None:
@@ -397,12 +456,14 @@ class RehearsalCluster:
         """This cluster's Ray Train worker processes, by the pid of the raylet that started each."""
         return train_workers(self.cluster)
 
-    def remove_a_worker_node(self) -> float:
-        """Remove, for good, a node that hosts a Ray Train worker; the time it went."""
+    def remove_a_worker_node(self, graceful: bool = True) -> float:
+        """Remove, for good, a node that hosts a Ray Train worker; the time it went. Not
+        `graceful`: its processes are SIGKILLed, so the node says no goodbye to Ray's control
+        store, which learns of the loss only when its health checks fail (a crashed machine)."""
         hosting = self.train_workers()
         victim = next(n for n in self.nodes if n.all_processes["raylet"][0].process.pid in hosting)
         self.nodes.remove(victim)
-        self.cluster.remove_node(victim)
+        self.cluster.remove_node(victim, allow_graceful=graceful)
         return time.time()
 
     def add_node(self) -> float:
