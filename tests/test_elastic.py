@@ -98,6 +98,7 @@ def test_a_run_that_loses_two_nodes_goes_on_smaller_and_completes(cluster, tmp_p
     # Ray to notice is one cause, told once.
     assert not any("timed out" in r["why"] for r in resizes), resizes
     assert all(r["why"].count("worker group failed") == 1 for r in resizes), resizes
+    assert "did not answer: waited" in resizes[1]["why"], resizes[1]
     # The global batch was kept through both resizes: 200 steps of 96 samples.
     assert summary["data"]["samples_seen"] == 200 * 96
     assert summary["restarts"] == 2

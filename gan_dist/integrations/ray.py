@@ -240,11 +240,13 @@ class _ElasticScaling(ElasticScalingPolicy):
     SETTLE_SECONDS = 60.0  # as long as Ray's own start timeout: never worse than without the wait
     WAIT_SECONDS = 0.5  # between looks at GCS while it still lists a silent node
 
-    def __init__(self, scaling_config: ScalingConfig):
+    def __init__(self, scaling_config: ScalingConfig, hub: "RemoteHub"):
         super().__init__(scaling_config)
+        self.hub = hub
         self._stale = False
         self._silent: set[str] = set()  # nodes alive to GCS whose raylet did not answer
         self._settle_by = 0.0
+        self._waited: tuple[int, float] | None = None  # (silent nodes, since) while waiting
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
         if isinstance(current_state, (RestartingState, ReschedulingState, ResizingState)):
@@ -255,6 +257,7 @@ class _ElasticScaling(ElasticScalingPolicy):
             self._silent = _ask_gcs(lambda: silent_nodes(ray.nodes()), set())
             self._settle_by = time.monotonic() + self.SETTLE_SECONDS
             if self._silent:
+                self._waited = (len(self._silent), time.monotonic())
                 logging.getLogger("gan_dist").warning(
                     "%d node(s) do not answer but Ray still counts them: waiting for Ray to mark them dead "
                     "before sizing the group", len(self._silent))
@@ -264,6 +267,13 @@ class _ElasticScaling(ElasticScalingPolicy):
                 # Ray's controller asks again at once when told to wait: pace it.
                 time.sleep(self.WAIT_SECONDS)
                 return NoopDecision()
+        if self._waited:
+            count, since = self._waited
+            self._waited = None
+            nodes = "1 node" if count == 1 else f"{count} nodes"
+            waited = f"{time.monotonic() - since:.0f} s"
+            self.hub.note_restart(f"{nodes} did not answer: Ray still listed them after {waited}" if self._silent
+                                  else f"{nodes} did not answer: waited {waited} for Ray to mark them dead")
         if self._stale:
             self._stale, self._silent, self._settle_by = False, set(), 0.0
             _refresh_cluster_view()
@@ -531,6 +541,7 @@ class RaySession:
         trainer = _Trainer(
             _train_fn,
             keep_pg_cleaner=self.keep_pg_cleaner,
+            hub=hub,
             train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "hub": hub},
             scaling_config=ScalingConfig(
                 # Elastic: (MIN, MAX); Ray Train starts once MIN fit and restarts the whole group
@@ -574,9 +585,10 @@ class _Trainer(TorchTrainer):
       on a cluster without a dashboard it could not work and would log a warning every
       second."""
 
-    def __init__(self, *args, keep_pg_cleaner: bool, **kwargs):
+    def __init__(self, *args, keep_pg_cleaner: bool, hub: "RemoteHub", **kwargs):
         super().__init__(*args, **kwargs)
         self.keep_pg_cleaner = keep_pg_cleaner
+        self.hub = hub
 
     def _create_default_callbacks(self):
         unwanted = (DatasetsCallback,) if self.keep_pg_cleaner else (DatasetsCallback, PlacementGroupCleanerCallback)
@@ -585,7 +597,7 @@ class _Trainer(TorchTrainer):
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         controller_init_kwargs["failure_policy"] = _FailurePolicy(self.run_config.failure_config)
         if isinstance(controller_init_kwargs.get("scaling_policy"), ElasticScalingPolicy):
-            controller_init_kwargs["scaling_policy"] = _ElasticScaling(self.scaling_config)
+            controller_init_kwargs["scaling_policy"] = _ElasticScaling(self.scaling_config, self.hub)
         return super()._initialize_and_run_controller(**controller_init_kwargs)
 
 
