@@ -237,7 +237,8 @@ class _ElasticScaling(ElasticScalingPolicy):
     of the shrink test cost 76 s to the first step on the nodes left without this; see
     docs/elastic.md for the figure with it."""
 
-    SETTLE_SECONDS = 60.0  # as long as Ray's own start timeout: never worse than without the wait
+    # As long as Ray's own start timeout, which a group sized for a dead node waits out anyway.
+    SETTLE_SECONDS = 60.0
     WAIT_SECONDS = 0.5  # between looks at GCS while it still lists a silent node
 
     def __init__(self, scaling_config: ScalingConfig, hub: "RemoteHub"):
