@@ -245,41 +245,48 @@ class _ElasticScaling(ElasticScalingPolicy):
         super().__init__(scaling_config)
         self.hub = hub
         self._stale = False
+        self._settle_by: float | None = None  # since the first look after a stop: the wait's end
         self._silent: set[str] = set()  # nodes alive to GCS whose raylet did not answer
-        self._settle_by = 0.0
-        self._waited: tuple[int, float] | None = None  # (silent nodes, since) while waiting
+        self._silent_at_first = 0
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
         if isinstance(current_state, (RestartingState, ReschedulingState, ResizingState)):
             self._stale = True  # a group stopped, or failed to start: the next one looks afresh
 
     def make_decision_for_non_running_worker_group(self):
-        if self._stale and not self._settle_by:
+        if self._stale:
+            if self._waiting_for_gcs():
+                # Ray's controller asks again at once when told to wait: pace it.
+                time.sleep(self.WAIT_SECONDS)
+                return NoopDecision()
+            self._stale = False
+            _refresh_cluster_view()
+            self._latest_reserved_resources_query_time = float("-inf")
+        return super().make_decision_for_non_running_worker_group()
+
+    def _waiting_for_gcs(self) -> bool:
+        """Whether a node that did not answer at the first look after the stop is still alive
+        to GCS, within SETTLE_SECONDS of that look. The wait, if any, ends in the hub's record."""
+        now = time.monotonic()
+        if self._settle_by is None:
+            self._settle_by = now + self.SETTLE_SECONDS
             self._silent = _ask_gcs(lambda: silent_nodes(ray.nodes()), set())
-            self._settle_by = time.monotonic() + self.SETTLE_SECONDS
+            self._silent_at_first = len(self._silent)
             if self._silent:
-                self._waited = (len(self._silent), time.monotonic())
                 logging.getLogger("gan_dist").warning(
                     "%d node(s) do not answer but Ray still counts them: waiting for Ray to mark them dead "
                     "before sizing the group", len(self._silent))
         if self._silent:
             self._silent &= _ask_gcs(lambda: {n["NodeID"] for n in ray.nodes() if n["Alive"]}, set())
-            if self._silent and time.monotonic() < self._settle_by:
-                # Ray's controller asks again at once when told to wait: pace it.
-                time.sleep(self.WAIT_SECONDS)
-                return NoopDecision()
-        if self._waited:
-            count, since = self._waited
-            self._waited = None
-            nodes = "1 node" if count == 1 else f"{count} nodes"
-            waited = f"{time.monotonic() - since:.0f} s"
+            if self._silent and now < self._settle_by:
+                return True
+        if self._silent_at_first:
+            nodes = "1 node" if self._silent_at_first == 1 else f"{self._silent_at_first} nodes"
+            waited = f"{now - (self._settle_by - self.SETTLE_SECONDS):.0f} s"
             self.hub.note_restart(f"{nodes} did not answer: Ray still listed them after {waited}" if self._silent
                                   else f"{nodes} did not answer: waited {waited} for Ray to mark them dead")
-        if self._stale:
-            self._stale, self._silent, self._settle_by = False, set(), 0.0
-            _refresh_cluster_view()
-            self._latest_reserved_resources_query_time = float("-inf")
-        return super().make_decision_for_non_running_worker_group()
+        self._settle_by, self._silent, self._silent_at_first = None, set(), 0
+        return False
 
 
 def _ask_gcs(question, otherwise):
