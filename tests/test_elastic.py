@@ -89,8 +89,8 @@ def test_a_run_that_loses_two_nodes_goes_on_smaller_and_completes(cluster, tmp_p
     assert [(r["old_world_size"], r["new_world_size"]) for r in resizes] == [(3, 2), (2, 1)]
     # Each group resumed from the newest checkpoint (the one seen before the loss, or one
     # committed since): at most the interval in progress redone, plus the one before it when
-    # the lost node went with that checkpoint's upload unfinished (docs/elastic.md). Seen: 30
-    # steps after the crash, in CI and here under load (2026-12-06).
+    # the lost node went with that checkpoint's upload unfinished (docs/elastic.md). Seen: over 20
+    # steps after the crash in CI, 30 here under load (2026-12-06).
     assert resizes[0]["step"] >= first and resizes[1]["step"] >= second
     assert all(r["steps_redone"] <= 2 * EVERY for r in resizes), resizes
     assert all(r["why"].startswith("worker group failed") for r in resizes)
