@@ -175,7 +175,7 @@ class LossConfig:
     augment_p: float = 1.0
     # Super-resolution: weight of the pixel (MSE) content loss in G's loss.
     content_weight: float = 1.0
-    # Weight of the adversarial term in G's loss (SRGAN: 1e-3).
+    # Weight of the adversarial term in G's loss (the SRGAN paper: 1e-3; `srgan-photos`: 1e-2).
     adversarial_weight: float = 1.0
     # Super-resolution: weight of the perceptual loss (MSE of VGG19 features; needs perceptual_weights).
     perceptual_weight: float = 0.0
