@@ -72,6 +72,21 @@ def write_rank_files(folder: Path, rank: int, world_size: int, step: int, files:
     (folder / f"manifest-{rank:05d}.json").write_text(json.dumps(manifest, indent=1))
 
 
+def copy_replacing(source: Path, head: dict, target: Path, replace: dict[str, bytes]) -> None:
+    """Copy the checkpoint `source`, which verified with rank 0's manifest `head`, into the empty
+    folder `target` with rank 0's files in `replace` put in or replaced (a new config, a record):
+    the other ranks' files as they are, rank 0's manifest written last with the new checksums
+    (the copy counts from there), the copy verified."""
+    for rank in range(1, head["world_size"]):
+        manifest = f"manifest-{rank:05d}.json"
+        for name in [*_read_manifest(source, rank)["files"], manifest]:
+            shutil.copy2(source / name, target / name)
+    files = {name: (source / name).read_bytes() for name in head["files"]}
+    files.update(replace)
+    write_rank_files(target, 0, head["world_size"], head["step"], files, head.get("metrics", {}))
+    verify(target)
+
+
 def to_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-
-import yaml
 from pathlib import Path
 
 from gan_dist import checkpoint as ckpt
-from gan_dist.config import apply_override, load_yaml_config
+from gan_dist.config import Config, apply_override, load_yaml_config
 from gan_dist.rundir import CONFIG_FILE, HISTORY_FILE, write_atomic
 
 
@@ -30,19 +28,12 @@ def fork(source: Path, run_dir: Path, overrides: list[str]) -> Path:
     raw = load_yaml_config((source / CONFIG_FILE).read_text()).to_dict()
     for assignment in overrides:
         apply_override(raw, assignment)
-    cfg = load_yaml_config(yaml.safe_dump(raw))  # validated like any config
+    cfg = Config.from_dict(raw)  # validated like any config
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists; fork into a new folder")
     target = run_dir / source.name
     target.mkdir(parents=True)
-    for rank in range(1, int(head["world_size"])):  # the other ranks' files as they are
-        manifest = f"manifest-{rank:05d}.json"
-        for name in [*ckpt._read_manifest(source, rank)["files"], manifest]:
-            shutil.copy2(source / name, target / name)
-    files = {name: (source / name).read_bytes() for name in head["files"]}
-    files[CONFIG_FILE] = cfg.to_yaml().encode()
-    ckpt.write_rank_files(target, 0, int(head["world_size"]), int(head["step"]), files, head.get("metrics", {}))
-    ckpt.verify(target)
+    ckpt.copy_replacing(source, head, target, {CONFIG_FILE: cfg.to_yaml().encode()})
     write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
     if (source.parent / HISTORY_FILE).exists():
         shutil.copy2(source.parent / HISTORY_FILE, run_dir / HISTORY_FILE)

@@ -75,24 +75,16 @@ def adopt(source: Path, run_dir: Path, cfg: Config, exploit: int) -> Path:
     its first). Its own checkpoints from that step on are set aside (`abandoned-exploit-N-...`):
     neither a resume nor pruning takes them. The folder it makes."""
     head = ckpt.verify(source)
+    step = int(head["step"])
     origin = read_origin(source)
-    step, world_size = int(head["step"]), int(head["world_size"])
     ckpt.set_aside_after(run_dir, step - 1, f"exploit-{exploit}", settle_seconds=0)
     staging = run_dir / f".tmp-adopt-{ckpt.step_dir_name(step)}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for rank in range(1, world_size):  # the other ranks' files as they are
-        manifest = f"manifest-{rank:05d}.json"
-        for name in [*json.loads((source / manifest).read_text())["files"], manifest]:
-            shutil.copy2(source / name, staging / name)
     record = {"draw": ADOPTION_DRAW_BASE + exploit, "exploit": exploit, "member": origin["member"],
               "step": step, "source_folder": origin.get("folder", source.name)}
-    files = {name: (source / name).read_bytes() for name in head["files"]}
-    files[CONFIG_FILE] = cfg.to_yaml().encode()
-    files[ADOPTED_FILE] = json.dumps(record).encode()
-    # Rank 0's manifest last: the folder counts from here (with the new config's checksum).
-    ckpt.write_rank_files(staging, 0, world_size, step, files, head.get("metrics", {}))
-    ckpt.verify(staging)
+    ckpt.copy_replacing(source, head, staging, {CONFIG_FILE: cfg.to_yaml().encode(),
+                                                ADOPTED_FILE: json.dumps(record).encode()})
     final = run_dir / ckpt.step_dir_name(step)
     staging.rename(final)
     write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml().encode())
