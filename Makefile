@@ -26,8 +26,11 @@ tools: setup
 run: setup
 	$(VENV)/bin/gan-dist train
 
+# Two xdist workers, a test module to one worker (its module-scoped fixtures, a Ray cluster
+# among them, set up once): while one module's Ray cluster starts or waits, the other
+# worker's tests use the CPU. docs/testing.md.
 test: setup tools
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
