@@ -27,10 +27,11 @@ run: setup
 	$(VENV)/bin/gan-dist train
 
 # Two xdist workers, a test module to one worker (its module-scoped fixtures, a Ray cluster
-# among them, set up once): while one module's Ray cluster starts or waits, the other
-# worker's tests use the CPU. docs/testing.md.
+# among them, set up once), the modules that start Ray first (tests/conftest.py): while
+# one module's Ray cluster starts or waits, the other worker's tests use the CPU.
+# docs/testing.md.
 test: setup tools
-	$(PY) -m pytest -q -ra -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
