@@ -182,7 +182,11 @@ def test_an_altered_network_file_is_a_one_line_error(tmp_path, network_at):
         inception.embed(np.zeros((1, 1, 8, 8), np.float32))
 
 
-def test_a_missing_network_file_exits_2_saying_how_to_install_it(tmp_path, network_at, capsys, cache_dir):
+def test_a_missing_network_file_exits_2_saying_how_to_install_it(tmp_path, network_at, capsys, monkeypatch):
+    # A cache of its own: the session's may hold digits features of more samples from another
+    # test, whose first 5 rows would serve these reals without the network.
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("GAN_DIST_CACHE", str(cache_dir))
     network_at(tmp_path / "nowhere" / "default_1.pt")
     assert main(["eval", "--data", "builtin:digits", "--against", "builtin:digits", "--n", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
