@@ -28,7 +28,10 @@ TUNE = ["tune", "ring8", "--population", "2", "--mutate", "optim.lr=1e-4:20:log"
         "--set", "seed=1", "--set", "model.hidden=32", "--set", "data.batch_size=64", "--set", "train.log_every=10",
         "--set", "train.sample_every=1000", "--set", "metrics.port=0", "--set", "eval.num_samples=200",
         "--set", "monitor.warmup_steps=0", "--set", "monitor.patience=1", "--set", "monitor.collapse=warn",
-        "--set", "monitor.divergence_loss_limit=10"]
+        "--set", "monitor.divergence_loss_limit=10",
+        # Every checkpoint kept (4 a member): how many a member writes after its copy depends on
+        # the order the members report in, and with the tune's 2 kept the copied step can be gone.
+        "--set", "checkpoint.keep=10"]
 
 
 @pytest.fixture(scope="module")
