@@ -25,6 +25,7 @@ import yaml
 
 
 LR_DECAYS = ("none", "linear", "cosine")
+EMA_BN = ("recompute", "copy")
 
 
 class ConfigError(ValueError):
@@ -258,6 +259,10 @@ class ScheduleConfig:
     ema_halflife_steps: float = 500.0
     # Ramp-up: at step s the half-life is at most (s + 1) x this, so early G_ema tracks G (0: off).
     ema_rampup: float = 0.05
+    # G_ema's BatchNorm statistics wherever it is sampled or evaluated: "recompute" (for its own
+    # weights, over 8,192 noise inputs, as SWA does for averaged weights) or "copy" (G's, which
+    # training copies into G_ema every step). Training itself is the same either way.
+    ema_bn: str = "recompute"
     # Super-resolution: the first this many steps are the SRResNet phase (Ledig et al. 2017): G
     # on the content loss alone, D untouched; the SRGAN phase (content + adversarial) follows
     # from G's weights at that step, in the same run. The checkpoint at that step is always
@@ -272,6 +277,7 @@ class ScheduleConfig:
         _require(self.ema_halflife_steps >= 0, "schedule.ema_halflife_steps",
                  f"must be >= 0, got {self.ema_halflife_steps}")
         _require(self.ema_rampup >= 0, "schedule.ema_rampup", f"must be >= 0, got {self.ema_rampup}")
+        _require(self.ema_bn in EMA_BN, "schedule.ema_bn", f"must be one of {', '.join(EMA_BN)}, got {self.ema_bn!r}")
 
 
 @dataclass
@@ -855,6 +861,8 @@ INERT_WHEN: dict[str, tuple[Callable[["Config"], bool], str]] = {
     "model.d_batchnorm": (lambda c: c.model.arch != "mlp", "a convolutional model.arch"),
     "model.sync_batchnorm": (lambda c: c.model.arch != "mlp", "a model with BatchNorm"),
     "model.sr_scale": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
+    "schedule.ema_bn": (lambda c: c.model.arch in ("dcgan", "cgan") or own_model(c),
+                        "a G with BatchNorm from noise (model.arch dcgan, cgan, or your own)"),
     "model.sr_blocks": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "model.sr_bicubic_skip": (lambda c: c.model.arch == "srgan", "model.arch srgan"),
     "model.options": (lambda c: own_model(c), "a model.arch of your own"),

@@ -29,6 +29,7 @@ from gan_dist.evaluate import HIGH_QUALITY_STDS, evaluate_generator, generate
 from gan_dist.models import build_models, model_task
 from gan_dist.plan import data_shape
 from gan_dist.rundir import check_writable
+from gan_dist.trainer.ema import sampling_generator
 from gan_dist.visualize import image_grid_png, png_bytes, scatter_png
 
 
@@ -45,8 +46,9 @@ class Generator:
 
 
 def load_generator(path: str) -> Generator:
-    """G_ema of checkpoint (or run directory) `path`. A damaged checkpoint (a config, state or
-    data metadata that does not load, weights that do not fit the config) is a CheckpointError."""
+    """G_ema of checkpoint (or run directory) `path`, as it is sampled and evaluated (with its own
+    BatchNorm statistics under schedule.ema_bn recompute). A damaged checkpoint (a config, state
+    or data metadata that does not load, weights that do not fit the config) is a CheckpointError."""
     folder = ckpt.resolve_checkpoint(path)
     cfg = ckpt.read_config(folder)
     state = ckpt.load_shared(folder, need=("G_ema", "step"))
@@ -55,12 +57,14 @@ def load_generator(path: str) -> Generator:
         raise ckpt.CheckpointError(f"{folder}: no data metadata (written by an older gan-dist?)")
     check_meta(meta, f"{folder}/state.pt data_meta")
     try:
-        G, _ = build_models(cfg.model, data_shape(meta, cfg.model))
+        shape = data_shape(meta, cfg.model)
+        G, _ = build_models(cfg.model, shape)
         G.load_state_dict(state["G_ema"])
     except (ValueError, RuntimeError, TypeError, AttributeError) as exc:  # not a state dict, or the wrong one
         raise ckpt.CheckpointError(f"{folder}: its weights do not fit model.arch {cfg.model.arch} "
                                    f"({first_line(exc) or type(exc).__name__})") from None
-    return Generator(cfg, G.eval().requires_grad_(False), meta, int(state["step"]))
+    G = sampling_generator(G.eval().requires_grad_(False), cfg, model_task(cfg.model.arch), shape.num_classes)
+    return Generator(cfg, G, meta, int(state["step"]))
 
 
 def class_names(meta: dict) -> list[str]:

@@ -214,6 +214,8 @@ CASES: dict[str, Case] = {
                                  "cosine.images also schedules the learning rates"),
     "batch_per_worker negative": Case((*TRAIN, "--set", "train.batch_per_worker=-1"),
                                       "train.batch_per_worker must be >= 0"),
+    "ema_bn unknown": Case((*TRAIN, "--set", "schedule.ema_bn=average"),
+                           "schedule.ema_bn must be one of recompute, copy, got 'average'"),
     "reuse_fake with micro-batches": Case((*TRAIN, "--dry-run", "--set", "schedule.reuse_fake=true", "--set",
                                            "train.batch_per_worker=64"),
                                           "schedule.reuse_fake needs one micro-batch per worker, but 512 global, "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gan_dist.cli import main
@@ -111,3 +112,68 @@ def test_a_2d_run_and_its_samples_say_what_they_show(tmp_path, capsys, cache_dir
     sample = Image.open(tmp_path / "s.png")
     assert sample.text["gan-dist:step"] == "2" and sample.text["gan-dist:recipe"] == "ring8"
     assert "red: generated (100" in sample.text["gan-dist:legend"] and "8 modes" in sample.text["gan-dist:legend"]
+
+
+# G_ema's BatchNorm statistics (schedule.ema_bn) -------------------------------------------
+
+
+def _garbled_dcgan(num_classes: int = 0):
+    """A DCGAN G (32x32, 1 channel) whose BatchNorm running statistics describe nothing it makes."""
+    from gan_dist.config import ModelConfig
+    from gan_dist.models import DataShape, build_models
+
+    torch.manual_seed(0)
+    G, _ = build_models(ModelConfig(arch="cgan" if num_classes else "dcgan", z_dim=16, channels=8),
+                        DataShape("image", (1, 32, 32), num_classes))
+    for m in G.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(3.0)
+            m.running_var.fill_(50.0)
+    return G.eval()
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_g_emas_recomputed_batchnorm_statistics_fit_its_own_activations(num_classes):
+    from gan_dist.trainer.ema import with_own_bn_stats
+
+    G = _garbled_dcgan(num_classes)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    own = with_own_bn_stats(G, 16, num_classes, seed=1, samples=2048, batch=256)
+    # A copy: G's weights, its statistics and its mode are untouched.
+    assert own is not G and not G.training and not own.training
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+    # Deterministic: the same seed gives the same statistics (every rank recomputes its own).
+    again = with_own_bn_stats(G, 16, num_classes, seed=1, samples=2048, batch=256)
+    assert all(torch.equal(a, b) for a, b in zip(own.buffers(), again.buffers()))
+    z = torch.randn(1024, 16, generator=torch.Generator().manual_seed(2))
+    inputs = (z, torch.arange(1024) % num_classes) if num_classes else (z,)
+    with torch.no_grad():
+        batch_stats = own.train()(*inputs)  # each BatchNorm normalises by this batch's own statistics
+        own.eval()
+        recomputed, stale = own(*inputs), G(*inputs)
+    # With the recomputed statistics eval mode is batch mode within sampling noise; with the
+    # garbled ones it is far off.
+    scale = batch_stats.abs().mean()
+    assert (recomputed - batch_stats).abs().mean() < 0.05 * scale
+    assert (stale - batch_stats).abs().mean() > 0.5 * scale
+
+
+def test_a_g_without_running_statistics_and_ema_bn_copy_are_sampled_as_stored(cgan_run):
+    from gan_dist import checkpoint as ckpt
+    from gan_dist.config import ModelConfig
+    from gan_dist.inference import load_generator
+    from gan_dist.models import DataShape, build_models
+    from gan_dist.trainer.ema import sampling_generator, with_own_bn_stats
+
+    mlp, _ = build_models(ModelConfig(arch="mlp", z_dim=2), DataShape("points", (2,)))
+    assert with_own_bn_stats(mlp, 2) is mlp
+    # A checkpoint's G_ema is sampled with statistics of its own (the default, recompute)...
+    gen = load_generator(str(cgan_run))
+    stored = ckpt.load_shared(ckpt.resolve_checkpoint(str(cgan_run)), need=("G_ema",))["G_ema"]
+    means = [k for k in stored if k.endswith("running_mean")]
+    assert means and all(not torch.equal(gen.G_ema.state_dict()[k], stored[k]) for k in means)
+    # ... or, under schedule.ema_bn copy, with the ones training kept in it (G's).
+    gen.cfg.schedule.ema_bn = "copy"
+    assert sampling_generator(gen.G_ema, gen.cfg, "conditional", 10) is gen.G_ema
+    gen.cfg.schedule.ema_bn = "recompute"
+    assert sampling_generator(gen.G_ema, gen.cfg, "super_resolution", 0) is gen.G_ema

@@ -30,6 +30,7 @@ from gan_dist.rundir import HISTORY_FILE, history_bytes, last_logged, write_atom
 from gan_dist.runtime import init_runtime, rng_state, seed_everything, set_rng_state
 from gan_dist.trainer import preempt
 from gan_dist.trainer.checkpointing import Checkpointer, Sink, Snapshot, cpu_copy
+from gan_dist.trainer.ema import sampling_generator
 from gan_dist.trainer.meter import Meter, PendingRow
 from gan_dist.trainer.prefetch import DevicePrefetcher, to_device
 from gan_dist.trainer.probes import Probes
@@ -271,6 +272,11 @@ class Worker:
 
     # Evals ----------------------------------------------------------------------
 
+    def sampled_G(self) -> torch.nn.Module:
+        """G_ema as it is sampled and evaluated (trainer.ema.sampling_generator): local to this
+        rank, the same on every rank."""
+        return sampling_generator(self.st.G_ema, self.cfg, self.ctx.task, self.shape.num_classes)
+
     def inception_eval(self, n: int) -> dict:
         """The Inception metrics of G_ema against the data's first n images: collective, every
         rank generating and embedding its share; the same dict on every rank. It draws from its
@@ -278,7 +284,7 @@ class Worker:
         streams and data cursor are untouched (a run with evals ends as one without)."""
         cfg = self.cfg
         classes = self.shape.num_classes if self.ctx.task == "conditional" else 0
-        result = inception_metrics(self.st.G_ema, cfg.model.z_dim, classes, self.index, n, cfg.eval.metrics,
+        result = inception_metrics(self.sampled_G(), cfg.model.z_dim, classes, self.index, n, cfg.eval.metrics,
                                    seed=cfg.seed + 3, device=str(self.rt.device), cache_dir=cfg.data.cache_dir,
                                    sharding=Ranks(self.rt.rank, self.rt.world_size, self.rt.all_gather_object))
         return self.rt.all_gather_object(result)[0]  # collective: rank 0's result for every rank
@@ -300,7 +306,7 @@ class Worker:
 
     def write_samples(self) -> None:
         if self.rt.is_main_process:
-            png = self.probes.grid_png(self.st.G_ema, self.last_real, self.index.meta, self.st.step, self.cfg.recipe)
+            png = self.probes.grid_png(self.sampled_G(), self.last_real, self.index.meta, self.st.step, self.cfg.recipe)
             write_atomic(self.run_dir / "samples" / f"{ckpt.step_dir_name(self.st.step)}.png", png)
             self.reporter.samples(self.st.step, png)  # for TensorBoard: the hub does not wait to write it
 
@@ -399,4 +405,4 @@ class Worker:
         return result
 
     def evaluate(self) -> dict:
-        return evaluate_generator(self.st.G_ema, self.cfg, self.index, self.rt.device)
+        return evaluate_generator(self.sampled_G(), self.cfg, self.index, self.rt.device)
