@@ -5,6 +5,7 @@ recipe and step (and class) in text chunks."""
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -145,6 +146,12 @@ def test_g_emas_recomputed_batchnorm_statistics_fit_its_own_activations(num_clas
     # Deterministic: the same seed gives the same statistics (every rank recomputes its own).
     again = with_own_bn_stats(G, 16, num_classes, seed=1, samples=2048, batch=256)
     assert all(torch.equal(a, b) for a, b in zip(own.buffers(), again.buffers()))
+    # model.sync_batchnorm's BatchNorm (collective in training mode) recomputes alike, locally.
+    from gan_dist.runtime import convert_sync_batchnorm
+
+    synced = with_own_bn_stats(convert_sync_batchnorm(copy.deepcopy(G), torch.device("cpu")), 16, num_classes,
+                               seed=1, samples=2048, batch=256)
+    assert all(torch.allclose(a.float(), b.float()) for a, b in zip(own.buffers(), synced.buffers()))
     z = torch.randn(1024, 16, generator=torch.Generator().manual_seed(2))
     inputs = (z, torch.arange(1024) % num_classes) if num_classes else (z,)
     with torch.no_grad():
