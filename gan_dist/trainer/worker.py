@@ -74,6 +74,7 @@ class Worker:
         self.st: TrainState = build_state(cfg, self.shape, self.rt)
         self.ctx = build_step_context(cfg, self.plan.micro_batch, self.rt.device, self.plan.accumulation)
         self.last_real: torch.Tensor | None = None
+        self._sampled: tuple[int, torch.nn.Module] | None = None  # (step, G_ema as sampled): sampled_G
         self.checkpointer = Checkpointer(sink, run_dir, self.rt, cfg.checkpoint.every_minutes)
         self.config_yaml = cfg.to_yaml().encode()  # stored in every checkpoint
         self.monitor = build_monitor(cfg, self.index, self.rt)
@@ -142,6 +143,7 @@ class Worker:
         (manifests, checksums, the stored config, the keys of the state), so a damaged
         checkpoint usually fails before anything changes; a load that still fails half-way
         (weights of the wrong shape) raises, and `resume` then loads another one whole."""
+        self._sampled = None  # G_ema changes without a step (a rollback may return to a step seen)
         head = ckpt.verify(folder)
         ckpt.read_config(folder)  # a checkpoint whose config does not load is damaged
         adopted = ckpt.read_adoption(folder)  # copied from another member of a gan-dist tune population
@@ -274,8 +276,12 @@ class Worker:
 
     def sampled_G(self) -> torch.nn.Module:
         """G_ema as it is sampled and evaluated (trainer.ema.sampling_generator): local to this
-        rank, the same on every rank."""
-        return sampling_generator(self.st.G_ema, self.cfg, self.ctx.task, self.shape.num_classes)
+        rank, the same on every rank; made once per step (the end of a run evaluates, scores the
+        classes and draws the grid from the same G_ema)."""
+        if self._sampled is None or self._sampled[0] != self.st.step:
+            self._sampled = (self.st.step, sampling_generator(self.st.G_ema, self.cfg, self.ctx.task,
+                                                              self.shape.num_classes))
+        return self._sampled[1]
 
     def inception_eval(self, n: int) -> dict:
         """The Inception metrics of G_ema against the data's first n images: collective, every
