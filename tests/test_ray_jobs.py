@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -37,12 +38,21 @@ SUMMARY_KEYS = {"status", "steps", "world_size", "restarts", "images_per_second"
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """`n` ports free now, between Ray's worker ports (10002-19999) and the kernel's ephemeral
+    range: a port that bind(0) hands out comes from that range, and any outgoing connection
+    (the other xdist worker's Ray among them) can take it before our `ray start` binds it."""
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    draw = random.Random()  # seeded from the OS: two test processes draw different ports
+    ports: list[int] = []
+    while len(ports) < n:
+        port = draw.randrange(20_000, max(ephemeral, 20_001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports
 
 
