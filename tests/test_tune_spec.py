@@ -202,3 +202,20 @@ def test_the_pbt_benchmark_measures_each_replacement_from_the_records(tmp_path):
     [delay] = collapse_delays(tmp_path)
     assert delay["member"] == "member-1" and delay["steps_after_alarm"] == 0 and delay["source_step"] == 20
     assert delay["waited_seconds"] == pytest.approx(2.5)
+
+
+def test_the_pbt_benchmark_judges_images_by_the_best_fid_against_the_best_plain_run():
+    from gan_dist.bench.pbt import verdict
+
+    def run(fid):
+        return {"eval": {"inception_n": 2000, "fid2k": fid, "kid2k": 0.01, "precision2k": 0.5, "recall2k": 0.4}}
+
+    plain = [run(40.0), run(float("nan")), run(25.0)]  # a diverged plain run is no baseline
+    met = verdict("dcgan-fashion", run(22.0), plain)
+    assert met["metric"] == "fid2k" and met["plain_best"] == 25.0 and met["ratio"] == pytest.approx(0.88)
+    assert met["met"]
+    assert not verdict("dcgan-fashion", run(23.0), plain)["met"]  # 0.92 of the best plain run
+    grid = {"modes_covered": 25, "num_modes": 25, "high_quality_fraction": 0.93, "mode_kl": 0.01}
+    points = verdict("grid25", {"eval": grid}, [{"eval": {**grid, "modes_covered": 20}}, {"eval": grid}])
+    assert points["met"] and points["plain_passing"] == 1
+    assert not verdict("grid25", {"eval": {**grid, "mode_kl": 0.2}}, [])["met"]
