@@ -79,7 +79,7 @@ up() {
 
   start_node head --head --port "$port" --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
     --ray-client-server-port "$client_port" --num-cpus "$head_cpus" --temp-dir "$dir/ray"
-  wait_for 90 "the head's Jobs API (port $dashboard_port)" head_ready || { tail -n 5 "$dir/head.log" >&2; down; exit 1; }
+  wait_for 180 "the head's Jobs API (port $dashboard_port)" head_ready || { tail -n 5 "$dir/head.log" >&2; down; exit 1; }
   for ((w = 1; w <= workers; w++)); do
     # A temp dir of its own: nodes that share one also share runtime_resources/, and one node's
     # runtime-env agent then deletes a job's working_dir that the other node's processes run in.
@@ -87,7 +87,7 @@ up() {
     start_node "worker-$w" --address "127.0.0.1:$port" --num-cpus "$worker_cpus" --temp-dir "$dir/ray-w$w"
   done
   for ((w = 1; w <= workers; w++)); do
-    wait_for 90 "worker $w" node_started "$dir/worker-$w.log" || { down; exit 1; }
+    wait_for 180 "worker $w" node_started "$dir/worker-$w.log" || { down; exit 1; }
   done
 
   cat >"$dir/env" <<EOF

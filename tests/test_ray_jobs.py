@@ -140,7 +140,7 @@ def head():
                             env=cluster_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
     try:
         address = f"http://127.0.0.1:{dashboard}"
-        wait_for(lambda: jobs_api_up(address, token) or proc.poll() is not None, 90, "ray start --head")
+        wait_for(lambda: jobs_api_up(address, token) or proc.poll() is not None, 180, "ray start --head")
         assert proc.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
         yield address, token
     finally:
@@ -198,7 +198,7 @@ def two_nodes():
     try:
         up = subprocess.run([script, "up", "--workers", "1", "--head-cpus", "1", "--worker-cpus", "1",
                              "--port", str(gcs), "--dashboard-port", str(dashboard), "--client-port", str(client),
-                             "--dir", str(folder)], capture_output=True, text=True, env=env, timeout=240)
+                             "--dir", str(folder)], capture_output=True, text=True, env=env, timeout=420)
         assert up.returncode == 0, up.stdout + up.stderr
         yield f"http://127.0.0.1:{dashboard}", (folder / "auth_token").read_text()
     finally:
