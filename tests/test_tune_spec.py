@@ -219,3 +219,27 @@ def test_the_pbt_benchmark_judges_images_by_the_best_fid_against_the_best_plain_
     points = verdict("grid25", {"eval": grid}, [{"eval": {**grid, "modes_covered": 20}}, {"eval": grid}])
     assert points["met"] and points["plain_passing"] == 1
     assert not verdict("grid25", {"eval": {**grid, "mode_kl": 0.2}}, [])["met"]
+
+
+def test_a_member_at_its_last_step_is_not_copied_into_and_trained_again(tmp_path, cache_dir, monkeypatch):
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from gan_dist.integrations.ray_tune import PopulationScheduler
+
+    class Member:  # what the scheduler reads of a Ray Tune trial
+        def __init__(self, name):
+            self.experiment_tag, self.checkpoint, self.config = name, f"{name}-checkpoint", {"member": name[-1]}
+
+    spec = ring8_spec(tmp_path)
+    scheduler = PopulationScheduler(spec)
+    worse, better = Member("member-0"), Member("member-1")
+    for member in (worse, better):
+        scheduler._trial_state[member] = _PBTTrialState(member)
+    copies = []
+    monkeypatch.setattr(scheduler, "_exploit", lambda controller, trial, source: copies.append((trial, source)))
+    scheduler.latest = {worse: {"step": spec.max_steps - spec.perturb_every}, better: {"step": spec.max_steps}}
+    scheduler._checkpoint_or_exploit(worse, None, [better], [worse])
+    assert copies == [(worse, better)]  # mid-run, the worse member copies the better one
+    scheduler.latest[worse] = {"step": spec.max_steps}
+    scheduler._checkpoint_or_exploit(worse, None, [better], [worse])
+    assert copies == [(worse, better)]  # at its last step it ends as it is

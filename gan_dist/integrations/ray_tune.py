@@ -253,6 +253,11 @@ class PopulationScheduler(PopulationBasedTraining):
             state = self._trial_state[source]
             if source is not trial and state.last_checkpoint is None and source.checkpoint is not None:
                 state.last_checkpoint = source.checkpoint
+        # A member at its last step has spent its budget: Ray's PBT would still copy a better
+        # member's checkpoint into it, from that member's (often earlier) step, and train it again
+        # past the steps every member is given. It ends as it is; it stays a source for others.
+        if int(self.latest.get(trial, {}).get("step", 0)) >= self.spec.max_steps:
+            lower_quantile = [t for t in lower_quantile if t is not trial]
         super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
 
     def _replace_now(self, tune_controller, trial: Trial, result: dict) -> str:
