@@ -140,12 +140,6 @@ def inception(ev: dict) -> dict:
     return {k: ev.get(f"{k}{label}", math.nan) for k in ("fid", "kid", "precision", "recall")}
 
 
-def steps_trained(tune_dir: Path) -> int:
-    """The G steps the members trained in all: a member that copies a checkpoint from an earlier
-    step than its own trains those steps again, one that copies a later one skips some."""
-    return sum(r["step"] - r["start_step"] for r in records.read(tune_dir / records.RESULTS_FILE))
-
-
 def row_line(recipe: str, name: str, ev: dict, extra: str) -> str:
     if "inception_n" in ev:
         m = inception(ev)
@@ -218,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
               "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "recipe": args.recipe,
               "mutations": list(mutations), "settings": settings, "tune_seconds": tune_seconds, "tune": summary,
-              "tune_g_steps": steps_trained(tune_dir), "plain_g_steps": sum(r["steps"] for r in plain),
               "plain_seconds": plain_seconds, "plain_parallel": args.parallel, "plain": plain,
               "verdict": verdict(args.recipe, summary["best"], plain)}
     if not args.no_collapse:
@@ -228,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     best = summary["best"]
     print(f"\n{args.recipe}: population {args.population}, {args.max_steps} steps each; PBT {tune_seconds:.0f} s, "
-          f"plain runs {plain_seconds:.0f} s ({args.parallel} at a time); G steps trained: PBT "
-          f"{result['tune_g_steps']:,}, plain runs {result['plain_g_steps']:,}")
+          f"plain runs {plain_seconds:.0f} s ({args.parallel} at a time)")
     if images:
         print("| run | FID | KID | precision | recall | start (and PBT's exploits) |")
     else:
