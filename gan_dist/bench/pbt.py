@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
               "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "recipe": args.recipe,
               "mutations": list(mutations), "settings": settings, "tune_seconds": tune_seconds, "tune": summary,
+              "plain_g_steps": sum(r["steps"] for r in plain),
               "plain_seconds": plain_seconds, "plain_parallel": args.parallel, "plain": plain,
               "verdict": verdict(args.recipe, summary["best"], plain)}
     if not args.no_collapse:
@@ -221,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
     best = summary["best"]
     print(f"\n{args.recipe}: population {args.population}, {args.max_steps} steps each; PBT {tune_seconds:.0f} s, "
-          f"plain runs {plain_seconds:.0f} s ({args.parallel} at a time)")
+          f"plain runs {plain_seconds:.0f} s ({args.parallel} at a time); G steps trained: PBT "
+          f"{summary['steps_trained']:,} (a copy from an earlier step trains steps again), plain runs "
+          f"{result['plain_g_steps']:,}")
     if images:
         print("| run | FID | KID | precision | recall | start (and PBT's exploits) |")
     else:
