@@ -34,7 +34,7 @@ from gan_dist.bench.classic import ClassicGenerator, ClassicLoop
 from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import classification_accuracy_score, read_real
 from gan_dist.quality.features import generate_block
-from gan_dist.quality.metrics import inception_metrics, n_label
+from gan_dist.quality.metrics import inception_metrics, unlabelled
 from gan_dist.visualize import image_grid_png
 
 RECIPES = ("vanilla-fashion", "dcgan-fashion", "wgangp-fashion", "hinge-fashion", "cgan-fashion")
@@ -108,9 +108,7 @@ def run_classic(seconds: float, out: Path, z_dim: int, width: int, seed: int = 0
 
 def scores(row: dict) -> dict:
     """The final Inception metrics of a row under names without n (fid, kid, precision, recall)."""
-    ev = row["eval"]
-    label = n_label(int(ev.get("inception_n", N)))
-    return {k: ev.get(f"{k}{label}", float("nan")) for k in ("fid", "kid", "precision", "recall")}
+    return unlabelled(row["eval"], int(row["eval"].get("inception_n", N)))
 
 
 def line(row: dict) -> str:

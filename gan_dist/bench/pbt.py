@@ -48,7 +48,7 @@ import yaml
 from gan_dist.api import load_config, train
 from gan_dist.bench.quality import passes
 from gan_dist.data.sources import resolve_source
-from gan_dist.quality.metrics import n_label
+from gan_dist.quality.metrics import n_label, unlabelled
 from gan_dist.tune import records
 from gan_dist.tune.spec import SPEC_FILE, TuneSpec
 
@@ -134,10 +134,7 @@ def collapse_delays(tune_dir: Path) -> list[dict]:
 def inception(ev: dict) -> dict:
     """An image run's end-of-run Inception metrics without their sample-count suffix (fid2000 is
     fid); empty for a run without them."""
-    if "inception_n" not in ev:
-        return {}
-    label = n_label(ev["inception_n"])
-    return {k: ev.get(f"{k}{label}", math.nan) for k in ("fid", "kid", "precision", "recall")}
+    return unlabelled(ev, ev["inception_n"]) if "inception_n" in ev else {}
 
 
 def row_line(recipe: str, name: str, ev: dict, extra: str) -> str:

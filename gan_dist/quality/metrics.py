@@ -40,6 +40,13 @@ def n_label(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
+def unlabelled(ev: dict, n: int) -> dict:
+    """An eval's Inception metrics of n samples under names without n (fid2k is fid); NaN where
+    one is missing."""
+    label = n_label(n)
+    return {k: ev.get(f"{k}{label}", float("nan")) for k in ("fid", "kid", "precision", "recall")}
+
+
 def check_count(n: int, metrics: Iterable[str], name: str = "n") -> None:
     """n samples are enough for the metrics (2 for a covariance; more than k for precision/recall);
     `name` is what the user called n (a CLI flag, a config key)."""
