@@ -30,7 +30,7 @@ from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import read_real
 from gan_dist.quality.features import Ranks, real_features
 from gan_dist.quality.inception import embed
-from gan_dist.quality.metrics import n_label, scores
+from gan_dist.quality.metrics import scores, unlabelled
 
 TRAIN, TEST = "builtin:fashion-mnist", "builtin:fashion-mnist-test"
 
@@ -87,9 +87,9 @@ def run(n: int, corrupt_n: int) -> dict:
 def table(result: dict) -> str:
     lines = ["| against the training split | n | FID | KID | precision | recall |", "| --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
-        label = n_label(row["n"])
-        lines.append(f"| {row['what']} | {row['n']:,} | {row[f'fid{label}']:.2f} | {row[f'kid{label}']:.4f} | "
-                     f"{row[f'precision{label}']:.3f} | {row[f'recall{label}']:.3f} |")
+        m = unlabelled(row, row["n"])
+        lines.append(f"| {row['what']} | {row['n']:,} | {m['fid']:.2f} | {m['kid']:.4f} | {m['precision']:.3f} | "
+                     f"{m['recall']:.3f} |")
     return "\n".join(lines)
 
 
