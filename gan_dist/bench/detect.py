@@ -68,9 +68,10 @@ SUITE = {
     # modes until step 2000), the case the warm-up is for.
     "grid25 strong D (lr_d 10x, 5 D steps)": ("grid25", False, 6000, {"optim.lr_g": 1e-3, "optim.lr_d": 3e-3,
                                                                           "schedule.n_critic": 5}),
-    # Fashion-MNIST: two healthy recipes and a starved D (a hundredth of the recipe's learning
-    # rate), which G fools from the first steps with one grey pattern for every z. (A G with 50x the
-    # learning rate, tried first, loses recall for 2,500 steps and then recovers: not a failure.)
+    # Fashion-MNIST: two healthy recipes and a starved D (a hundredth of the learning rate the
+    # suite was measured at), which G fools from the first steps with one grey pattern for every
+    # z. (A G with 50x the learning rate, tried first, loses recall for 2,500 steps and then
+    # recovers: not a failure.)
     "fashion dcgan (recipe)": ("dcgan-fashion", False, IMAGE_STEPS, {**IMAGE_RUN, **DCGAN_FASHION_MEASURED}),
     "fashion hinge + SN (recipe)": ("hinge-fashion", False, IMAGE_STEPS, IMAGE_RUN),
     "fashion dcgan starved D (lr_d /100, collapses)": ("dcgan-fashion", True, IMAGE_STEPS,
