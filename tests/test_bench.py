@@ -4,6 +4,7 @@ and bad input."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import os
 import pytest
 
 from conftest import REPO
+from gan_dist.bench import description
 from gan_dist.bench.cli import GOALS, GPU_GOALS
 
 
@@ -68,3 +70,14 @@ def test_gpu_comparison_runs_on_cpu_without_ray(cli, tmp_path):
 def test_bad_input_is_one_line_exit_2(cli, args, message):
     res = cli("bench", *args)
     assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("module", ["families", "floors", "inception", "pbt"])
+def test_benchmark_help_describes_it_in_a_whole_sentence(module):
+    """A docstring whose first paragraph spans lines, or leads into a command, still gives a
+    whole sentence as its `--help` description, not its first line."""
+    doc = importlib.import_module(f"gan_dist.bench.{module}").__doc__
+    text = description(doc)
+    assert "\n" not in text and "  " not in text and text.endswith(".") and not text.endswith(("..", ":.", ",."))
+    assert len(text) > len(doc.splitlines()[0])

@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from gan_dist.api import load_config, train as train_run
+from gan_dist.bench import description
 from gan_dist.bench.overhead import bench_config, build_worker
 from gan_dist.config import MonitorConfig
 from gan_dist.trainer.loop import train_steps
@@ -190,7 +191,7 @@ def _line(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="3000-step runs (a smoke test of the suite)")
     parser.add_argument("--only", default="", help="run only the suite's runs whose name contains one of these (comma-separated)")
     parser.add_argument("--no-rollback", action="store_true", help="leave out the rollback demonstration")

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from gan_dist.api import load_config, train as train_run
+from gan_dist.bench import description
 from gan_dist.integrations.ray import RehearsalCluster
 
 # The recipe's quality bar (docs/benchmarks.md, "Sample quality").
@@ -92,7 +93,7 @@ def run(steps: int = 25000, every: int = 1000, resize_check_seconds: float = 10.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--steps", type=int, default=25000)
     parser.add_argument("--every", type=int, default=1000, help="checkpoint.every")
     parser.add_argument("--out")

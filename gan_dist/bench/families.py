@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gan_dist.api import load_config, load_generator, train
+from gan_dist.bench import description
 from gan_dist.bench.classic import ClassicGenerator, ClassicLoop
 from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import classification_accuracy_score, read_real
@@ -154,7 +155,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--seeds", action="append", default=[], metavar="RECIPE=S1,S2",
                         help="seeds of a recipe (default: 0, and 0,1 for dcgan-fashion and cgan-fashion)")

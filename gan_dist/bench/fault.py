@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from gan_dist.api import load_config, train as train_run
+from gan_dist.bench import description
 from gan_dist.integrations.ray import local_cluster
 
 
@@ -93,7 +94,7 @@ def run(recipe: str = "dcgan-digits", steps: int = 120, every: int = 20, extra: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--recipe", default="dcgan-digits")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--out")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gan_dist.bench import description
 from gan_dist.data.sources import resolve_source
 from gan_dist.evaluate import read_real
 from gan_dist.quality.features import Ranks, real_features
@@ -94,7 +95,7 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--corrupt-n", type=int, default=2000)
     parser.add_argument("--out", type=Path)

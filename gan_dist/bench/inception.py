@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from gan_dist.api import load_config
+from gan_dist.bench import description
 from gan_dist.data.sources import resolve_source
 from gan_dist.models import build_models
 from gan_dist.plan import data_shape
@@ -45,7 +46,7 @@ def rate(G, n: int, z_dim: int, sharding) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--n", type=int, default=512, help="generated images per measurement (default 512)")
     parser.add_argument("--recipe", default="dcgan-fashion", help="whose generator (default dcgan-fashion)")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")

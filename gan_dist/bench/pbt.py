@@ -46,6 +46,7 @@ import torch
 import yaml
 
 from gan_dist.api import load_config, train
+from gan_dist.bench import description
 from gan_dist.bench.quality import passes
 from gan_dist.data.sources import resolve_source
 from gan_dist.quality.metrics import n_label, unlabelled
@@ -175,7 +176,7 @@ def image_recipe(recipe: str, sets: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.pbt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.pbt", description=description(__doc__))
     parser.add_argument("--recipe", default="grid25")
     parser.add_argument("--population", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=25_000, help="G steps of each member and plain run")
