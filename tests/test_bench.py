@@ -12,7 +12,7 @@ import os
 import pytest
 
 from conftest import REPO
-from gan_dist.bench import description
+from gan_dist.bench import description, families
 from gan_dist.bench.cli import GOALS, GPU_GOALS
 
 
@@ -81,3 +81,16 @@ def test_benchmark_help_describes_it_in_a_whole_sentence(module):
     text = description(doc)
     assert "\n" not in text and "  " not in text and text.endswith(".") and not text.endswith(("..", ":.", ",."))
     assert len(text) > len(doc.splitlines()[0])
+
+
+@pytest.mark.unit
+def test_families_ratio_is_of_the_mean_fids_over_seeds():
+    def row(recipe, fid):
+        return {"recipe": recipe, "eval": {"fid10k": fid, "kid10k": 0.0, "precision10k": 0.5, "recall10k": 0.5,
+                                           "inception_n": 10_000}}
+    assert families.classic_ratio([row(families.BASELINE, 12.0)]) is None
+    rows = [row(families.BASELINE, 12.0), row(families.BASELINE, 13.0), row(families.CLASSIC, 15.0),
+            row(families.CLASSIC, 16.25), row("hinge-fashion", 1.0)]
+    ratio = families.classic_ratio(rows)
+    assert ratio["ratio"] == pytest.approx(12.5 / 15.625) and ratio["met"]
+    assert not families.classic_ratio([row(families.BASELINE, 12.22), row(families.CLASSIC, 15.12)])["met"]
