@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from gan_dist.api import load_config, train
+from gan_dist.bench import description
 
 # Per recipe: (modes covered, minimum high-quality fraction, maximum mode KL or None).
 BARS = {"grid25": (25, 0.90, 0.05), "ring8": (8, 0.90, None)}
@@ -76,7 +77,7 @@ def table(recipe: str, rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.quality", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.quality", description=description(__doc__))
     parser.add_argument("--recipe", default="grid25", help="a 2-D mixture recipe (default grid25)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
