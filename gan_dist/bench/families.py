@@ -168,10 +168,10 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def seed_list(text: str) -> str:
-    """A comma-separated list of seeds (argparse's check: a bad one is a one-line usage error)."""
+def seed_list(text: str) -> tuple[int, ...]:
+    """A comma-separated list of seeds (argparse's type: a bad one is a one-line usage error)."""
     try:
-        return ",".join(str(int(v)) for v in text.split(","))
+        return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integer seeds: {text!r}") from None
 
@@ -183,7 +183,7 @@ def main() -> None:
                         help="seeds of a recipe (default: 0, and 0,1 for dcgan-fashion and cgan-fashion)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
     parser.add_argument("--no-classic", action="store_true", help="leave out the classic loop")
-    parser.add_argument("--classic-seeds", default="0", type=seed_list, metavar="S1,S2",
+    parser.add_argument("--classic-seeds", default=(0,), type=seed_list, metavar="S1,S2",
                         help="seeds of the classic loop, each trained for the same wall time (default 0)")
     parser.add_argument("--n", type=int, default=N, help="samples of the final Inception metrics (default 10000)")
     parser.add_argument("--out", type=Path, default=Path("families"))
@@ -191,13 +191,13 @@ def main() -> None:
     seeds = dict(SEEDS)
     for item in args.seeds:
         name, _, values = item.partition("=")
-        seeds[name] = tuple(int(v) for v in values.split(","))
+        seeds[name] = seed_list(values)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     command = "python -m gan_dist.bench.families " + " ".join(
         [f"--recipes {args.recipes}", *(f"--seeds {s}" for s in args.seeds), *(f"--set {s}" for s in args.set),
          *([f"--n {args.n}"] if args.n != N else []),
-         *([f"--classic-seeds {args.classic_seeds}"] if args.classic_seeds != "0" else []),
+         *([f"--classic-seeds {','.join(map(str, args.classic_seeds))}"] if args.classic_seeds != (0,) else []),
          "--no-classic" * args.no_classic]).strip()
     rows: list[dict] = []
 
@@ -221,7 +221,7 @@ def main() -> None:
             record(run_recipe(recipe, seed, args.out, args.set, args.n))
         if recipe == BASELINE and not args.no_classic:
             cfg, seconds = load_config(BASELINE), rows[-1]["train_seconds"]
-            for seed in map(int, args.classic_seeds.split(",")):  # each for the first seed's training time
+            for seed in args.classic_seeds:  # each for the first seed's training time
                 record(run_classic(seconds, args.out, cfg.model.z_dim, cfg.model.channels, seed=seed, n=args.n))
     for recipe in order:  # the further seeds last
         for seed in seeds.get(recipe, (0,))[1:]:
