@@ -246,9 +246,23 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     return module
 
 
+# DDP's reducer compares a gradient's strides with its bucket view's exactly, also along
+# dimensions of size 1, where strides do not change the layout in memory. A gradient penalty's
+# double backward gives a 1-channel D's first conv weight ([C, 1, k, k], channels_last) a
+# contiguous gradient; the plain backward gives a channels_last one. Both are laid out alike,
+# so neither parameter layout quiets the warning, and the copy it warns of is a few bytes.
+# Matched only where the gradient has a size-1 dimension: any other mismatch still warns.
+SIZE_ONE_STRIDES = r"(?s)Grad strides do not match bucket view strides\..*grad\.sizes\(\) = \[(\d+, )*1[,\]]"
+
+
+def quiet_size_one_stride_warnings() -> None:
+    warnings.filterwarnings("ignore", message=SIZE_ONE_STRIDES, category=UserWarning)
+
+
 def init_runtime(torch_threads: int = 0, mixed_precision: str = "no", bucket_cap_mb: float = 25.0,
                  gradient_as_bucket_view: bool = True) -> Runtime:
     """Create the Accelerator for this process (inside the Ray worker, never before)."""
+    quiet_size_one_stride_warnings()
     cuda = torch.cuda.is_available()
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once

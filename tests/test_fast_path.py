@@ -173,3 +173,26 @@ def test_the_meter_averages_each_statistic_over_the_steps_that_had_it():
     assert means["r1_penalty"].item() == 8.0  # not diluted by the steps without R1
     assert d_interval_stats(means)["d_output_gap"].item() == 1.5
     assert meter.count == 0 and not meter.pending and meter.flush()[0] == {}
+
+
+def test_only_stride_warnings_on_size_one_dimensions_are_quieted():
+    """DDP's reducer warns when a gradient's strides differ from its bucket view's, also where
+    they differ only along a size-1 dimension (the layout in memory is the same): a WGAN-GP D
+    on 1-channel images warned once per worker. Other mismatches must still warn."""
+    import warnings
+
+    from gan_dist.runtime import quiet_size_one_stride_warnings
+
+    head = ("Grad strides do not match bucket view strides. This may indicate grad was not created according "
+            "to the gradient layout contract, or that the param's strides changed since DDP was constructed.  "
+            "This is not an error, but may impair performance.\n")
+    size_one = (head + "grad.sizes() = [32, 1, 4, 4], strides() = [16, 16, 4, 1]\n"
+                "bucket_view.sizes() = [32, 1, 4, 4], strides() = [16, 1, 4, 1] (Triggered internally at reducer.cpp)")
+    real = (head + "grad.sizes() = [64, 32, 4, 4], strides() = [512, 16, 4, 1]\n"
+            "bucket_view.sizes() = [64, 32, 4, 4], strides() = [512, 1, 128, 32] (Triggered internally at reducer.cpp)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_size_one_stride_warnings()
+        warnings.warn(size_one, UserWarning)
+        warnings.warn(real, UserWarning)
+    assert [str(w.message) for w in caught] == [real]
