@@ -138,7 +138,7 @@ def srgan96_rate(steps: int, repeats: int) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.data", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("--batches", type=int, default=100, help="batches of 64 per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is reported")
     parser.add_argument("--dcgan-steps", type=int, default=10)

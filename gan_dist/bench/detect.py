@@ -191,7 +191,7 @@ def _line(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.detect", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="3000-step runs (a smoke test of the suite)")
     parser.add_argument("--only", default="", help="run only the suite's runs whose name contains one of these (comma-separated)")
     parser.add_argument("--no-rollback", action="store_true", help="leave out the rollback demonstration")

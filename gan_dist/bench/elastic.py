@@ -93,7 +93,7 @@ def run(steps: int = 25000, every: int = 1000, resize_check_seconds: float = 10.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.elastic", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("--steps", type=int, default=25000)
     parser.add_argument("--every", type=int, default=1000, help="checkpoint.every")
     parser.add_argument("--out")

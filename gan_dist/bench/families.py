@@ -177,7 +177,7 @@ def seed_list(text: str) -> tuple[int, ...]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.families", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--seeds", action="append", default=[], metavar="RECIPE=S1,S2",
                         help="seeds of a recipe (default: 0, and 0,1 for dcgan-fashion and cgan-fashion)")

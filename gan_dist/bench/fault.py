@@ -94,7 +94,7 @@ def run(recipe: str = "dcgan-digits", steps: int = 120, every: int = 20, extra: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.fault", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("--recipe", default="dcgan-digits")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--out")

@@ -95,7 +95,7 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.floors", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--corrupt-n", type=int, default=2000)
     parser.add_argument("--out", type=Path)

@@ -46,7 +46,7 @@ def rate(G, n: int, z_dim: int, sharding) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.inception", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("--n", type=int, default=512, help="generated images per measurement (default 512)")
     parser.add_argument("--recipe", default="dcgan-fashion", help="whose generator (default dcgan-fashion)")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")

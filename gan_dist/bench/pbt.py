@@ -176,7 +176,7 @@ def image_recipe(recipe: str, sets: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.pbt", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("--recipe", default="grid25")
     parser.add_argument("--population", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=25_000, help="G steps of each member and plain run")

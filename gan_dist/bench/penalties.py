@@ -77,7 +77,7 @@ def penalty_cost(recipe: str = "r3gan-fashion", blocks: int = 10, overrides: tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.penalties", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("recipe", nargs="?", default="r3gan-fashion")
     parser.add_argument("--blocks", type=int, default=10, help="periods of 8 steps timed (after one of warm-up)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

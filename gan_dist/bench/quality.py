@@ -77,7 +77,7 @@ def table(recipe: str, rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.quality", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("--recipe", default="grid25", help="a 2-D mixture recipe (default grid25)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")

@@ -110,7 +110,7 @@ def run(run_dir: str, srresnet: str | None, out: Path, inception: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gan_dist.bench.superres", description=description(__doc__))
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=description(__doc__))
     parser.add_argument("run", help="the run (or its final checkpoint)")
     parser.add_argument("--srresnet", help="the SRResNet phase's checkpoint (default: the run's at srresnet_steps)")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for superres.json and the crop PNG")
