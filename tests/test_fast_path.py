@@ -3,6 +3,8 @@ GPU prefetcher's checkpoint semantics, and rank-symmetric buffer broadcasts."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from gan_dist.config import ConfigError, resolve
 from gan_dist.data.sources import resolve_source
 from gan_dist.data.stream import RankStream
 from gan_dist.models import DataShape
-from gan_dist.runtime import Runtime, init_runtime
+from gan_dist.runtime import Runtime, init_runtime, quiet_size_one_stride_warnings
 from gan_dist.trainer.prefetch import DevicePrefetcher
 from gan_dist.trainer.state import build_state, fingerprint
 from gan_dist.trainer.step import build_step_context, train_step
@@ -179,10 +181,6 @@ def test_only_stride_warnings_on_size_one_dimensions_are_quieted():
     """DDP's reducer warns when a gradient's strides differ from its bucket view's, also where
     they differ only along a size-1 dimension (the layout in memory is the same): a WGAN-GP D
     on 1-channel images warned once per worker. Other mismatches must still warn."""
-    import warnings
-
-    from gan_dist.runtime import quiet_size_one_stride_warnings
-
     head = ("Grad strides do not match bucket view strides. This may indicate grad was not created according "
             "to the gradient layout contract, or that the param's strides changed since DDP was constructed.  "
             "This is not an error, but may impair performance.\n")

@@ -194,7 +194,7 @@ def main() -> None:
         seeds[name] = seed_list(values)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    command = "python -m gan_dist.bench.families " + " ".join(
+    command = f"{parser.prog} " + " ".join(
         [f"--recipes {args.recipes}", *(f"--seeds {s}" for s in args.seeds), *(f"--set {s}" for s in args.set),
          *([f"--n {args.n}"] if args.n != N else []),
          *([f"--classic-seeds {','.join(map(str, args.classic_seeds))}"] if args.classic_seeds != (0,) else []),

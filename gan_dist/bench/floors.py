@@ -79,7 +79,7 @@ def run(n: int, corrupt_n: int) -> dict:
         rows.append({"what": f"test split, {name}", "n": corrupt_n,
                      **scores(real[:corrupt_n], features, ("fid", "kid", "pr"))})
         print(json.dumps(rows[-1]), flush=True)
-    return {"rows": rows, "command": f"python -m gan_dist.bench.floors --n {n} --corrupt-n {corrupt_n}",
+    return {"rows": rows, "command": f"python -m {__spec__.name} --n {n} --corrupt-n {corrupt_n}",
             "seconds": time.time() - t0, "torch_threads": torch.get_num_threads(),
             "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

@@ -78,7 +78,7 @@ def main() -> None:
     print(f"{'2 Ray workers / 1 Ray worker':<32} {ratio:7.2f}x (goal >= 1.8x)")
     if args.out:
         result = {"images_per_second": figures, "ratio_2_over_1": ratio, "n": args.n, "recipe": args.recipe,
-                  "command": f"python -m gan_dist.bench.inception --n {args.n} --recipe {args.recipe}",
+                  "command": f"{parser.prog} --n {args.n} --recipe {args.recipe}",
                   "machine": f"{platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}",
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
         args.out.write_text(json.dumps(result, indent=2) + "\n")

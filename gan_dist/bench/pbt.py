@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     plain = plain_runs(tune_dir, args.out, args.parallel)
     plain_seconds = time.perf_counter() - t1
-    result = {"command": "python -m gan_dist.bench.pbt " + " ".join(sys.argv[1:] if argv is None else argv),
+    result = {"command": f"{parser.prog} " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
               "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "recipe": args.recipe,
               "mutations": list(mutations), "settings": settings, "tune_seconds": tune_seconds, "tune": summary,
