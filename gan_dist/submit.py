@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from gan_dist import __version__, plugins
+from gan_dist import __version__, env, plugins
 from gan_dist.config import Config, resolve
 from gan_dist.jobspec import JobSpec, SubmitError, first_line
 from gan_dist.train_args import add_train_arguments, train_overrides
@@ -308,16 +308,10 @@ DEFAULT_TIMEOUT_SECONDS, DEFAULT_RETRIES = 30.0, 2
 def dashboard_limits() -> tuple[float, int]:
     """(seconds a dashboard call may wait for an answer, further tries of a failed read), from
     GAN_DIST_SUBMIT_TIMEOUT and GAN_DIST_SUBMIT_RETRIES."""
-    raw_timeout, raw_retries = os.environ.get(TIMEOUT_ENV, ""), os.environ.get(RETRIES_ENV, "")
     try:
-        timeout = float(raw_timeout) if raw_timeout else DEFAULT_TIMEOUT_SECONDS
-    except ValueError:
-        timeout = -1.0
-    if not 0 < timeout < float("inf"):
-        raise SubmitError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {raw_timeout!r}")
-    if raw_retries and not (raw_retries.strip().isdigit() and int(raw_retries) <= 100):
-        raise SubmitError(f"{RETRIES_ENV} must be an integer in 0..100, got {raw_retries!r}")
-    return timeout, int(raw_retries) if raw_retries else DEFAULT_RETRIES
+        return env.seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS), env.retries(RETRIES_ENV, DEFAULT_RETRIES)
+    except ValueError as exc:
+        raise SubmitError(str(exc)) from None
 
 
 def check_reachable(address: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:

@@ -820,6 +820,23 @@ def test_submit_to_a_dashboard_that_never_answers_ends_naming_its_url(dashboard,
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("variable, value, expect", [
+    ("GAN_DIST_SUBMIT_TIMEOUT", "soon", "GAN_DIST_SUBMIT_TIMEOUT must be a number of seconds > 0, got 'soon'"),
+    ("GAN_DIST_SUBMIT_TIMEOUT", "inf", "GAN_DIST_SUBMIT_TIMEOUT must be a number of seconds > 0, got 'inf'"),
+    ("GAN_DIST_SUBMIT_RETRIES", "101", "GAN_DIST_SUBMIT_RETRIES must be an integer in 0..100, got '101'"),
+])
+def test_submit_refuses_a_bad_limit_in_the_environment_before_calling_the_dashboard(variable, value, expect, dashboard,
+                                                                                   tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({variable: value, "HOME": str(tmp_path)})
+    argv = [sys.executable, "-m", "gan_dist", "submit", "--address", dashboard, "--name", "r", "--storage",
+            str(tmp_path / "runs")]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("mode, token, expect", [
     ("401", True, "rejected the token from {tmp}/token (401 Unauthorized)"),
     ("403", True, "rejected the token from {tmp}/token (403 Forbidden)"),

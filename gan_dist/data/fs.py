@@ -33,6 +33,8 @@ import urllib.request
 from typing import BinaryIO, Callable, TypeVar
 from urllib.parse import urlsplit
 
+from gan_dist import env
+
 # Bytes fetched per read from a remote stream: big enough that per-request
 # latency is amortised, small enough to keep one per loader worker.
 REMOTE_BLOCK = 8 << 20
@@ -79,22 +81,12 @@ def split(url: str) -> tuple[str, str]:
 
 def io_timeout() -> float:
     """Seconds a remote read may wait for a byte (GAN_DIST_IO_TIMEOUT)."""
-    raw = os.environ.get(TIMEOUT_ENV, "")
-    try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT_SECONDS
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r}")
-    return value
+    return env.seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS)
 
 
 def io_retries() -> int:
     """Further attempts after a failed remote read (GAN_DIST_IO_RETRIES)."""
-    raw = os.environ.get(RETRIES_ENV, "")
-    if raw and not (raw.strip().isdigit() and int(raw) <= 100):
-        raise ValueError(f"{RETRIES_ENV} must be an integer in 0..100, got {raw!r}")
-    return int(raw) if raw else DEFAULT_RETRIES
+    return env.retries(RETRIES_ENV, DEFAULT_RETRIES)
 
 
 class RetryableError(OSError):
