@@ -243,3 +243,49 @@ def test_a_member_at_its_last_step_is_not_copied_into_and_trained_again(tmp_path
     scheduler.latest[worse] = {"step": spec.max_steps}
     scheduler._checkpoint_or_exploit(worse, None, [better], [worse])
     assert copies == [(worse, better)]  # at its last step it ends as it is
+
+
+@pytest.mark.parametrize("size", range(1, 9))
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_a_generation_is_cut_into_quantiles_as_rays_pbt_cuts_them(size, fraction):
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from gan_dist.integrations.ray_tune import generation_quantiles
+
+    class Member:
+        def __init__(self, i):
+            self.experiment_tag, self.score = f"member-{i}", [3.0, -1.0, 7.0, 0.5, 2.0, 9.0, -4.0, 1.0][i]
+
+        def is_finished(self):
+            return False
+
+    members = [Member(i) for i in range(size)]
+    ray_pbt = PopulationBasedTraining(time_attr="step", metric="score", mode="max", perturbation_interval=10,
+                                      hyperparam_mutations={"x": [1, 2]}, quantile_fraction=fraction)
+    for m in members:
+        ray_pbt._trial_state[m] = _PBTTrialState(m)
+        ray_pbt._trial_state[m].last_score = m.score
+    assert generation_quantiles(members, lambda m: m.score, fraction) == ray_pbt._quantiles()
+
+
+def test_a_synchronous_tune_is_recorded_and_resumes_only_as_one(tmp_path, cache_dir):
+    spec = ring8_spec(tmp_path, synchronous=True)
+    saved = TuneSpec.from_record(spec.to_record())
+    assert saved.synchronous is True
+    with pytest.raises(ConfigError, match="tune t was started with synchronous=True, not False"):
+        ring8_spec(tmp_path).check_resume(saved)
+    record = spec.to_record()
+    del record["synchronous"]  # a tune.yaml written before the option: asynchronous
+    assert TuneSpec.from_record(record).synchronous is False
+
+
+def test_the_hub_releases_a_generation_and_every_one_before_it():
+    from gan_dist.tune.hub import TuneHub
+
+    hub = TuneHub(monitoring=False)
+    assert not hub.generation_released(20)
+    hub.release(40)
+    assert hub.generation_released(20) and hub.generation_released(40) and not hub.generation_released(60)
+    hub.release(20)  # a late call never takes a generation back
+    assert hub.generation_released(40)

@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="plain runs at a time (default: the CPUs, as the tune's members run)")
     parser.add_argument("--mutate", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
                         help="the tune's mutations (default: the recipe kind's, see above)")
+    parser.add_argument("--synchronous", action="store_true", help="compare the tune's members in generations")
     parser.add_argument("--no-collapse", action="store_true", help="leave out the collapse demonstration")
     parser.add_argument("--out", type=Path, default=Path("pbt-bench"))
     args = parser.parse_args(argv)
@@ -199,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     mutations = args.mutate or (IMAGE_MUTATIONS if images else MUTATIONS)
     mutate = [a for m in mutations for a in ("--mutate", m)]
     t0 = time.perf_counter()
+    mode = ["--synchronous"] if args.synchronous else []
     tune_dir = tune([args.recipe, "--population", str(args.population), *mutate, "--max-steps", str(args.max_steps),
-                     "--perturb-every", str(args.perturb_every), *sets], args.out, "pbt", args.out / "pbt.log")
+                     "--perturb-every", str(args.perturb_every), *mode, *sets], args.out, "pbt", args.out / "pbt.log")
     tune_seconds = time.perf_counter() - t0
     summary = json.loads((tune_dir / records.SUMMARY_JSON).read_text())
     t1 = time.perf_counter()

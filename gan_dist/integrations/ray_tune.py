@@ -20,9 +20,11 @@ trains on. A member whose detectors stop it (policy `exploit`) reports `collapse
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -55,7 +57,9 @@ QUANTILE_FRACTION = 0.25
 # A member's trial (the driver of its Ray Train runs) does no training itself: a sliver of a CPU
 # (Ray refuses a trial that asks for nothing), counted in the local Ray's CPUs beside the workers'.
 TRIAL_CPUS = 0.01
-SOURCE_POLL_SECONDS = 0.5  # how often a collapsed member asks whether another can be copied yet
+# How often a collapsed member asks whether another can be copied yet, and a member of a synchronous
+# tune whether its generation has been compared.
+SOURCE_POLL_SECONDS = 0.5
 MEMBER_LOG = "tune-member.log"  # a member's own console output (the tune's console shows one line an interval)
 
 
@@ -190,7 +194,16 @@ def _train_intervals(spec: TuneSpec, tune_hub, keep_pg_cleaner: bool, index: int
                 tune.report(result, checkpoint=Checkpoint.from_directory(str(folder)))
             # A Tune report returns once the scheduler has taken it in: this member can be copied now.
             ray.get(tune_hub.became_source.remote(name), timeout=RemoteHub.TIMEOUT_SECONDS)
+            if spec.synchronous and summary["steps"] < spec.max_steps:
+                _await_generation(tune_hub, summary["steps"])
         step = summary["steps"]
+
+
+def _await_generation(tune_hub, step: int) -> None:
+    """A synchronous tune: wait until the scheduler has compared generation `step` (every member's
+    report of it). A member it replaces is restarted by Tune meanwhile, from its copy."""
+    while not ray.get(tune_hub.generation_released.remote(step), timeout=RemoteHub.TIMEOUT_SECONDS):
+        time.sleep(SOURCE_POLL_SECONDS)
 
 
 def _await_source(tune_hub, name: str, result: dict) -> None:
@@ -221,7 +234,14 @@ class PopulationScheduler(PopulationBasedTraining):
       with a checkpoint (its state is given up, not compared at the next interval);
     - every replacement is written to exploits.jsonl and printed, with its reason, and the
       member keeps its identity (its number, its run directory) and counts its adoptions.
-    Perturbed values stay within each mutation's range."""
+    Perturbed values stay within each mutation's range.
+
+    A synchronous tune (spec.synchronous) is compared in generations instead of at each report:
+    generation S closes when every member still training holds a checkpoint of step S or later
+    in Tune (its own, reported with its result, or the copy it was given), while each waits at
+    the hub (`_await_generation`). Its members that reported S are ranked together, the worst
+    quantile copies the best, and the hub releases them. The scheduler never asks a member to
+    save (each report carries its checkpoint): a member waiting at the hub could not answer."""
 
     def __init__(self, spec: TuneSpec):
         mutations = {m.key: (m.values if m.integer else tune.loguniform(m.low, m.high) if m.log
@@ -231,6 +251,8 @@ class PopulationScheduler(PopulationBasedTraining):
         self.spec = spec
         self.latest: dict[Trial, dict] = {}  # each member's last result
         self.reason, self.alarm = "interval", None  # of the exploit being made
+        self.compared = 0  # a synchronous tune's last generation compared (its step)
+        self._steps: dict[str, int] = {}  # a checkpoint's step, by its path (read once)
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         # A new member starts from its drawn values (a restored one keeps its own).
@@ -243,7 +265,57 @@ class PopulationScheduler(PopulationBasedTraining):
         self.latest[trial] = result
         if result.get("collapsed"):
             return self._replace_now(tune_controller, trial, result)
-        return super().on_trial_result(tune_controller, trial, result)
+        if not self.spec.synchronous:
+            return super().on_trial_result(tune_controller, trial, result)
+        self._close_generations(tune_controller)  # its checkpoint comes after: mostly at a later call
+        return TrialScheduler.NOOP if trial.status == Trial.PAUSED else TrialScheduler.CONTINUE
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        # Tune asks at every turn of its loop: a synchronous tune closes its generations here, once
+        # the last member's checkpoint is in.
+        if self.spec.synchronous:
+            self._close_generations(tune_controller)
+        return super().choose_trial_to_run(tune_controller)
+
+    # A synchronous tune's generations.
+    def _held_step(self, trial: Trial) -> int:
+        """The step of the checkpoint Tune holds for the member (its own or its copy); 0 if none."""
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return 0
+        if checkpoint.path not in self._steps:
+            self._steps[checkpoint.path] = int(_origin(checkpoint).get("step", 0))
+        return self._steps[checkpoint.path]
+
+    def _close_generations(self, tune_controller) -> None:
+        training = [t for t in tune_controller.get_trials() if not t.is_finished()]
+        while self.compared < self.spec.max_steps:
+            step = min(self.compared + self.spec.perturb_every, self.spec.max_steps)
+            if any(self._held_step(t) < step for t in training):
+                return
+            self._compare(tune_controller, step, training)
+            self.compared = step
+            # By name: Tune keeps the scheduler as it was built (a resumed tune gets that copy), and
+            # the hub is this run's.
+            ray.get_actor(hub_name(self.spec)).release.remote(step)
+
+    def _compare(self, tune_controller, step: int, training: list[Trial]) -> None:
+        """Rank the members that reported generation `step` (healthy, from their own checkpoint)
+        and let the worst quantile copy the best, as Ray's PBT ranks (`generation_quantiles`). A
+        member given a copy in this generation, or one resumed past it, is left out."""
+        ranked = [t for t in training if self.latest.get(t, {}).get("step") == step
+                  and not self.latest[t].get("collapsed")
+                  and _origin(t.checkpoint).get("member") == _trial_name(t)]
+        for t in ranked:
+            self._save_trial_state(self._trial_state[t], step, self.latest[t], t)
+            self._trial_state[t].last_perturbation_time = step
+            self._trial_state[t].last_checkpoint = t.checkpoint
+        lower, upper = generation_quantiles(ranked, lambda t: self._trial_state[t].last_score,
+                                            self._quantile_fraction)
+        if step >= self.spec.max_steps:
+            return  # every member has spent its budget
+        for t in lower:
+            self._exploit(tune_controller, t, random.choice(upper))
 
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller, upper_quantile: list, lower_quantile: list) -> None:
         # Ray's PBT lets a member be copied only if it was in the upper quantile at its own last
@@ -270,6 +342,8 @@ class PopulationScheduler(PopulationBasedTraining):
                   f"has a checkpoint yet: it waits for one", flush=True)
             return TrialScheduler.CONTINUE
         clone = self._trial_state[source]
+        if clone.last_score is None:  # a synchronous tune scores a member when its generation closes
+            self._save_trial_state(clone, int(self.latest[source]["step"]), self.latest[source], source)
         clone.last_checkpoint, clone.last_result = source.checkpoint, self.latest[source]
         self.reason, self.alarm = "collapse", alarm
         try:
@@ -310,6 +384,16 @@ class PopulationScheduler(PopulationBasedTraining):
             f"collapse: {self.alarm['kind']} at step {self.alarm['step']}"
         print(f"exploit ({why}): {record['member']} <- {record['source']}'s step {record['source_step']}; "
               + ", ".join(f"{k} {_fmt(before[k])} -> {_fmt(record['to'][k])}" for k in before), flush=True)
+
+
+def generation_quantiles(members: list, score, fraction: float) -> tuple[list, list]:
+    """(worst, best) of `members` by `score`, each a `fraction` of them (rounded up, at most half),
+    as Ray's PBT cuts its quantiles; both empty with fewer than 2 members."""
+    ranked = sorted(members, key=score)
+    if len(ranked) < 2:
+        return [], []
+    n = min(math.ceil(len(ranked) * fraction), len(ranked) // 2)
+    return ranked[:n], ranked[-n:]
 
 
 def _origin(checkpoint) -> dict:
@@ -361,9 +445,12 @@ def run_population(spec: TuneSpec, resumed: bool) -> tuple[str, list[str]]:
         wanted = spec.population * (spec.workers_per_member * cfg.run.cpus_per_worker + TRIAL_CPUS)
         session = RaySession("", {**resources, "CPU": max(resources["CPU"], math.ceil(wanted))})
     try:
+        if spec.synchronous and spec.address:
+            _check_room_for_everyone(spec, cfg)
         here = ray.get_runtime_context().get_node_id()
         hub = ray.remote(TuneHub).options(
-            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
+            name=hub_name(spec), num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
                 True, tuple(member_name(i) for i in range(spec.population)))
         host = metrics_host(cfg) if not spec.address else (cfg.metrics.host or "0.0.0.0")
         target = ray.get(hub.serve_metrics.remote(host, cfg.metrics.port, str(spec.tune_dir),
@@ -373,6 +460,23 @@ def run_population(spec: TuneSpec, resumed: bool) -> tuple[str, list[str]]:
         return _fit(spec, hub, session.keep_pg_cleaner, resumed)
     finally:
         session.close()
+
+
+def hub_name(spec: TuneSpec) -> str:
+    """The population's hub actor's name: one per tune directory on a cluster."""
+    return "gan-dist-tune-" + hashlib.sha256(str(spec.tune_dir).encode()).hexdigest()[:16]
+
+
+def _check_room_for_everyone(spec: TuneSpec, cfg) -> None:
+    """A synchronous tune's members wait for each other: all must train at once on the cluster."""
+    have = ray.cluster_resources()
+    need = {"CPU": spec.population * (spec.workers_per_member * cfg.run.cpus_per_worker + TRIAL_CPUS),
+            "GPU": spec.population * spec.workers_per_member * cfg.run.gpus_per_worker}
+    for kind, amount in need.items():
+        if amount > have.get(kind, 0):
+            raise RuntimeError(f"--synchronous: every member waits for the others, so all {spec.population} must "
+                               f"train at once, which needs {amount:g} {kind}s; the cluster at {spec.address} has "
+                               f"{have.get(kind, 0):g}")
 
 
 def _fit(spec: TuneSpec, hub, keep_pg_cleaner: bool, resumed: bool) -> tuple[str, list[str]]:

@@ -1,5 +1,6 @@
 """`gan-dist tune RECIPE --population N [--mutate KEY=LOW:HIGH[:log]]... [--metric NAME]
-[--perturb-every STEPS] [--workers-per-member W]`: population-based training of a recipe.
+[--perturb-every STEPS] [--synchronous] [--workers-per-member W]`: population-based training of a
+recipe.
 
 Parse, resolve and check the tune (gan_dist.tune.spec), print it, record it (`tune.yaml`),
 train the population on Ray Tune (gan_dist.integrations.ray_tune), and write
@@ -41,6 +42,10 @@ def register(commands) -> None:
     tune.add_argument("--perturb-every", type=positive_int, metavar="STEPS",
                       help="steps between comparisons (a multiple of train.log_every; default about a tenth of "
                            "the run)")
+    tune.add_argument("--synchronous", action="store_true",
+                      help="compare the members in generations: each waits at every interval until all have "
+                           "reported it (default: as Tune's PBT, each is compared when it reports, against the "
+                           "others' latest results)")
     tune.add_argument("--workers-per-member", type=positive_int, default=1, metavar="W",
                       help="data-parallel workers of each member (default 1)")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -60,7 +65,8 @@ def cmd_tune(args) -> int:
     from gan_dist.tune.spec import SPEC_FILE, TuneSpec, build_spec, member_name
 
     spec = build_spec(args.recipe, args.set, args.population, args.mutate, args.metric, args.perturb_every,
-                      args.workers_per_member, args.storage, args.name, args.address, args.max_steps, warn=_warn)
+                      args.workers_per_member, args.storage, args.name, args.address, args.max_steps, args.synchronous,
+                      warn=_warn)
     tune_dir = spec.tune_dir
     check_writable(tune_dir, f"--storage {spec.storage}")
     resumed = (tune_dir / SPEC_FILE).exists()
@@ -118,8 +124,10 @@ def plan_lines(spec, resumed: bool) -> list[str]:
         f"tune directory    {where}",
         f"population        {spec.population} members of {spec.recipe} ({spec.extra.get('data', '')}), "
         f"{spec.workers_per_member} worker(s) each, {spec.max_steps} steps",
-        f"perturbation      every {spec.perturb_every} steps: the worst quarter copies the best quarter; "
-        f"a member whose detectors raise mode_collapse, divergence or nonfinite is replaced at once",
+        f"perturbation      every {spec.perturb_every} steps"
+        f"{', in generations (every member waits for the others)' if spec.synchronous else ''}: the worst quarter "
+        f"copies the best quarter; a member whose detectors raise mode_collapse, divergence or nonfinite is "
+        f"replaced at once",
         f"ranked by         {spec.metric} ({'higher' if spec.mode == 'max' else 'lower'} is better)",
         f"mutating          {', '.join(m.text for m in spec.mutations)}",
     ]

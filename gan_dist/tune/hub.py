@@ -51,6 +51,7 @@ class TuneHub:
         self.hubs: dict[str, RunHub] = {}
         self.target: str | None = None
         self.sources = SourceLedger(members)
+        self.released = 0  # a synchronous tune's last generation compared (its interval step)
 
     def serve_metrics(self, host: str, port: int, tune_dir: str, labels: dict[str, str]) -> str | None:
         self.target = serve_target(self.metrics, host, port, tune_dir, labels)
@@ -111,6 +112,13 @@ class TuneHub:
 
     def await_source(self, member: str, seen: int) -> tuple[str, int]:
         return self.sources.verdict(member, seen)
+
+    def release(self, step: int) -> None:
+        """A synchronous tune's generation `step` is compared: its members train on."""
+        self.released = max(self.released, step)
+
+    def generation_released(self, step: int) -> bool:
+        return self.released >= step
 
     def scored(self, member: str, score: float) -> None:
         if not isinstance(self.metrics, NullMetrics):

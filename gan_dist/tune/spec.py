@@ -261,6 +261,10 @@ class TuneSpec:
     config: dict[str, Any]  # the resolved base config every member starts from
     address: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # informational (the data kind)
+    # Compared in generations: each member waits at every interval until all have reported it
+    # (and Tune has their checkpoints), then the worst quantile copies the best. Else (Tune's
+    # PBT) each member is compared when it reports, against the others' latest results.
+    synchronous: bool = False
 
     @property
     def tune_dir(self) -> Path:
@@ -334,7 +338,7 @@ def member_name(index: int) -> str:
 
 def build_spec(recipe: str, overrides: list[str], population: int, mutate: list[str], metric: str | None,
                perturb_every: int | None, workers_per_member: int, storage: str | None, name: str | None,
-               address: str | None, max_steps: int | None,
+               address: str | None, max_steps: int | None, synchronous: bool = False,
                warn: Callable[[str], None] | None = None) -> TuneSpec:
     """Resolve and check a tune (the arguments of `gan-dist tune`); ConfigError on bad input."""
     if population < 2:
@@ -377,7 +381,7 @@ def build_spec(recipe: str, overrides: list[str], population: int, mutate: list[
     spec = TuneSpec(name=name, storage=storage or cfg.run.storage, population=population, mutations=mutations,
                     metric=ranking.name, mode=ranking.mode, perturb_every=perturb_every,
                     workers_per_member=workers_per_member, initial=initial, config=cfg.to_dict(),
-                    address=address or "", extra={"data": data_kind(cfg, index.meta)})
+                    address=address or "", extra={"data": data_kind(cfg, index.meta)}, synchronous=synchronous)
     # Every range's ends, and so every value a member may reach mid-tune, must make valid
     # configs (the ends first: the error then names the range); then every member's own.
     for m in mutations:
