@@ -289,3 +289,18 @@ def test_the_hub_releases_a_generation_and_every_one_before_it():
     assert hub.generation_released(20) and hub.generation_released(40) and not hub.generation_released(60)
     hub.release(20)  # a late call never takes a generation back
     assert hub.generation_released(40)
+
+
+def test_a_synchronous_tune_refuses_a_cluster_that_cannot_train_every_member_at_once(tmp_path, cache_dir,
+                                                                                   monkeypatch):
+    import ray
+
+    from gan_dist.integrations.ray_tune import _check_room_for_everyone
+
+    spec = ring8_spec(tmp_path, synchronous=True, address="ray://head:10001")  # 4 members of 1 worker
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 3.0})
+    with pytest.raises(RuntimeError, match=r"all 4 must train at once, which needs 4\.04 CPUs; the cluster at "
+                                           r"ray://head:10001 has 3"):
+        _check_room_for_everyone(spec, spec.base())
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    _check_room_for_everyone(spec, spec.base())
