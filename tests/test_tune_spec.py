@@ -304,3 +304,38 @@ def test_a_synchronous_tune_refuses_a_cluster_that_cannot_train_every_member_at_
         _check_room_for_everyone(spec, spec.base())
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
     _check_room_for_everyone(spec, spec.base())
+
+
+def test_a_copys_perturbation_follows_from_the_seed_the_member_the_step_and_the_copy(tmp_path, cache_dir):
+    import random
+
+    import numpy as np
+
+    from gan_dist.integrations.ray_tune import PopulationScheduler
+
+    class Member:
+        def __init__(self, i, lr):
+            self.experiment_tag = f"member-{i}"
+            self.config = {"member": i, "exploit": 0, "optim.lr": lr, "schedule.n_critic": 2}
+
+    spec = ring8_spec(tmp_path)
+    scheduler = PopulationScheduler(spec)
+    worse, better = Member(0, 1e-3), Member(1, 5e-3)
+    scheduler.latest = {worse: {"step": 20}}
+    drawn = set()
+    for outside in range(20):  # whatever state the global generators are in
+        random.seed(outside)
+        np.random.seed(outside)
+        before = random.random(), np.random.random()
+        random.seed(outside)
+        np.random.seed(outside)
+        config, _ = scheduler._get_new_config(worse, better)
+        drawn.add((config["optim.lr"], config["schedule.n_critic"]))
+        assert (random.random(), np.random.random()) == before  # the global streams are left as they were
+    assert len(drawn) == 1
+    values = set()
+    for step in range(0, 400, 20):
+        scheduler.latest[worse] = {"step": step}
+        config, _ = scheduler._get_new_config(worse, better)
+        values.add(config["optim.lr"])
+    assert len(values) > 3  # another step, another draw

@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import ray
 from ray import tune
 from ray.tune import Checkpoint
@@ -315,7 +316,9 @@ class PopulationScheduler(PopulationBasedTraining):
         if step >= self.spec.max_steps:
             return  # every member has spent its budget
         for t in lower:
-            self._exploit(tune_controller, t, random.choice(upper))
+            with _draws_of(f"{self.spec.seed}:{_trial_name(t)}:{step}:source"):
+                source = random.choice(upper)
+            self._exploit(tune_controller, t, source)
 
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller, upper_quantile: list, lower_quantile: list) -> None:
         # Ray's PBT lets a member be copied only if it was in the upper quantile at its own last
@@ -360,7 +363,9 @@ class PopulationScheduler(PopulationBasedTraining):
         return max(candidates, key=lambda t: self.latest[t]["score"], default=None)
 
     def _get_new_config(self, trial: Trial, trial_to_clone: Trial) -> tuple[dict, dict]:
-        config, operations = super()._get_new_config(trial, trial_to_clone)
+        copy = int(trial.config.get("exploit", 0)) + 1
+        with _draws_of(f"{self.spec.seed}:{_trial_name(trial)}:{self.latest.get(trial, {}).get('step', -1)}:{copy}"):
+            config, operations = super()._get_new_config(trial, trial_to_clone)
         config["member"] = trial.config["member"]  # the copy is still this member
         config["exploit"] = int(trial.config.get("exploit", 0)) + 1
         config["exploit_reason"] = self.reason
@@ -384,6 +389,22 @@ class PopulationScheduler(PopulationBasedTraining):
             f"collapse: {self.alarm['kind']} at step {self.alarm['step']}"
         print(f"exploit ({why}): {record['member']} <- {record['source']}'s step {record['source_step']}; "
               + ", ".join(f"{k} {_fmt(before[k])} -> {_fmt(record['to'][k])}" for k in before), flush=True)
+
+
+@contextlib.contextmanager
+def _draws_of(key: str):
+    """Inside, Python's and numpy's global generators (what Ray's PBT perturbs and resamples
+    with) are seeded from `key`; after, they are as they were. A copy's values then follow from
+    the tune's seed, the member, the step and the copy's number, not from when it was made."""
+    python, numpy = random.getstate(), np.random.get_state()
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
 
 
 def generation_quantiles(members: list, score, fraction: float) -> tuple[list, list]:
