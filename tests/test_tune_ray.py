@@ -16,6 +16,7 @@ from gan_dist import checkpoint as ckpt
 from gan_dist.cli import main
 from gan_dist.tune import records
 from test_report import chromium
+from tune_helpers import assert_resumes_without_training, run_tune
 
 # The module's one tune runs in the first test's set-up: on a loaded machine it can pass the suite's 600 s.
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -36,10 +37,7 @@ TUNE = ["tune", "ring8", "--population", "2", "--mutate", "optim.lr=1e-4:20:log"
 
 @pytest.fixture(scope="module")
 def tune_run(tmp_path_factory, cache_dir):
-    storage = tmp_path_factory.mktemp("tunes")
-    first = run_cli(*TUNE, "--storage", str(storage), cache=cache_dir, timeout=1500)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    return storage / "pbt", first
+    return run_tune(TUNE, tmp_path_factory.mktemp("tunes"), cache_dir)
 
 
 def test_the_plan_names_each_members_draw(tune_run):
@@ -144,11 +142,7 @@ def test_the_tunes_report_renders_in_a_real_browser_and_links_each_member(tune_r
 
 def test_the_same_command_again_resumes_the_finished_tune(tune_run, cache_dir):
     tune_dir, _ = tune_run
-    results_before = (tune_dir / records.RESULTS_FILE).read_text()
-    again = run_cli(*TUNE, "--storage", str(tune_dir.parent), cache=cache_dir, timeout=600)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"tune directory    resuming {tune_dir}" in again.stdout
-    assert (tune_dir / records.RESULTS_FILE).read_text() == results_before  # nothing trained twice
+    assert_resumes_without_training(TUNE, tune_dir, cache_dir)
     changed = run_cli(*TUNE, "--storage", str(tune_dir.parent), "--set", "optim.beta1=0.9", cache=cache_dir)
     assert changed.returncode == 2 and "tune pbt was started with config.optim.beta1=0.5, not 0.9" in changed.stderr
 

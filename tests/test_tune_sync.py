@@ -13,6 +13,7 @@ import pytest
 
 from conftest import run_cli
 from gan_dist.tune import records
+from tune_helpers import assert_resumes_without_training, run_tune
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -30,10 +31,7 @@ TUNE = ["tune", "ring8", "--population", "3", "--synchronous", "--mutate", "opti
 
 @pytest.fixture(scope="module")
 def sync_tune(tmp_path_factory, cache_dir):
-    storage = tmp_path_factory.mktemp("tunes")
-    first = run_cli(*TUNE, "--storage", str(storage), cache=cache_dir, timeout=1500)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    return storage / "sync", first
+    return run_tune(TUNE, tmp_path_factory.mktemp("tunes"), cache_dir)
 
 
 def healthy_reports(tune_dir) -> list[dict]:
@@ -86,11 +84,7 @@ def test_a_diverging_member_is_still_replaced_at_once(sync_tune):
 
 def test_the_same_command_again_resumes_the_synchronous_tune(sync_tune, cache_dir):
     tune_dir, _ = sync_tune
-    before = (tune_dir / records.RESULTS_FILE).read_text()
-    again = run_cli(*TUNE, "--storage", str(tune_dir.parent), cache=cache_dir, timeout=600)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"tune directory    resuming {tune_dir}" in again.stdout
-    assert (tune_dir / records.RESULTS_FILE).read_text() == before  # nothing trained twice
+    assert_resumes_without_training(TUNE, tune_dir, cache_dir)
     asynchronous = [a for a in TUNE if a != "--synchronous"]
     changed = run_cli(*asynchronous, "--storage", str(tune_dir.parent), cache=cache_dir)
     assert changed.returncode == 2 and "tune sync was started with synchronous=True, not False" in changed.stderr

@@ -56,3 +56,25 @@ def result(time: float, member: str, start: int, step: int, metric: float, lr: f
     return {"time": time, "member": member, "step": step, "start_step": start, "metric": metric,
             "score": float("-inf") if alarm else metric, "hyperparams": {"optim.lr": lr},
             "collapsed": alarm is not None, "alarm": alarm, "exploit": exploit}
+
+
+def assert_resumes_without_training(argv: list[str], tune_dir: Path, cache_dir: Path) -> None:
+    """The tune command `argv` again, on the finished tune at `tune_dir`: it resumes the tune
+    (the same --name and --storage) and trains nothing twice."""
+    from conftest import run_cli
+
+    before = (tune_dir / records.RESULTS_FILE).read_text()
+    again = run_cli(*argv, "--storage", str(tune_dir.parent), cache=cache_dir, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"tune directory    resuming {tune_dir}" in again.stdout
+    assert (tune_dir / records.RESULTS_FILE).read_text() == before
+
+
+def run_tune(argv: list[str], storage: Path, cache_dir: Path):
+    """The tune command `argv` (its --name, no --storage) run to the end in `storage`, which
+    must succeed: (its tune directory, the CLI result)."""
+    from conftest import run_cli
+
+    result = run_cli(*argv, "--storage", str(storage), cache=cache_dir, timeout=1500)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return storage / argv[argv.index("--name") + 1], result
