@@ -367,7 +367,7 @@ class PopulationScheduler(PopulationBasedTraining):
         with _draws_of(f"{self.spec.seed}:{_trial_name(trial)}:{self.latest.get(trial, {}).get('step', -1)}:{copy}"):
             config, operations = super()._get_new_config(trial, trial_to_clone)
         config["member"] = trial.config["member"]  # the copy is still this member
-        config["exploit"] = int(trial.config.get("exploit", 0)) + 1
+        config["exploit"] = copy
         config["exploit_reason"] = self.reason
         for m in self.spec.mutations:
             config[m.key] = m.clip(config[m.key])
