@@ -253,7 +253,7 @@ class PopulationScheduler(PopulationBasedTraining):
         self.latest: dict[Trial, dict] = {}  # each member's last result
         self.reason, self.alarm = "interval", None  # of the exploit being made
         self.compared = 0  # a synchronous tune's last generation compared (its step)
-        self._steps: dict[str, int] = {}  # a checkpoint's step, by its path (read once)
+        self._origins: dict[str, dict] = {}  # a held checkpoint's tune-origin.json, by its path (read once)
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         # A new member starts from its drawn values (a restored one keeps its own).
@@ -279,20 +279,20 @@ class PopulationScheduler(PopulationBasedTraining):
         return super().choose_trial_to_run(tune_controller)
 
     # A synchronous tune's generations.
-    def _held_step(self, trial: Trial) -> int:
-        """The step of the checkpoint Tune holds for the member (its own or its copy); 0 if none."""
+    def _held_origin(self, trial: Trial) -> dict:
+        """The member and step of the checkpoint Tune holds for `trial` (its own or its copy); {} if none."""
         checkpoint = trial.checkpoint
         if checkpoint is None:
-            return 0
-        if checkpoint.path not in self._steps:
-            self._steps[checkpoint.path] = int(_origin(checkpoint).get("step", 0))
-        return self._steps[checkpoint.path]
+            return {}
+        if checkpoint.path not in self._origins:
+            self._origins[checkpoint.path] = _origin(checkpoint)
+        return self._origins[checkpoint.path]
 
     def _close_generations(self, tune_controller) -> None:
         training = [t for t in tune_controller.get_trials() if not t.is_finished()]
         while self.compared < self.spec.max_steps:
             step = min(self.compared + self.spec.perturb_every, self.spec.max_steps)
-            if any(self._held_step(t) < step for t in training):
+            if any(int(self._held_origin(t).get("step", 0)) < step for t in training):
                 return
             self._compare(tune_controller, step, training)
             self.compared = step
@@ -306,7 +306,7 @@ class PopulationScheduler(PopulationBasedTraining):
         member given a copy in this generation, or one resumed past it, is left out."""
         ranked = [t for t in training if self.latest.get(t, {}).get("step") == step
                   and not self.latest[t].get("collapsed")
-                  and _origin(t.checkpoint).get("member") == _trial_name(t)]
+                  and self._held_origin(t).get("member") == _trial_name(t)]
         for t in ranked:
             self._save_trial_state(self._trial_state[t], step, self.latest[t], t)
             self._trial_state[t].last_perturbation_time = step
@@ -463,8 +463,7 @@ def run_population(spec: TuneSpec, resumed: bool) -> tuple[str, list[str]]:
         # Every member trains at once: the local Ray counts a CPU per worker of each, even on a
         # machine with fewer cores (they share them), so PBT never has to time-share members.
         resources = local_resources()
-        wanted = spec.population * (spec.workers_per_member * cfg.run.cpus_per_worker + TRIAL_CPUS)
-        session = RaySession("", {**resources, "CPU": max(resources["CPU"], math.ceil(wanted))})
+        session = RaySession("", {**resources, "CPU": max(resources["CPU"], math.ceil(population_cpus(spec, cfg)))})
     try:
         if spec.synchronous and spec.address:
             _check_room_for_everyone(spec, cfg)
@@ -488,10 +487,15 @@ def hub_name(spec: TuneSpec) -> str:
     return "gan-dist-tune-" + hashlib.sha256(str(spec.tune_dir).encode()).hexdigest()[:16]
 
 
+def population_cpus(spec: TuneSpec, cfg) -> float:
+    """The CPUs Ray counts for every member training at once: its workers' and its trial's."""
+    return spec.population * (spec.workers_per_member * cfg.run.cpus_per_worker + TRIAL_CPUS)
+
+
 def _check_room_for_everyone(spec: TuneSpec, cfg) -> None:
     """A synchronous tune's members wait for each other: all must train at once on the cluster."""
     have = ray.cluster_resources()
-    need = {"CPU": spec.population * (spec.workers_per_member * cfg.run.cpus_per_worker + TRIAL_CPUS),
+    need = {"CPU": population_cpus(spec, cfg),
             "GPU": spec.population * spec.workers_per_member * cfg.run.gpus_per_worker}
     for kind, amount in need.items():
         if amount > have.get(kind, 0):

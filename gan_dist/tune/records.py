@@ -123,7 +123,8 @@ def build_summary(spec: TuneSpec, status: str, wall_seconds: float, results: lis
     return {
         "tune": spec.name, "status": status, "recipe": spec.recipe, "metric": spec.metric, "mode": spec.mode,
         "population": spec.population, "perturb_every": spec.perturb_every, "max_steps": spec.max_steps,
-        "synchronous": spec.synchronous, "workers_per_member": spec.workers_per_member, "mutations": [m.text for m in spec.mutations],
+        "synchronous": spec.synchronous, "workers_per_member": spec.workers_per_member,
+        "mutations": [m.text for m in spec.mutations],
         "wall_seconds": wall_seconds, "steps_trained": steps_trained,
         "exploits_by_reason": {reason: sum(e["reason"] == reason for e in exploits) for reason in ("interval", "collapse")},
         "best": winner, "members": members, "exploits": exploits, "history": metric_history(results),
