@@ -127,7 +127,8 @@ def assert_complete_summary(run_dir: Path, steps: int) -> dict:
 
 @pytest.fixture(scope="module")
 def head():
-    """A one-node cluster from `ray start --head`, token auth on; yields (dashboard URL, token)."""
+    """A one-node cluster from `ray start --head` (2 CPUs), token auth on; yields (dashboard URL,
+    token, GCS address)."""
     token = secrets.token_hex(16)
     temp = tempfile.mkdtemp(prefix="gd-ray-")  # short: Ray's socket paths live under it
     gcs, dashboard, client = free_ports(3)
@@ -142,7 +143,7 @@ def head():
         address = f"http://127.0.0.1:{dashboard}"
         wait_for(lambda: jobs_api_up(address, token) or proc.poll() is not None, 180, "ray start --head")
         assert proc.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
-        yield address, token
+        yield address, token, f"127.0.0.1:{gcs}"
     finally:
         proc.terminate()  # `ray start --block` stops its node's processes on SIGTERM
         try:
@@ -168,14 +169,14 @@ def submit_here(monkeypatch, capsys, token: str | None, home: Path, *argv: str) 
     ("not-the-token", "rejected the token from RAY_AUTH_TOKEN"),
 ])
 def test_missing_or_wrong_token_is_exit_2(head, monkeypatch, capsys, tmp_path, token, problem):
-    address, _ = head
+    address, _, _ = head
     rc, _, err = submit_here(monkeypatch, capsys, token, tmp_path, "--address", address, "--storage", str(tmp_path))
     assert rc == 2
     assert err.count("\n") == 1 and problem in err, err
 
 
 def test_failed_job_is_exit_1_naming_the_job(head, monkeypatch, capsys, tmp_path):
-    address, token = head
+    address, token, _ = head
     rc, out, err = submit_here(monkeypatch, capsys, token, tmp_path, "--address", address, "--set",
                                "data.source=/nonexistent/shards", "--storage", str(tmp_path), "--name", "no-data")
     assert rc == 1
@@ -183,6 +184,22 @@ def test_failed_job_is_exit_1_naming_the_job(head, monkeypatch, capsys, tmp_path
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"gan-dist: error: job {job_id} failed:") and "exit code 2" in last, err
     assert "data.source /nonexistent/shards: no such file or folder" in out  # the job's own reason
+
+
+def test_a_synchronous_tune_the_cluster_cannot_train_at_once_is_exit_2_and_leaves_nothing(head, cache_dir,
+                                                                                          tmp_path):
+    _, token, gcs = head
+    storage = tmp_path / "tunes"
+    result = run_cli("tune", "ring8", "--population", "2", "--synchronous", "--address", gcs, "--storage",
+                     str(storage), "--name", "sync", "--max-steps", "4", "--perturb-every", "2", "--set", "train.log_every=2", cache=cache_dir,
+                     env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"gan-dist: error: --synchronous: every member waits for the others, so all 2 must train at "
+                    f"once, which needs 2.02 CPUs; the cluster at {gcs} has 2; nothing was started"), result.stderr
+    # No record of a tune that never started: the user may change the command (here, without
+    # --synchronous or with a smaller population) and run it under the same name.
+    assert not (storage / "sync").exists()
 
 
 # Two nodes: cluster/local-cluster.sh ----------------------------------------------------

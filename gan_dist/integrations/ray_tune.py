@@ -42,6 +42,7 @@ from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gan_dist import checkpoint as ckpt
+from gan_dist.config import ConfigError
 from gan_dist.driver import Placement, local_resources, metrics_host, run as run_interval
 from gan_dist.integrations.ray import RaySession, RemoteHub
 from gan_dist.rundir import CONFIG_FILE, write_atomic
@@ -453,9 +454,11 @@ class ProgressPrinter(tune.Callback):
 
 # The command ---------------------------------------------------------------------------
 
-def run_population(spec: TuneSpec, resumed: bool) -> tuple[str, list[str]]:
+def run_population(spec: TuneSpec, resumed: bool, on_start=lambda: None) -> tuple[str, list[str]]:
     """Train the population on the Ray the tune runs on (a local one unless spec.address); its
-    status (completed, stopped or failed) and the members that failed."""
+    status (completed, stopped or failed) and the members that failed. `on_start` is called
+    once Ray is up and the cluster can run the tune, before anything starts on it (a
+    ConfigError before then: the cluster cannot run the tune as asked)."""
     cfg = spec.base()
     if spec.address:
         session = RaySession(spec.address, {})
@@ -467,6 +470,7 @@ def run_population(spec: TuneSpec, resumed: bool) -> tuple[str, list[str]]:
     try:
         if spec.synchronous and spec.address:
             _check_room_for_everyone(spec, cfg)
+        on_start()
         here = ray.get_runtime_context().get_node_id()
         hub = ray.remote(TuneHub).options(
             name=hub_name(spec), num_cpus=0,
@@ -499,9 +503,9 @@ def _check_room_for_everyone(spec: TuneSpec, cfg) -> None:
             "GPU": spec.population * spec.workers_per_member * cfg.run.gpus_per_worker}
     for kind, amount in need.items():
         if amount > have.get(kind, 0):
-            raise RuntimeError(f"--synchronous: every member waits for the others, so all {spec.population} must "
+            raise ConfigError(f"--synchronous: every member waits for the others, so all {spec.population} must "
                                f"train at once, which needs {amount:g} {kind}s; the cluster at {spec.address} has "
-                               f"{have.get(kind, 0):g}")
+                               f"{have.get(kind, 0):g}; nothing was started")
 
 
 def _fit(spec: TuneSpec, hub, keep_pg_cleaner: bool, resumed: bool) -> tuple[str, list[str]]:

@@ -91,20 +91,33 @@ def cmd_tune(args) -> int:
     # Deferred on purpose: Ray Tune loads only when a tune runs.
     from gan_dist.integrations.ray_tune import run_population
 
-    tune_dir.mkdir(parents=True, exist_ok=True)
-    if not resumed:
-        write_atomic(tune_dir / SPEC_FILE, yaml.safe_dump(spec.to_record(), sort_keys=False).encode())
+    started = False
+
+    def start() -> None:
+        """The tune's record, written once Ray is up and can run the tune: a tune that never
+        started (Ray unreachable, a cluster too small) leaves none, so any command may follow."""
+        nonlocal started
+        tune_dir.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            write_atomic(tune_dir / SPEC_FILE, yaml.safe_dump(spec.to_record(), sort_keys=False).encode())
+        started = True
+
     t0 = time.perf_counter()
     status, error = "failed", None
     try:
-        status, _ = run_population(spec, resumed)
+        status, _ = run_population(spec, resumed, on_start=start)
     except KeyboardInterrupt:
         status = "stopped"
     except Exception as exc:  # a failure at run time (Ray did not start, the scheduler broke): one line, the traceback kept
+        if isinstance(exc, ConfigError) and not started:
+            raise  # the cluster cannot run the tune as asked: exit 2, nothing started or written
+        tune_dir.mkdir(parents=True, exist_ok=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = f"{type(exc).__name__}: {first} (traceback in {write_error_log(tune_dir, exc)})"
-    finally:
-        summary = records.write_summary(spec, status, time.perf_counter() - t0)
+    if not started:
+        print(f"gan-dist: tune {status} before it started{': ' + error if error else ''}", file=sys.stderr)
+        return 1
+    summary = records.write_summary(spec, status, time.perf_counter() - t0)
     if error:
         print(f"gan-dist: tune failed: {error}", file=sys.stderr)
     best = summary["best"]
