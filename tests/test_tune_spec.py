@@ -289,6 +289,10 @@ def test_the_hub_releases_a_generation_and_every_one_before_it():
     assert hub.generation_released(20) and hub.generation_released(40) and not hub.generation_released(60)
     hub.release(20)  # a late call never takes a generation back
     assert hub.generation_released(40)
+    # A member replaced in a generation waits on: Tune is stopping its trial.
+    hub.release(60, replaced=("member-1",))
+    assert hub.generation_released(60, "member-0") and not hub.generation_released(60, "member-1")
+    assert hub.generation_released(40, "member-1")
 
 
 def test_a_synchronous_tune_refuses_a_cluster_that_cannot_train_every_member_at_once(tmp_path, cache_dir,

@@ -197,14 +197,15 @@ def _train_intervals(spec: TuneSpec, tune_hub, keep_pg_cleaner: bool, index: int
             # A Tune report returns once the scheduler has taken it in: this member can be copied now.
             ray.get(tune_hub.became_source.remote(name), timeout=RemoteHub.TIMEOUT_SECONDS)
             if spec.synchronous and summary["steps"] < spec.max_steps:
-                _await_generation(tune_hub, summary["steps"])
+                _await_generation(tune_hub, name, summary["steps"])
         step = summary["steps"]
 
 
-def _await_generation(tune_hub, step: int) -> None:
+def _await_generation(tune_hub, name: str, step: int) -> None:
     """A synchronous tune: wait until the scheduler has compared generation `step` (every member's
-    report of it). A member it replaces is restarted by Tune meanwhile, from its copy."""
-    while not ray.get(tune_hub.generation_released.remote(step), timeout=RemoteHub.TIMEOUT_SECONDS):
+    report of it). A member it replaces waits on until Tune stops it (and restarts it from its
+    copy): it must not start another interval's workers meanwhile."""
+    while not ray.get(tune_hub.generation_released.remote(step, name), timeout=RemoteHub.TIMEOUT_SECONDS):
         time.sleep(SOURCE_POLL_SECONDS)
 
 
@@ -295,16 +296,17 @@ class PopulationScheduler(PopulationBasedTraining):
             step = min(self.compared + self.spec.perturb_every, self.spec.max_steps)
             if any(int(self._held_origin(t).get("step", 0)) < step for t in training):
                 return
-            self._compare(tune_controller, step, training)
+            replaced = self._compare(tune_controller, step, training)
             self.compared = step
             # By name: Tune keeps the scheduler as it was built (a resumed tune gets that copy), and
             # the hub is this run's.
-            ray.get_actor(hub_name(self.spec)).release.remote(step)
+            ray.get_actor(hub_name(self.spec)).release.remote(step, tuple(replaced))
 
-    def _compare(self, tune_controller, step: int, training: list[Trial]) -> None:
+    def _compare(self, tune_controller, step: int, training: list[Trial]) -> list[str]:
         """Rank the members that reported generation `step` (healthy, from their own checkpoint)
         and let the worst quantile copy the best, as Ray's PBT ranks (`generation_quantiles`). A
-        member given a copy in this generation, or one resumed past it, is left out."""
+        member given a copy in this generation, or one resumed past it, is left out. The members
+        given a copy now."""
         ranked = [t for t in training if self.latest.get(t, {}).get("step") == step
                   and not self.latest[t].get("collapsed")
                   and self._held_origin(t).get("member") == _trial_name(t)]
@@ -315,11 +317,12 @@ class PopulationScheduler(PopulationBasedTraining):
         lower, upper = generation_quantiles(ranked, lambda t: self._trial_state[t].last_score,
                                             self._quantile_fraction)
         if step >= self.spec.max_steps:
-            return  # every member has spent its budget
+            return []  # every member has spent its budget
         for t in lower:
             with _draws_of(f"{self.spec.seed}:{_trial_name(t)}:{step}:source"):
                 source = random.choice(upper)
             self._exploit(tune_controller, t, source)
+        return [_trial_name(t) for t in lower]
 
     def _checkpoint_or_exploit(self, trial: Trial, tune_controller, upper_quantile: list, lower_quantile: list) -> None:
         # Ray's PBT lets a member be copied only if it was in the upper quantile at its own last

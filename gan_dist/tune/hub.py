@@ -52,6 +52,7 @@ class TuneHub:
         self.target: str | None = None
         self.sources = SourceLedger(members)
         self.released = 0  # a synchronous tune's last generation compared (its interval step)
+        self.replaced: dict[int, set[str]] = {}  # by generation: the members given a copy in it
 
     def serve_metrics(self, host: str, port: int, tune_dir: str, labels: dict[str, str]) -> str | None:
         self.target = serve_target(self.metrics, host, port, tune_dir, labels)
@@ -113,12 +114,17 @@ class TuneHub:
     def await_source(self, member: str, seen: int) -> tuple[str, int]:
         return self.sources.verdict(member, seen)
 
-    def release(self, step: int) -> None:
-        """A synchronous tune's generation `step` is compared: its members train on."""
+    def release(self, step: int, replaced: tuple[str, ...] = ()) -> None:
+        """A synchronous tune's generation `step` is compared: its members train on, but for
+        those `replaced` by a copy, whose trials Tune is stopping (restarted from the copy)."""
         self.released = max(self.released, step)
+        self.replaced.setdefault(step, set()).update(replaced)
 
-    def generation_released(self, step: int) -> bool:
-        return self.released >= step
+    def generation_released(self, step: int, member: str = "") -> bool:
+        """Whether `member`, waiting after its report of `step`, may train on. Never for a member
+        replaced in that generation: its trial would start the next interval's workers while Tune
+        stops it, and their CPUs would stay taken from its copy's new trial for minutes."""
+        return self.released >= step and member not in self.replaced.get(step, ())
 
     def scored(self, member: str, score: float) -> None:
         if not isinstance(self.metrics, NullMetrics):
