@@ -191,8 +191,8 @@ def test_a_synchronous_tune_the_cluster_cannot_train_at_once_is_exit_2_and_leave
     _, token, gcs = head
     storage = tmp_path / "tunes"
     result = run_cli("tune", "ring8", "--population", "2", "--synchronous", "--address", gcs, "--storage",
-                     str(storage), "--name", "sync", "--max-steps", "4", "--perturb-every", "2", "--set", "train.log_every=2", cache=cache_dir,
-                     env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+                     str(storage), "--name", "sync", "--max-steps", "4", "--perturb-every", "2", "--set",
+                     "train.log_every=2", cache=cache_dir, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last == (f"gan-dist: error: --synchronous: every member waits for the others, so all 2 must train at "

@@ -304,7 +304,7 @@ def test_a_synchronous_tune_refuses_a_cluster_that_cannot_train_every_member_at_
     spec = ring8_spec(tmp_path, synchronous=True, address="ray://head:10001")  # 4 members of 1 worker
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 3.0})
     with pytest.raises(ConfigError, match=r"all 4 must train at once, which needs 4\.04 CPUs; the cluster at "
-                                           r"ray://head:10001 has 3"):
+                                          r"ray://head:10001 has 3"):
         _check_room_for_everyone(spec, spec.base())
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
     _check_room_for_everyone(spec, spec.base())

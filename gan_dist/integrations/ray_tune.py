@@ -507,8 +507,8 @@ def _check_room_for_everyone(spec: TuneSpec, cfg) -> None:
     for kind, amount in need.items():
         if amount > have.get(kind, 0):
             raise ConfigError(f"--synchronous: every member waits for the others, so all {spec.population} must "
-                               f"train at once, which needs {amount:g} {kind}s; the cluster at {spec.address} has "
-                               f"{have.get(kind, 0):g}; nothing was started")
+                              f"train at once, which needs {amount:g} {kind}s; the cluster at {spec.address} has "
+                              f"{have.get(kind, 0):g}; nothing was started")
 
 
 def _fit(spec: TuneSpec, hub, keep_pg_cleaner: bool, resumed: bool) -> tuple[str, list[str]]:
