@@ -280,6 +280,60 @@ def test_a_synchronous_tune_is_recorded_and_resumes_only_as_one(tmp_path, cache_
     assert TuneSpec.from_record(record).synchronous is False
 
 
+@pytest.mark.parametrize("text", ["0.5:2", "0.8:1.2", "0.9:1.05"])
+def test_a_copys_values_move_by_the_tunes_own_factors_or_are_drawn_again(tmp_path, cache_dir, text):
+    from gan_dist.integrations.ray_tune import PopulationScheduler
+
+    class Member:
+        def __init__(self, i):
+            self.experiment_tag = f"member-{i}"
+            self.config = {"member": i, "exploit": 0, "optim.lr": 1e-3, "schedule.n_critic": 2}
+
+    spec = ring8_spec(tmp_path, perturb_factors=text, resample_probability=0.0)
+    down, up = (float(x) for x in text.split(":"))
+    scheduler = PopulationScheduler(spec)
+    worse, better = Member(0), Member(1)
+    moves = set()
+    for step in range(0, 400, 10):
+        scheduler.latest = {worse: {"step": step}}
+        config, _ = scheduler._get_new_config(worse, better)
+        moves.add(round(config["optim.lr"] / 1e-3, 6))
+        assert config["schedule.n_critic"] in (1, 3)  # an integer key moves one value
+    assert moves == {down, up}
+    # Drawn again every time: anywhere in the range, not one of the two factors.
+    scheduler = PopulationScheduler(ring8_spec(tmp_path, perturb_factors=text, resample_probability=1.0))
+    drawn = set()
+    for step in range(0, 200, 10):
+        scheduler.latest = {worse: {"step": step}}
+        drawn.add(scheduler._get_new_config(worse, better)[0]["optim.lr"])
+    assert len(drawn) == 20 and all(1e-4 <= v <= 1e-2 for v in drawn)
+    assert not {round(v / 1e-3, 6) for v in drawn} & {down, up}
+
+
+def test_the_explore_and_exploit_settings_are_recorded_resumed_and_shown_in_the_plan(tmp_path, cache_dir):
+    from gan_dist.tune.cli import plan_lines
+
+    spec = ring8_spec(tmp_path, perturb_factors="0.5:2", resample_probability=0.4, quantile=0.5)
+    saved = TuneSpec.from_record(spec.to_record())
+    assert (saved.perturb_factors, saved.resample_probability, saved.quantile) == ([0.5, 2.0], 0.4, 0.5)
+    ring8_spec(tmp_path, perturb_factors="0.5:2.0", resample_probability=0.4, quantile=0.5).check_resume(saved)
+    with pytest.raises(ConfigError, match=r"tune t was started with perturb_factors.*"):
+        ring8_spec(tmp_path, resample_probability=0.4, quantile=0.5).check_resume(saved)
+    with pytest.raises(ConfigError, match="tune t was started with quantile=0.5, not 0.25"):
+        ring8_spec(tmp_path, perturb_factors="0.5:2", resample_probability=0.4).check_resume(saved)
+    record = ring8_spec(tmp_path).to_record()
+    for key in ("perturb_factors", "resample_probability", "quantile"):
+        del record[key]  # a tune.yaml written before the options: Ray's defaults
+    old = TuneSpec.from_record(record)
+    assert (old.perturb_factors, old.resample_probability, old.quantile) == ([0.8, 1.2], 0.25, 0.25)
+    ring8_spec(tmp_path).check_resume(old)
+
+    plan = "\n".join(plan_lines(spec, resumed=False))
+    assert "the worst 2 copy the best 2 (--quantile 0.5)" in plan  # 4 members
+    assert "x0.5 or x2" in plan and "probability 0.4" in plan
+    assert "the worst 1 copies the best 1" in "\n".join(plan_lines(ring8_spec(tmp_path), resumed=False))
+
+
 def test_the_hub_releases_a_generation_and_every_one_before_it():
     from gan_dist.tune.hub import TuneHub
 

@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutate", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
                         help="the tune's mutations (default: the recipe kind's, see above)")
     parser.add_argument("--synchronous", action="store_true", help="compare the tune's members in generations")
+    parser.add_argument("--perturb-factors", metavar="DOWN:UP", help="the tune's explore factors (default 0.8:1.2)")
+    parser.add_argument("--resample-probability", metavar="P", help="the tune's (default 0.25)")
+    parser.add_argument("--quantile", metavar="Q", help="the tune's worst and best fraction (default 0.25)")
     parser.add_argument("--no-collapse", action="store_true", help="leave out the collapse demonstration")
     parser.add_argument("--out", type=Path, default=Path("pbt-bench"))
     args = parser.parse_args(argv)
@@ -201,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     mutate = [a for m in mutations for a in ("--mutate", m)]
     t0 = time.perf_counter()
     mode = ["--synchronous"] if args.synchronous else []
+    for option in ("perturb_factors", "resample_probability", "quantile"):
+        if getattr(args, option) is not None:
+            mode += [f"--{option.replace('_', '-')}", getattr(args, option)]
     tune_dir = tune([args.recipe, "--population", str(args.population), *mutate, "--max-steps", str(args.max_steps),
                      "--perturb-every", str(args.perturb_every), *mode, *sets], args.out, "pbt", args.out / "pbt.log")
     tune_seconds = time.perf_counter() - t0

@@ -49,13 +49,12 @@ from gan_dist.rundir import CONFIG_FILE, write_atomic
 from gan_dist.tune import records
 from gan_dist.tune.bridge import ORIGIN_FILE, adopt, adopted_already, read_origin, stage
 from gan_dist.tune.hub import TuneHub
-from gan_dist.tune.spec import TUNE_EXPERIMENT, TuneSpec, collapse_alarm, member_name, metric_value, score_of
+from gan_dist.tune.spec import (TUNE_EXPERIMENT, TuneSpec, collapse_alarm, member_name, metric_value, quantile_size,
+                                score_of)
 
 # Tune restarts a member's trial that failed (beyond the restarts Ray Train makes of its workers
 # within an interval) this many times, from its last reported checkpoint.
 TRIAL_RETRIES = 2
-# PBT's defaults, named: the worst quarter copies the best quarter.
-QUANTILE_FRACTION = 0.25
 # A member's trial (the driver of its Ray Train runs) does no training itself: a sliver of a CPU
 # (Ray refuses a trial that asks for nothing), counted in the local Ray's CPUs beside the workers'.
 TRIAL_CPUS = 0.01
@@ -249,8 +248,12 @@ class PopulationScheduler(PopulationBasedTraining):
     def __init__(self, spec: TuneSpec):
         mutations = {m.key: (m.values if m.integer else tune.loguniform(m.low, m.high) if m.log
                              else tune.uniform(m.low, m.high)) for m in spec.mutations}
+        down, up = spec.perturb_factors
+        # (UP, DOWN): Ray's order, in which its default (1.2, 0.8) draws; a tune keeps its draws.
         super().__init__(time_attr="step", metric="score", mode="max", perturbation_interval=spec.perturb_every,
-                         hyperparam_mutations=mutations, quantile_fraction=QUANTILE_FRACTION, log_config=False)
+                         hyperparam_mutations=mutations, quantile_fraction=spec.quantile,
+                         resample_probability=spec.resample_probability, perturbation_factors=(up, down),
+                         log_config=False)
         self.spec = spec
         self.latest: dict[Trial, dict] = {}  # each member's last result
         self.reason, self.alarm = "interval", None  # of the exploit being made
@@ -412,13 +415,11 @@ def _draws_of(key: str):
 
 
 def generation_quantiles(members: list, score, fraction: float) -> tuple[list, list]:
-    """(worst, best) of `members` by `score`, each a `fraction` of them (rounded up, at most half),
-    as Ray's PBT cuts its quantiles; both empty with fewer than 2 members."""
+    """(worst, best) of `members` by `score`, each a `fraction` of them (`quantile_size`), as
+    Ray's PBT cuts its quantiles; both empty with fewer than 2 members."""
     ranked = sorted(members, key=score)
-    if len(ranked) < 2:
-        return [], []
-    n = min(math.ceil(len(ranked) * fraction), len(ranked) // 2)
-    return ranked[:n], ranked[-n:]
+    n = quantile_size(len(ranked), fraction)
+    return (ranked[:n], ranked[-n:]) if n else ([], [])
 
 
 def _origin(checkpoint) -> dict:

@@ -1,6 +1,6 @@
 """`gan-dist tune RECIPE --population N [--mutate KEY=LOW:HIGH[:log]]... [--metric NAME]
-[--perturb-every STEPS] [--synchronous] [--workers-per-member W]`: population-based training of a
-recipe.
+[--perturb-every STEPS] [--perturb-factors DOWN:UP] [--resample-probability P] [--quantile Q]
+[--synchronous] [--workers-per-member W]`: population-based training of a recipe.
 
 Parse, resolve and check the tune (gan_dist.tune.spec), print it, record it (`tune.yaml`),
 train the population on Ray Tune (gan_dist.integrations.ray_tune), and write
@@ -17,6 +17,7 @@ import time
 import yaml
 
 from gan_dist.config import ConfigError, load_yaml, recipe_names
+from gan_dist.tune.spec import QUANTILE, RESAMPLE_PROBABILITY
 from gan_dist.train_args import positive_int
 
 
@@ -42,6 +43,15 @@ def register(commands) -> None:
     tune.add_argument("--perturb-every", type=positive_int, metavar="STEPS",
                       help="steps between comparisons (a multiple of train.log_every; default about a tenth of "
                            "the run)")
+    tune.add_argument("--perturb-factors", metavar="DOWN:UP",
+                      help="a copy's continuous values are multiplied by DOWN or UP (0 < DOWN < 1 < UP; default "
+                           "0.8:1.2)")
+    tune.add_argument("--resample-probability", type=float, default=RESAMPLE_PROBABILITY, metavar="P",
+                      help="the probability that a copy draws a value afresh from its range instead (default "
+                           f"{RESAMPLE_PROBABILITY:g})")
+    tune.add_argument("--quantile", type=float, default=QUANTILE, metavar="Q",
+                      help="the worst fraction Q of the members copies the best Q at each interval (rounded up, at "
+                           f"most half; default {QUANTILE:g})")
     tune.add_argument("--synchronous", action="store_true",
                       help="compare the members in generations: each waits at every interval until all have "
                            "reported it (default: as Tune's PBT, each is compared when it reports, against the "
@@ -66,7 +76,7 @@ def cmd_tune(args) -> int:
 
     spec = build_spec(args.recipe, args.set, args.population, args.mutate, args.metric, args.perturb_every,
                       args.workers_per_member, args.storage, args.name, args.address, args.max_steps, args.synchronous,
-                      warn=_warn)
+                      args.perturb_factors, args.resample_probability, args.quantile, warn=_warn)
     tune_dir = spec.tune_dir
     check_writable(tune_dir, f"--storage {spec.storage}")
     resumed = (tune_dir / SPEC_FILE).exists()
@@ -133,14 +143,17 @@ def cmd_tune(args) -> int:
 
 def plan_lines(spec, resumed: bool) -> list[str]:
     where = f"resuming {spec.tune_dir}" if resumed else f"new tune {spec.tune_dir}"
+    copies, (down, up) = spec.copies_per_interval, spec.perturb_factors
     return [
         f"tune directory    {where}",
         f"population        {spec.population} members of {spec.recipe} ({spec.extra.get('data', '')}), "
         f"{spec.workers_per_member} worker(s) each, {spec.max_steps} steps",
         f"perturbation      every {spec.perturb_every} steps"
-        f"{', in generations (every member waits for the others)' if spec.synchronous else ''}: the worst quarter "
-        f"copies the best quarter; a member whose detectors raise mode_collapse, divergence or nonfinite is "
-        f"replaced at once",
+        f"{', in generations (every member waits for the others)' if spec.synchronous else ''}: the worst "
+        f"{copies} {'copies' if copies == 1 else 'copy'} the best {copies} (--quantile {spec.quantile:g}); a member "
+        f"whose detectors raise mode_collapse, divergence or nonfinite is replaced at once",
+        f"explore           a copy's values x{down:g} or x{up:g} (an integer one down or up), or drawn afresh "
+        f"with probability {spec.resample_probability:g}",
         f"ranked by         {spec.metric} ({'higher' if spec.mode == 'max' else 'lower'} is better)",
         f"mutating          {', '.join(m.text for m in spec.mutations)}",
     ]

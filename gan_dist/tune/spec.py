@@ -79,6 +79,12 @@ RANKING = {m.name: m for m in (
 INCEPTION_GROUP = {"fid": "fid", "kid": "kid", "precision": "pr", "recall": "pr"}
 
 # Members run one interval per ray-tune trial report; a tune directory holds:
+# PBT's defaults (Ray's, and Jaderberg et al.'s factors): explore by x0.8 or x1.2, or a fresh draw
+# with probability 0.25; exploit: the worst quarter copies the best quarter.
+PERTURB_FACTORS = (0.8, 1.2)
+RESAMPLE_PROBABILITY = 0.25
+QUANTILE = 0.25
+
 SPEC_FILE = "tune.yaml"  # the resolved tune, compared on a resume
 TUNE_EXPERIMENT = "ray-tune"  # Ray Tune's experiment folder (its trials, their checkpoints, its state)
 
@@ -113,7 +119,7 @@ class Mutation:
         return rng.uniform(self.low, self.high)
 
     def clip(self, value: float) -> float | int:
-        """A perturbed value (PBT multiplies by 0.8 or 1.2) kept within the range."""
+        """A perturbed value (PBT multiplies by a perturbation factor) kept within the range."""
         value = min(max(value, self.low), self.high)
         return int(round(value)) if self.integer else float(value)
 
@@ -265,6 +271,12 @@ class TuneSpec:
     # (and Tune has their checkpoints), then the worst quantile copies the best. Else (Tune's
     # PBT) each member is compared when it reports, against the others' latest results.
     synchronous: bool = False
+    # Explore (Ray's PBT): a copied member's continuous value times DOWN or UP, an integer one value
+    # down or up, or with `resample_probability` a fresh draw from the range. Exploit: the worst
+    # `quantile` of the members copies the best (each rounded up, at most half the population).
+    perturb_factors: list[float] = field(default_factory=lambda: list(PERTURB_FACTORS))
+    resample_probability: float = RESAMPLE_PROBABILITY
+    quantile: float = QUANTILE
 
     @property
     def tune_dir(self) -> Path:
@@ -281,6 +293,11 @@ class TuneSpec:
     @property
     def seed(self) -> int:
         return int(self.config["seed"])
+
+    @property
+    def copies_per_interval(self) -> int:
+        """Members replaced at an interval of the whole population (the worst quantile)."""
+        return quantile_size(self.population, self.quantile)
 
     def base(self) -> Config:
         return Config.from_dict(copy.deepcopy(self.config))
@@ -332,6 +349,27 @@ def _comparable(spec: TuneSpec) -> dict:
     return flat
 
 
+def quantile_size(members: int, fraction: float) -> int:
+    """Members in each of the worst and the best quantile of `members`, as Ray's PBT cuts them:
+    `fraction` of them rounded up, at most half; none with fewer than 2."""
+    return 0 if members < 2 else min(math.ceil(members * fraction), members // 2)
+
+
+def parse_factors(text: str) -> list[float]:
+    """--perturb-factors DOWN:UP: 0 < DOWN < 1 < UP."""
+    parts = text.split(":")
+    try:
+        down, up = (float(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        down = up = None
+    if down is None or not (math.isfinite(down) and math.isfinite(up)):
+        raise ConfigError(f"--perturb-factors expects DOWN:UP, two numbers such as 0.8:1.2, got {text!r}")
+    if not 0 < down < 1 < up:
+        raise ConfigError(f"--perturb-factors {text}: expected 0 < DOWN < 1 < UP (a copy's value is multiplied by "
+                          f"one of them)")
+    return [down, up]
+
+
 def member_name(index: int) -> str:
     return f"member-{index}"
 
@@ -339,10 +377,17 @@ def member_name(index: int) -> str:
 def build_spec(recipe: str, overrides: list[str], population: int, mutate: list[str], metric: str | None,
                perturb_every: int | None, workers_per_member: int, storage: str | None, name: str | None,
                address: str | None, max_steps: int | None, synchronous: bool = False,
-               warn: Callable[[str], None] | None = None) -> TuneSpec:
+               perturb_factors: str | None = None, resample_probability: float = RESAMPLE_PROBABILITY,
+               quantile: float = QUANTILE, warn: Callable[[str], None] | None = None) -> TuneSpec:
     """Resolve and check a tune (the arguments of `gan-dist tune`); ConfigError on bad input."""
     if population < 2:
         raise ConfigError(f"--population must be at least 2 (a member copies a better one), got {population}")
+    factors = parse_factors(perturb_factors) if perturb_factors is not None else list(PERTURB_FACTORS)
+    if not 0 <= resample_probability <= 1:
+        raise ConfigError(f"--resample-probability must be within [0, 1], got {resample_probability:g}")
+    if not 0 < quantile <= 0.5:
+        raise ConfigError(f"--quantile must be above 0 and at most 0.5 (the worst quantile copies the best), got "
+                          f"{quantile:g}")
     sets = [*TUNE_SETTINGS, *overrides]
     if max_steps:
         sets.append(f"train.max_steps={max_steps}")
@@ -381,7 +426,8 @@ def build_spec(recipe: str, overrides: list[str], population: int, mutate: list[
     spec = TuneSpec(name=name, storage=storage or cfg.run.storage, population=population, mutations=mutations,
                     metric=ranking.name, mode=ranking.mode, perturb_every=perturb_every,
                     workers_per_member=workers_per_member, initial=initial, config=cfg.to_dict(),
-                    address=address or "", extra={"data": data_kind(cfg, index.meta)}, synchronous=synchronous)
+                    address=address or "", extra={"data": data_kind(cfg, index.meta)}, synchronous=synchronous,
+                    perturb_factors=factors, resample_probability=resample_probability, quantile=quantile)
     # Every range's ends, and so every value a member may reach mid-tune, must make valid
     # configs (the ends first: the error then names the range); then every member's own.
     for m in mutations:
