@@ -80,6 +80,9 @@ def test_every_copy_is_recorded_whole(tune_run):
     for e in exploits:
         assert e["source"] != e["member"] and e["source_step"] % 10 == 0 and e["reason"] in ("interval", "collapse")
         assert 1e-4 <= e["to"]["optim.lr"] <= 20 and e["exploit"] >= 1
+        # How the value moved, and it agrees with the values (x0.8, x1.2, drawn again; or cut to the range).
+        how = e["explore"]["optim.lr"]
+        assert how in ("x0.8", "x1.2", "drawn again") or how.endswith(", kept in range"), how
 
 
 def test_the_tune_directory_holds_every_member_and_the_summary(tune_run):

@@ -299,6 +299,9 @@ def test_a_copys_values_move_by_the_tunes_own_factors_or_are_drawn_again(tmp_pat
         config, _ = scheduler._get_new_config(worse, better)
         moves.add(round(config["optim.lr"] / 1e-3, 6))
         assert config["schedule.n_critic"] in (1, 3)  # an integer key moves one value
+        # The record says how: the factor, and one down or up.
+        assert scheduler.explored["optim.lr"] == f"x{round(config['optim.lr'] / 1e-3, 6):g}"
+        assert scheduler.explored["schedule.n_critic"] == ("one down" if config["schedule.n_critic"] == 1 else "one up")
     assert moves == {down, up}
     # Drawn again every time: anywhere in the range, not one of the two factors.
     scheduler = PopulationScheduler(ring8_spec(tmp_path, perturb_factors=text, resample_probability=1.0))
@@ -307,7 +310,18 @@ def test_a_copys_values_move_by_the_tunes_own_factors_or_are_drawn_again(tmp_pat
         scheduler.latest = {worse: {"step": step}}
         drawn.add(scheduler._get_new_config(worse, better)[0]["optim.lr"])
     assert len(drawn) == 20 and all(1e-4 <= v <= 1e-2 for v in drawn)
+    assert scheduler.explored == {"optim.lr": "drawn again", "schedule.n_critic": "drawn again"}
     assert not {round(v / 1e-3, 6) for v in drawn} & {down, up}
+
+
+def test_how_a_copy_moved_each_value_is_said_in_words():
+    from gan_dist.integrations.ray_tune import explore_words
+
+    assert explore_words("* 0.8") == "x0.8" and explore_words("* 2.0") == "x2"
+    assert explore_words("resample") == "drawn again"
+    assert explore_words("shift left") == "one down" and explore_words("shift right") == "one up"
+    assert explore_words("shift right (noop)") == "one up, at the end of its range"
+    assert explore_words("* 1.2", clipped=True) == "x1.2, kept in range"
 
 
 def test_the_explore_and_exploit_settings_are_recorded_resumed_and_shown_in_the_plan(tmp_path, cache_dir):

@@ -259,6 +259,7 @@ class PopulationScheduler(PopulationBasedTraining):
         self.reason, self.alarm = "interval", None  # of the exploit being made
         self.compared = 0  # a synchronous tune's last generation compared (its step)
         self._origins: dict[str, dict] = {}  # a held checkpoint's tune-origin.json, by its path (read once)
+        self.explored: dict[str, str] = {}  # how the copy being made moved each value (explore_words)
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         # A new member starts from its drawn values (a restored one keeps its own).
@@ -376,8 +377,11 @@ class PopulationScheduler(PopulationBasedTraining):
         config["member"] = trial.config["member"]  # the copy is still this member
         config["exploit"] = copy
         config["exploit_reason"] = self.reason
+        self.explored = {}
         for m in self.spec.mutations:
-            config[m.key] = m.clip(config[m.key])
+            value = config[m.key]
+            config[m.key] = m.clip(value)
+            self.explored[m.key] = explore_words(operations.get(m.key, ""), clipped=config[m.key] != value)
         return config, operations
 
     def _exploit(self, tune_controller, trial: Trial, trial_to_clone: Trial) -> None:
@@ -390,12 +394,29 @@ class PopulationScheduler(PopulationBasedTraining):
                   "step": int(self.latest.get(trial, {}).get("step", -1)),
                   "source_step": origin.get("step", int(self._trial_state[trial_to_clone].last_result["step"])),
                   "exploit": int(trial.config["exploit"]), "from": before,
-                  "to": {m.key: trial.config[m.key] for m in self.spec.mutations}}
+                  "to": {m.key: trial.config[m.key] for m in self.spec.mutations}, "explore": self.explored}
         records.append(self.spec.tune_dir / records.EXPLOITS_FILE, record)
         why = "interval" if self.reason == "interval" else \
             f"collapse: {self.alarm['kind']} at step {self.alarm['step']}"
         print(f"exploit ({why}): {record['member']} <- {record['source']}'s step {record['source_step']}; "
-              + ", ".join(f"{k} {_fmt(before[k])} -> {_fmt(record['to'][k])}" for k in before), flush=True)
+              + ", ".join(f"{k} {_fmt(before[k])} -> {_fmt(record['to'][k])} ({self.explored[k]})" for k in before),
+              flush=True)
+
+
+def explore_words(operation: str, clipped: bool = False) -> str:
+    """How Ray's PBT moved a copied value (its `_explore` operation), in the records' words:
+    "x0.8", "drawn again", "one up", "one down"; ", kept in range" where the range cut it."""
+    operation = operation.strip()
+    if operation.startswith("*"):
+        words = f"x{float(operation[1:]):g}"
+    elif operation == "resample":
+        words = "drawn again"
+    elif operation.startswith("shift"):
+        words = ("one down" if "left" in operation else "one up") + (", at the end of its range" if "noop" in operation
+                                                                    else "")
+    else:
+        words = operation or "kept"
+    return words + (", kept in range" if clipped else "")
 
 
 @contextlib.contextmanager

@@ -128,8 +128,10 @@ def _fmt(value) -> str:
     return "" if value is None else report.fmt(value)
 
 
-def _values(values: dict | None) -> str:
-    return ", ".join(f"{k} {_fmt(v)}" for k, v in (values or {}).items())
+def _values(values: dict | None, how: dict | None = None) -> str:
+    """`key value` pairs, each with how a copy moved it where the record says (x0.8, drawn again)."""
+    how = how or {}
+    return ", ".join(f"{k} {_fmt(v)}" + (f" ({how[k]})" if k in how else "") for k, v in (values or {}).items())
 
 
 def _member_link(name: str, pages: dict[str, str]) -> str:
@@ -203,7 +205,7 @@ def exploits_section(tune: TuneFiles, pages: dict[str, str]) -> str:
         return "<section id=\"exploits\"><h2>Exploits</h2><p class=\"note\">No member has copied another.</p></section>"
     rows = [[str(n), _member_link(e["member"], pages), f"{e['step']:,}", _member_link(e["source"], pages),
              f"{e['source_step']:,}", html.escape(e["reason"]), html.escape(_alarm(e)),
-             html.escape(_values(e["from"])), html.escape(_values(e["to"]))]
+             html.escape(_values(e["from"])), html.escape(_values(e["to"], e.get("explore")))]
             for n, e in enumerate(exploits, start=1)]
     head = ("#", "member", "at its step", "copied", "its step", "reason", "alarm", "values before", "values after")
     note = ("<p class=\"note\">Each row: a member replaced by a copy of another's checkpoint (interval: PBT's "
