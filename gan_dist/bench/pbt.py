@@ -51,7 +51,7 @@ from gan_dist.bench.quality import passes
 from gan_dist.data.sources import resolve_source
 from gan_dist.quality.metrics import n_label, unlabelled
 from gan_dist.tune import records
-from gan_dist.tune.spec import SPEC_FILE, TuneSpec
+from gan_dist.tune.spec import PERTURB_FACTORS, QUANTILE, RESAMPLE_PROBABILITY, SPEC_FILE, TuneSpec
 
 MUTATIONS = ("optim.lr=1e-4:1e-2:log", "loss.gp_weight=0.01:1:log", "schedule.n_critic=1:5")
 # Image recipes: G's and D's learning rates apart, a quarter to ten times DCGAN's 2e-4.
@@ -188,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutate", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
                         help="the tune's mutations (default: the recipe kind's, see above)")
     parser.add_argument("--synchronous", action="store_true", help="compare the tune's members in generations")
-    parser.add_argument("--perturb-factors", metavar="DOWN:UP", help="the tune's explore factors (default 0.8:1.2)")
-    parser.add_argument("--resample-probability", metavar="P", help="the tune's (default 0.25)")
-    parser.add_argument("--quantile", metavar="Q", help="the tune's worst and best fraction (default 0.25)")
+    parser.add_argument("--perturb-factors", metavar="DOWN:UP", help="the tune's explore factors (default "
+                        f"{PERTURB_FACTORS[0]:g}:{PERTURB_FACTORS[1]:g})")
+    parser.add_argument("--resample-probability", metavar="P", help=f"the tune's (default {RESAMPLE_PROBABILITY:g})")
+    parser.add_argument("--quantile", metavar="Q", help=f"the tune's worst and best fraction (default {QUANTILE:g})")
     parser.add_argument("--no-collapse", action="store_true", help="leave out the collapse demonstration")
     parser.add_argument("--out", type=Path, default=Path("pbt-bench"))
     args = parser.parse_args(argv)

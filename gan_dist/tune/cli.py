@@ -17,7 +17,7 @@ import time
 import yaml
 
 from gan_dist.config import ConfigError, load_yaml, recipe_names
-from gan_dist.tune.spec import QUANTILE, RESAMPLE_PROBABILITY
+from gan_dist.tune.spec import PERTURB_FACTORS, QUANTILE, RESAMPLE_PROBABILITY
 from gan_dist.train_args import positive_int
 
 
@@ -45,7 +45,7 @@ def register(commands) -> None:
                            "the run)")
     tune.add_argument("--perturb-factors", metavar="DOWN:UP",
                       help="a copy's continuous values are multiplied by DOWN or UP (0 < DOWN < 1 < UP; default "
-                           "0.8:1.2)")
+                           f"{PERTURB_FACTORS[0]:g}:{PERTURB_FACTORS[1]:g})")
     tune.add_argument("--resample-probability", type=float, default=RESAMPLE_PROBABILITY, metavar="P",
                       help="the probability that a copy draws a value afresh from its range instead (default "
                            f"{RESAMPLE_PROBABILITY:g})")

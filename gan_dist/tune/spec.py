@@ -357,12 +357,11 @@ def quantile_size(members: int, fraction: float) -> int:
 
 def parse_factors(text: str) -> list[float]:
     """--perturb-factors DOWN:UP: 0 < DOWN < 1 < UP."""
-    parts = text.split(":")
     try:
-        down, up = (float(p) for p in parts) if len(parts) == 2 else (None, None)
+        down, up = map(float, text.split(":"))  # ValueError: not two numbers
     except ValueError:
-        down = up = None
-    if down is None or not (math.isfinite(down) and math.isfinite(up)):
+        down = up = math.nan
+    if not (math.isfinite(down) and math.isfinite(up)):
         raise ConfigError(f"--perturb-factors expects DOWN:UP, two numbers such as 0.8:1.2, got {text!r}")
     if not 0 < down < 1 < up:
         raise ConfigError(f"--perturb-factors {text}: expected 0 < DOWN < 1 < UP (a copy's value is multiplied by "
