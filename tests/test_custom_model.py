@@ -22,14 +22,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO
 from gan_dist.cli import main
-from gan_dist.data.sources import resolve_source
-from gan_dist.evaluate import domain_classifier
 from gan_dist.integrations.ray import RehearsalCluster
 from gan_dist.monitor.metrics import TARGETS_FILE
 from test_fault_tolerance import signal_one_worker, when_checkpointed
@@ -47,9 +44,8 @@ ARGS = ["--workers", "2", "--set", "model.channels=16", "--set", "model.options.
 
 @pytest.fixture(scope="module")
 def cluster(cache_dir, example_installed):
-    """A head without CPUs and two 1-CPU nodes; builtin:digits packed and its eval classifier
-    trained briefly first, into the session's cache (a run would train it for 1500 steps)."""
-    domain_classifier(resolve_source("builtin:digits"), torch.device("cpu"), steps=100)
+    """A head without CPUs and two 1-CPU nodes (cache_dir holds builtin:digits and its eval
+    classifier, trained briefly)."""
     c = RehearsalCluster(nodes=2)
     yield c
     c.shutdown()

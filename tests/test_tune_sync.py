@@ -17,10 +17,11 @@ from tune_helpers import assert_resumes_without_training, run_tune
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
 
-MAX_STEPS, EVERY = 80, 20
-# Seed 1 draws lrs of 5.2e-4 (member-0, healthy), 3.1 and 1.1 (members 1 and 2: losses past 10
-# within ten steps, replaced at once by copies of a healthy member); the detectors act from the
-# first log interval. Mode collapse only warns (ten steps in, every member is collapsed).
+MAX_STEPS, EVERY = 60, 20  # 3 generations (each restarts the members: about a minute here)
+# Seed 1 draws lrs of 5.2e-4 (member-0, healthy), 3.1 (member-1: losses past 10 within ten steps,
+# replaced at once by a copy of a healthy member) and 1.1 (member-2); the detectors act from the
+# first log interval. Mode collapse only warns (ten steps in, every member is collapsed), and every
+# member's mode_kl is the same (log 8): ties, which the ranking leaves in the members' order.
 TUNE = ["tune", "ring8", "--population", "3", "--synchronous", "--mutate", "optim.lr=1e-4:20:log",
         "--metric", "mode_kl", "--max-steps", str(MAX_STEPS), "--perturb-every", str(EVERY), "--name", "sync",
         "--set", "seed=1", "--set", "model.hidden=32", "--set", "data.batch_size=64", "--set", "train.log_every=10",
@@ -60,7 +61,9 @@ def test_no_member_trains_past_a_generation_before_every_member_has_reported_it(
         if r["start_step"] > 0 and own_previous and r["exploit"] == own_previous[-1]["exploit"]:
             assert r["time"] > last_of[r["start_step"]], (r, last_of)
             checked += 1
-    assert checked >= 3
+    # At least member-2's reports of steps 40 and 60: with the ties it is the best and never copied
+    # (which other members stay uncopied depends on whether a perturbed copy diverges again).
+    assert checked >= 2
 
 
 def test_each_interval_copy_is_of_a_better_member_of_the_same_generation(sync_tune):
